@@ -1,1 +1,5 @@
-//! placeholder
+//! Pure decision logic of HA-OSCAR: sans-IO state machines that take the
+//! current state and an event and return the actions to perform. No sockets,
+//! clocks or files: time is passed in as a `Duration` since an arbitrary epoch.
+
+pub mod membership;

@@ -1,1 +1,1 @@
-//! placeholder
+//! HA-OSCAR networking (placeholder).

@@ -1,1 +1,6 @@
-//! placeholder
+//! Shared data types of HA-OSCAR: the cluster configuration model and its
+//! validation, ClusterShell-style node sets, durations, and the JSON shapes of
+//! the control API. Everything here is pure (no I/O beyond reading a config
+//! file's text) so every other crate can depend on it.
+
+pub mod nodeset;

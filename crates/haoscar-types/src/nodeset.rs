@@ -1,0 +1,1 @@
+//! ClusterShell-style node sets (placeholder, being written).
