@@ -3,4 +3,8 @@
 //! the control API. Everything here is pure (no I/O beyond reading a config
 //! file's text) so every other crate can depend on it.
 
+pub mod api;
+pub mod config;
+pub mod diagnostic;
+pub mod duration;
 pub mod nodeset;

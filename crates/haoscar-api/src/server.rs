@@ -1,0 +1,197 @@
+//! Serving side of the control API: the axum router over an [`AgentView`]
+//! (what the agent exposes), bound to a TCP address and/or a Unix socket,
+//! with graceful shutdown.
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use haoscar_types::api::{ApiError, Event, Health, Status};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What the agent exposes to the API. Implementations must be cheap: each
+/// call answers one HTTP request.
+pub trait AgentView: Send + Sync + 'static {
+    fn status(&self) -> Status;
+    /// The newest `limit` events, oldest first.
+    fn events(&self, limit: usize) -> Vec<Event>;
+    /// The normalised configuration the agent runs.
+    fn config(&self) -> serde_json::Value;
+    /// Prometheus text exposition of the agent's metrics.
+    fn metrics(&self) -> String;
+}
+
+/// Why the API could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the API socket {path}: {source}")]
+    Unix {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another agent is already serving {0}")]
+    InUse(PathBuf),
+}
+
+type Shared = Arc<dyn AgentView>;
+
+/// Builds the routes. Unknown paths answer 404 with a JSON error.
+pub fn router(view: Shared) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/health", get(health))
+        .route("/v1/events", get(events))
+        .route("/v1/config", get(config))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(view)
+}
+
+async fn status(State(v): State<Shared>) -> Json<Status> {
+    Json(v.status())
+}
+
+async fn health(State(v): State<Shared>) -> Json<Health> {
+    let node = v.status().node;
+    Json(Health { ok: true, node })
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    limit: Option<usize>,
+}
+
+async fn events(State(v): State<Shared>, Query(q): Query<EventsQuery>) -> Json<Vec<Event>> {
+    Json(v.events(q.limit.unwrap_or(100).min(10_000)))
+}
+
+async fn config(State(v): State<Shared>) -> Json<serde_json::Value> {
+    Json(v.config())
+}
+
+async fn metrics(State(v): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        v.metrics(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(ApiError {
+            error: "no such API path (this agent serves /v1/status, /v1/health, /v1/events, /v1/config, /metrics)".into(),
+        }),
+    )
+        .into_response()
+}
+
+/// A running API server.
+pub struct Server {
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    socket: Option<PathBuf>,
+    /// The bound TCP address (useful with port 0).
+    pub tcp_addr: Option<SocketAddr>,
+}
+
+impl Server {
+    /// Binds the listeners and starts serving. The Unix socket is created
+    /// with mode 0600 (root only); a stale socket file is replaced, a live one
+    /// (another agent answering) is an error.
+    pub async fn start(
+        view: Shared,
+        tcp: Option<SocketAddr>,
+        unix: Option<&Path>,
+    ) -> Result<Server, ServeError> {
+        let (tx, rx) = watch::channel(false);
+        let app = router(view);
+        let mut tasks = Vec::new();
+        let mut socket = None;
+        let mut tcp_addr = None;
+        if let Some(path) = unix {
+            let listener = bind_unix(path).await?;
+            socket = Some(path.to_path_buf());
+            let app = app.clone();
+            let rx = rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(wait_for(rx))
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "control API (unix socket) failed");
+                }
+            }));
+        }
+        if let Some(addr) = tcp {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Tcp { addr, source })?;
+            tcp_addr = listener.local_addr().ok();
+            tasks.push(tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(wait_for(rx))
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "control API (tcp) failed");
+                }
+            }));
+        }
+        Ok(Server {
+            shutdown: tx,
+            tasks,
+            socket,
+            tcp_addr,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish, removes the socket.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(path) = self.socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn wait_for(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+async fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
+    let err = |source| ServeError::Unix {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(ServeError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}

@@ -1,0 +1,141 @@
+//! JSON shapes of the agent's control API (`/v1/...`). The CLI, the tests and
+//! later the web console all read these; field names are part of the
+//! documented contract (docs/api.md). Durations are in milliseconds (`*_ms`),
+//! wall-clock instants in Unix milliseconds (`*_unix_ms`).
+
+use crate::config::Role;
+use serde::{Deserialize, Serialize};
+
+/// Version of the API paths and shapes served under `/v1`.
+pub const API_VERSION: u32 = 1;
+
+/// `GET /v1/status`: the agent's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub api_version: u32,
+    pub version: String,
+    pub cluster: String,
+    pub node: String,
+    pub role: Role,
+    /// This agent's boot id (`<start unix ms>-<nonce>`).
+    pub boot_id: String,
+    pub started_at_unix_ms: u64,
+    pub uptime_ms: u64,
+    /// Digest of this node's configuration (hex); peers compare it.
+    pub config_digest: String,
+    pub timing: TimingStatus,
+    /// The active head, once the failover logic has elected one.
+    pub active: Option<String>,
+    pub channels: Vec<LocalChannel>,
+    pub peers: Vec<PeerStatus>,
+    pub counters: NetCounters,
+    /// The most recent events, newest last.
+    pub recent_events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimingStatus {
+    pub preset: String,
+    pub heartbeat_interval_ms: f64,
+    pub dead_after_ms: f64,
+}
+
+/// A detection channel as this node uses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalChannel {
+    pub name: String,
+    /// Local `address:port` the heartbeat socket is bound to.
+    pub bind: String,
+}
+
+/// Liveness of one node or one channel to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    /// Nothing heard yet, still within the start-up grace period.
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Liveness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Unknown => "unknown",
+            Liveness::Up => "up",
+            Liveness::Down => "down",
+        }
+    }
+}
+
+/// Another node as seen from this one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub role: Role,
+    /// Up while at least one channel is up.
+    pub state: Liveness,
+    pub boot_id: Option<String>,
+    /// Whether the peer runs the same configuration (None until heard).
+    pub config_matches: Option<bool>,
+    pub channels: Vec<PeerChannel>,
+}
+
+/// One channel to one peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerChannel {
+    pub name: String,
+    /// The peer's address on this channel.
+    pub address: String,
+    pub state: Liveness,
+    /// Time since the last valid heartbeat on this channel.
+    pub last_heard_ms: Option<f64>,
+    /// Smoothed round-trip time measured with heartbeat echoes.
+    pub rtt_ms: Option<f64>,
+    /// Valid heartbeats received on this channel.
+    pub received: u64,
+}
+
+/// Packet counters of the heartbeat transport. Every dropped packet is
+/// counted under exactly one reason and never acted upon.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetCounters {
+    pub sent: u64,
+    pub send_errors: u64,
+    pub received_ok: u64,
+    pub dropped_malformed: u64,
+    pub dropped_bad_mac: u64,
+    pub dropped_wrong_cluster: u64,
+    pub dropped_unknown_peer: u64,
+    pub dropped_wrong_address: u64,
+    pub dropped_replay: u64,
+}
+
+/// Something that happened, kept in the event history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increasing per agent.
+    pub id: u64,
+    pub at_unix_ms: u64,
+    /// Node that recorded the event.
+    pub node: String,
+    /// Machine-readable kind, e.g. `channel_down`, `peer_up`, `agent_started`.
+    pub kind: String,
+    /// The peer or resource concerned, if any.
+    pub subject: Option<String>,
+    /// Human-readable description, including the reason.
+    pub message: String,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub ok: bool,
+    pub node: String,
+}
+
+/// Body of every non-2xx response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}

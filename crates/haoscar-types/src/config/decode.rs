@@ -1,0 +1,592 @@
+//! First pass over a configuration file: parses the TOML into a spanned tree
+//! and decodes it into raw, still-unvalidated sections, recording every
+//! syntax error, unknown key, wrong type and malformed value with its exact
+//! location instead of stopping at the first one.
+
+use super::timing::TIMING_FIELDS;
+use super::{Role, Timing, TimingPreset};
+use crate::diagnostic::{Diagnostic, LineIndex, Severity};
+use crate::duration::parse_duration;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+/// A decoded value with the byte range it came from.
+#[derive(Debug, Clone)]
+pub(super) struct Sp<T> {
+    pub v: T,
+    pub span: Range<usize>,
+}
+
+/// Decoding context: the source text and the diagnostics found so far.
+pub(crate) struct Cx<'a> {
+    text: &'a str,
+    path: &'a Path,
+    index: LineIndex<'a>,
+    diags: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct RawCluster {
+    pub span: Range<usize>,
+    pub name: Option<Sp<String>>,
+    pub secret_file: Option<Sp<String>>,
+    pub auto_failback: Option<bool>,
+    pub failback_after: Option<Sp<Duration>>,
+    pub timing: Timing,
+    pub timing_span: Range<usize>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct RawApi {
+    pub listen: Option<Sp<Option<SocketAddr>>>,
+    pub socket_dir: Option<Sp<String>>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct RawPaths {
+    pub state_dir: Option<Sp<String>>,
+    pub log_dir: Option<Sp<String>>,
+}
+
+#[derive(Debug)]
+pub(super) struct RawChannel {
+    pub span: Range<usize>,
+    pub name: Option<Sp<String>>,
+    pub port: Option<Sp<u16>>,
+}
+
+#[derive(Debug)]
+pub(super) struct RawNode {
+    pub span: Range<usize>,
+    pub name: Option<Sp<String>>,
+    pub role: Option<Sp<Role>>,
+    pub priority: Option<Sp<u32>>,
+    /// (channel name, address) in file order.
+    pub address: Vec<(Sp<String>, Sp<IpAddr>)>,
+    pub address_span: Option<Range<usize>>,
+}
+
+#[derive(Debug)]
+pub(super) struct RawResource {
+    pub span: Range<usize>,
+    pub name: Option<Sp<String>>,
+    pub kind: Option<Sp<String>>,
+    pub vip: RawVip,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct RawVip {
+    pub address: Option<Sp<String>>,
+    pub interface: Option<Sp<String>>,
+    pub announce_count: Option<Sp<u32>>,
+    pub announce_interval: Option<Sp<Duration>>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct RawConfig {
+    pub doc_span: Range<usize>,
+    pub cluster: Option<RawCluster>,
+    pub api: RawApi,
+    pub paths: RawPaths,
+    pub channels: Vec<RawChannel>,
+    pub nodes: Vec<RawNode>,
+    pub resources: Vec<RawResource>,
+}
+
+const TOP_KEYS: &[&str] = &["cluster", "api", "paths", "channel", "node", "resource"];
+const CLUSTER_KEYS: &[&str] = &[
+    "name",
+    "secret_file",
+    "timing",
+    "auto_failback",
+    "failback_after",
+];
+const API_KEYS: &[&str] = &["listen", "socket_dir"];
+const PATHS_KEYS: &[&str] = &["state_dir", "log_dir"];
+const CHANNEL_KEYS: &[&str] = &["name", "port"];
+const NODE_KEYS: &[&str] = &["name", "role", "priority", "address"];
+const RESOURCE_KEYS: &[&str] = &["name", "type"];
+const VIP_KEYS: &[&str] = &["address", "interface", "announce_count", "announce_interval"];
+
+type Table<'i> = DeTable<'i>;
+
+impl<'a> Cx<'a> {
+    pub fn new(text: &'a str, path: &'a Path) -> Self {
+        Cx {
+            text,
+            path,
+            index: LineIndex::new(text),
+            diags: Vec::new(),
+        }
+    }
+
+    pub fn finish(self) -> Vec<Diagnostic> {
+        self.diags
+    }
+
+    fn push(&mut self, severity: Severity, span: &Range<usize>, field: &str, message: String) {
+        let (line, column) = self.index.position(span.start);
+        self.diags.push(Diagnostic {
+            severity,
+            file: self.path.to_path_buf(),
+            line,
+            column,
+            field: field.to_string(),
+            message,
+        });
+    }
+
+    pub fn error(&mut self, span: &Range<usize>, field: &str, message: impl Into<String>) {
+        self.push(Severity::Error, span, field, message.into());
+    }
+
+    pub fn warn(&mut self, span: &Range<usize>, field: &str, message: impl Into<String>) {
+        self.push(Severity::Warning, span, field, message.into());
+    }
+
+    /// Parses and decodes the whole document. `None` on syntax errors.
+    pub fn decode_document(&mut self) -> Option<RawConfig> {
+        let (doc, errors) = DeTable::parse_recoverable(self.text);
+        if !errors.is_empty() {
+            for e in errors {
+                let span = e.span().unwrap_or(0..0);
+                let msg = e.message().trim().to_string();
+                self.error(&span, "", format!("TOML syntax: {msg}"));
+            }
+            return None;
+        }
+        let doc_span = doc.span();
+        let doc = doc.into_inner();
+        let mut raw = RawConfig {
+            doc_span,
+            ..RawConfig::default()
+        };
+        self.check_keys(&doc, "", TOP_KEYS);
+        if let Some((t, span)) = self.table(&doc, "", "cluster") {
+            raw.cluster = Some(self.cluster(t, span));
+        }
+        if let Some((t, _)) = self.table(&doc, "", "api") {
+            raw.api = self.api(t);
+        }
+        if let Some((t, _)) = self.table(&doc, "", "paths") {
+            raw.paths = RawPaths {
+                state_dir: self.string(t, "paths", "state_dir"),
+                log_dir: self.string(t, "paths", "log_dir"),
+            };
+            self.check_keys(t, "paths", PATHS_KEYS);
+        }
+        for (i, (t, span)) in self.tables(&doc, "channel").into_iter().enumerate() {
+            let path = format!("channel[{i}]");
+            self.check_keys(t, &path, CHANNEL_KEYS);
+            raw.channels.push(RawChannel {
+                span,
+                name: self.string(t, &path, "name"),
+                port: self.uint(t, &path, "port", 1, u64::from(u16::MAX)).map(|s| Sp {
+                    v: s.v as u16,
+                    span: s.span,
+                }),
+            });
+        }
+        for (i, (t, span)) in self.tables(&doc, "node").into_iter().enumerate() {
+            let node = self.node(t, span, &format!("node[{i}]"));
+            raw.nodes.push(node);
+        }
+        for (i, (t, span)) in self.tables(&doc, "resource").into_iter().enumerate() {
+            let res = self.resource(t, span, &format!("resource[{i}]"));
+            raw.resources.push(res);
+        }
+        Some(raw)
+    }
+
+    fn cluster(&mut self, t: &Table<'_>, span: Range<usize>) -> RawCluster {
+        let p = "cluster";
+        self.check_keys(t, p, CLUSTER_KEYS);
+        let mut c = RawCluster {
+            span: span.clone(),
+            name: self.string(t, p, "name"),
+            secret_file: self.string(t, p, "secret_file"),
+            auto_failback: self.boolean(t, p, "auto_failback"),
+            failback_after: self.duration(t, p, "failback_after"),
+            timing: Timing::default(),
+            timing_span: span,
+        };
+        if let Some((key, value)) = t.get_key_value("timing") {
+            c.timing_span = key.span();
+            let field = "cluster.timing";
+            match value.get_ref() {
+                DeValue::String(s) => match TimingPreset::from_name(s) {
+                    Some(p) => c.timing = p.timing(),
+                    None => self.error(
+                        &value.span(),
+                        field,
+                        format!(
+                            "unknown timing preset {s:?} (expected one of: {})",
+                            TimingPreset::NAMES.join(", ")
+                        ),
+                    ),
+                },
+                DeValue::Table(tt) => {
+                    let mut allowed = vec!["preset"];
+                    allowed.extend_from_slice(TIMING_FIELDS);
+                    self.check_keys(tt, field, &allowed);
+                    if let Some(p) = self.string(tt, field, "preset") {
+                        match TimingPreset::from_name(&p.v) {
+                            Some(preset) => c.timing = preset.timing(),
+                            None => self.error(
+                                &p.span,
+                                "cluster.timing.preset",
+                                format!(
+                                    "unknown timing preset {:?} (expected one of: {})",
+                                    p.v,
+                                    TimingPreset::NAMES.join(", ")
+                                ),
+                            ),
+                        }
+                    }
+                    for f in TIMING_FIELDS {
+                        if let Some(d) = self.duration(tt, field, f) {
+                            c.timing.set(f, d.v);
+                        }
+                    }
+                }
+                other => self.error(
+                    &value.span(),
+                    field,
+                    format!(
+                        "expected a preset name (string) or a table, found {}",
+                        kind(other)
+                    ),
+                ),
+            }
+        }
+        c
+    }
+
+    fn api(&mut self, t: &Table<'_>) -> RawApi {
+        let p = "api";
+        self.check_keys(t, p, API_KEYS);
+        let listen = self.string(t, p, "listen").and_then(|s| {
+            if s.v == "off" || s.v.is_empty() {
+                return Some(Sp {
+                    v: None,
+                    span: s.span,
+                });
+            }
+            match s.v.parse::<SocketAddr>() {
+                Ok(a) => Some(Sp {
+                    v: Some(a),
+                    span: s.span,
+                }),
+                Err(_) => {
+                    self.error(
+                        &s.span,
+                        "api.listen",
+                        format!("{:?} is not an address:port (e.g. \"127.0.0.1:7950\") nor \"off\"", s.v),
+                    );
+                    None
+                }
+            }
+        });
+        RawApi {
+            listen,
+            socket_dir: self.string(t, p, "socket_dir"),
+        }
+    }
+
+    fn node(&mut self, t: &Table<'_>, span: Range<usize>, path: &str) -> RawNode {
+        self.check_keys(t, path, NODE_KEYS);
+        let role = self.string(t, path, "role").and_then(|s| {
+            let role = match s.v.as_str() {
+                "head" => Role::Head,
+                "witness" => Role::Witness,
+                "compute" => Role::Compute,
+                other => {
+                    self.error(
+                        &s.span,
+                        &format!("{path}.role"),
+                        format!("unknown role {other:?} (expected head, witness or compute)"),
+                    );
+                    return None;
+                }
+            };
+            Some(Sp { v: role, span: s.span })
+        });
+        let mut node = RawNode {
+            span,
+            name: self.string(t, path, "name"),
+            role,
+            priority: self
+                .uint(t, path, "priority", 0, u64::from(u32::MAX))
+                .map(|s| Sp {
+                    v: s.v as u32,
+                    span: s.span,
+                }),
+            address: Vec::new(),
+            address_span: None,
+        };
+        if let Some((at, aspan)) = self.table(t, path, "address") {
+            node.address_span = Some(aspan);
+            for (k, v) in at.iter() {
+                let field = format!("{path}.address.{}", k.get_ref());
+                let key = Sp {
+                    v: k.get_ref().to_string(),
+                    span: k.span(),
+                };
+                match v.get_ref() {
+                    DeValue::String(s) => match s.parse::<IpAddr>() {
+                        Ok(ip) => node.address.push((key, Sp { v: ip, span: v.span() })),
+                        Err(_) => self.error(
+                            &v.span(),
+                            &field,
+                            format!("{s:?} is not an IP address"),
+                        ),
+                    },
+                    other => self.error(
+                        &v.span(),
+                        &field,
+                        format!("expected an IP address string, found {}", kind(other)),
+                    ),
+                }
+            }
+        }
+        node
+    }
+
+    fn resource(&mut self, t: &Table<'_>, span: Range<usize>, path: &str) -> RawResource {
+        let kind = self.string(t, path, "type");
+        let mut allowed: Vec<&str> = RESOURCE_KEYS.to_vec();
+        let mut vip = RawVip::default();
+        match kind.as_ref().map(|k| k.v.as_str()) {
+            Some("vip") => {
+                allowed.extend_from_slice(VIP_KEYS);
+                vip = RawVip {
+                    address: self.string(t, path, "address"),
+                    interface: self.string(t, path, "interface"),
+                    announce_count: self.uint(t, path, "announce_count", 0, 100).map(|s| Sp {
+                        v: s.v as u32,
+                        span: s.span,
+                    }),
+                    announce_interval: self.duration(t, path, "announce_interval"),
+                };
+                self.check_keys(t, path, &allowed);
+            }
+            Some(other) => {
+                let span = kind.as_ref().map(|k| k.span.clone()).unwrap_or(span.clone());
+                self.error(
+                    &span,
+                    &format!("{path}.type"),
+                    format!(
+                        "unknown resource type {other:?} (this version supports: {})",
+                        super::RESOURCE_TYPES.join(", ")
+                    ),
+                );
+            }
+            None => self.check_keys(t, path, &allowed),
+        }
+        RawResource {
+            span,
+            name: self.string(t, path, "name"),
+            kind,
+            vip,
+        }
+    }
+
+    // ---- generic field readers -------------------------------------------------
+
+    /// Reports keys of `t` that are not in `allowed`, suggesting close names.
+    fn check_keys(&mut self, t: &Table<'_>, path: &str, allowed: &[&str]) {
+        for key in t.keys() {
+            let name = key.get_ref();
+            if !allowed.contains(&name.as_ref()) {
+                let field = join(path, name);
+                let hint = suggest(name, allowed)
+                    .map(|s| format!("; did you mean {s:?}?"))
+                    .unwrap_or_else(|| format!("; known keys: {}", allowed.join(", ")));
+                self.error(&key.span(), &field, format!("unknown key {name:?}{hint}"));
+            }
+        }
+    }
+
+    fn get<'t, 'i>(&self, t: &'t Table<'i>, key: &str) -> Option<&'t Spanned<DeValue<'i>>> {
+        t.get(key)
+    }
+
+    fn table<'t, 'i>(
+        &mut self,
+        t: &'t Table<'i>,
+        path: &str,
+        key: &str,
+    ) -> Option<(&'t Table<'i>, Range<usize>)> {
+        let v = self.get(t, key)?;
+        match v.get_ref() {
+            DeValue::Table(inner) => Some((inner, v.span())),
+            other => {
+                let msg = format!("expected a table, found {}", kind(other));
+                self.error(&v.span(), &join(path, key), msg);
+                None
+            }
+        }
+    }
+
+    /// The entries of an array of tables (`[[key]]`).
+    fn tables<'t, 'i>(&mut self, t: &'t Table<'i>, key: &str) -> Vec<(&'t Table<'i>, Range<usize>)> {
+        let Some(v) = self.get(t, key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        match v.get_ref() {
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item.get_ref() {
+                        DeValue::Table(inner) => out.push((inner, item.span())),
+                        other => {
+                            let msg = format!("expected a table, found {}", kind(other));
+                            self.error(&item.span(), &format!("{key}[{i}]"), msg);
+                        }
+                    }
+                }
+            }
+            other => {
+                let msg = format!(
+                    "expected an array of tables ([[{key}]] sections), found {}",
+                    kind(other)
+                );
+                self.error(&v.span(), key, msg);
+            }
+        }
+        out
+    }
+
+    fn string(&mut self, t: &Table<'_>, path: &str, key: &str) -> Option<Sp<String>> {
+        let v = self.get(t, key)?;
+        match v.get_ref() {
+            DeValue::String(s) => Some(Sp {
+                v: s.to_string(),
+                span: v.span(),
+            }),
+            other => {
+                let msg = format!("expected a string, found {}", kind(other));
+                self.error(&v.span(), &join(path, key), msg);
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, t: &Table<'_>, path: &str, key: &str) -> Option<bool> {
+        let v = self.get(t, key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                let msg = format!("expected true or false, found {}", kind(other));
+                self.error(&v.span(), &join(path, key), msg);
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, t: &Table<'_>, path: &str, key: &str, min: u64, max: u64) -> Option<Sp<u64>> {
+        let v = self.get(t, key)?;
+        let field = join(path, key);
+        match v.get_ref() {
+            DeValue::Integer(i) => {
+                let digits = i.as_str().replace('_', "");
+                let (neg, digits) = match digits.strip_prefix('-') {
+                    Some(d) => (true, d.to_string()),
+                    None => (false, digits.trim_start_matches('+').to_string()),
+                };
+                let digits = digits
+                    .trim_start_matches("0x")
+                    .trim_start_matches("0o")
+                    .trim_start_matches("0b")
+                    .to_string();
+                match u64::from_str_radix(&digits, i.radix()) {
+                    Ok(n) if !neg && n >= min && n <= max => Some(Sp { v: n, span: v.span() }),
+                    _ => {
+                        self.error(
+                            &v.span(),
+                            &field,
+                            format!("must be an integer from {min} to {max}, found {}", i.as_str()),
+                        );
+                        None
+                    }
+                }
+            }
+            other => {
+                let msg = format!("expected an integer, found {}", kind(other));
+                self.error(&v.span(), &field, msg);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, t: &Table<'_>, path: &str, key: &str) -> Option<Sp<Duration>> {
+        let s = self.string(t, path, key)?;
+        match parse_duration(&s.v) {
+            Ok(d) => Some(Sp { v: d, span: s.span }),
+            Err(e) => {
+                self.error(&s.span, &join(path, key), e.to_string());
+                None
+            }
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn kind(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// The allowed key closest to `name` if it is a plausible typo.
+fn suggest<'k>(name: &str, allowed: &[&'k str]) -> Option<&'k str> {
+    allowed
+        .iter()
+        .map(|a| (edit_distance(name, a), *a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 4))
+        .min()
+        .map(|(_, a)| a)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("prority", NODE_KEYS), Some("priority"));
+        assert_eq!(suggest("adress", NODE_KEYS), Some("address"));
+        assert_eq!(suggest("zzzz", NODE_KEYS), None);
+    }
+}

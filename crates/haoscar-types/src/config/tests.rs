@@ -1,0 +1,305 @@
+//! Table tests of the configuration model: the documented example, every
+//! semantic rule, error locations, and the `config show` round trip.
+
+use super::*;
+use crate::diagnostic::Severity;
+
+const EXAMPLE: &str = include_str!("../../../../examples/cluster.toml");
+
+const MINIMAL: &str = r#"
+[cluster]
+name = "c"
+
+[[channel]]
+name = "private"
+[[channel]]
+name = "public"
+
+[[node]]
+name = "head1"
+role = "head"
+priority = 100
+address = { private = "10.0.0.1", public = "192.168.1.11" }
+[[node]]
+name = "head2"
+role = "head"
+priority = 90
+address = { private = "10.0.0.2", public = "192.168.1.12" }
+[[node]]
+name = "node01"
+role = "witness"
+address = { private = "10.0.0.11" }
+"#;
+
+fn ok(text: &str) -> Config {
+    match parse(text, Path::new("t.toml")) {
+        Ok(l) => l.config,
+        Err(d) => panic!("expected a valid config, got:\n{d}"),
+    }
+}
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    match parse(text, Path::new("t.toml")) {
+        Ok(_) => panic!("expected errors"),
+        Err(d) => d.errors().cloned().collect(),
+    }
+}
+
+fn warnings(text: &str) -> Vec<Diagnostic> {
+    match parse(text, Path::new("t.toml")) {
+        Ok(l) => l.warnings,
+        Err(d) => panic!("expected a valid config, got:\n{d}"),
+    }
+}
+
+/// Asserts that exactly one error mentions `needle`, on `line`, at `field`.
+fn assert_error(text: &str, line: usize, field: &str, needle: &str) {
+    let errs = errors(text);
+    let hit = errs
+        .iter()
+        .find(|d| d.message.contains(needle))
+        .unwrap_or_else(|| panic!("no error containing {needle:?} in:\n{errs:#?}"));
+    assert_eq!(hit.line, line, "line of {hit}");
+    assert_eq!(hit.field, field, "field of {hit}");
+}
+
+#[test]
+fn documented_example_is_valid_and_expands_ranges() {
+    let c = ok(EXAMPLE);
+    assert_eq!(c.cluster.name, "beowulf");
+    assert_eq!(c.nodes.len(), 3 + 15);
+    let n16 = c.node("node16").expect("node16 expanded");
+    assert_eq!(n16.role, Role::Compute);
+    assert_eq!(n16.address["private"].to_string(), "10.0.0.26");
+    assert_eq!(c.heads().count(), 2);
+    assert_eq!(c.voters().count(), 3);
+    let ResourceKind::Vip(v) = &c.resources[0].kind;
+    assert_eq!(v.address.1, 24);
+    assert_eq!(c.socket_path("head1"), PathBuf::from("/run/haoscar/head1.sock"));
+}
+
+#[test]
+fn defaults_are_filled_in() {
+    let c = ok(MINIMAL);
+    assert_eq!(c.cluster.secret_file, PathBuf::from(DEFAULT_SECRET_FILE));
+    assert!(!c.cluster.auto_failback);
+    assert_eq!(c.cluster.timing, TimingPreset::Default.timing());
+    assert_eq!(c.channels[0].port, DEFAULT_CHANNEL_PORT);
+    assert_eq!(c.api.listen, DEFAULT_API_LISTEN.parse().ok());
+    assert_eq!(c.api.socket_dir, PathBuf::from(DEFAULT_SOCKET_DIR));
+    assert_eq!(c.paths.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    assert_eq!(c.node("node01").map(|n| n.priority), Some(0));
+}
+
+#[test]
+fn show_output_parses_back_to_the_same_model() {
+    for text in [EXAMPLE, MINIMAL] {
+        let c = ok(text);
+        let shown = c.to_toml();
+        let again = ok(&shown);
+        assert_eq!(c, again, "round trip of:\n{shown}");
+        assert_eq!(c.digest(), again.digest());
+    }
+}
+
+#[test]
+fn digest_changes_with_content() {
+    let a = ok(MINIMAL);
+    let b = ok(&MINIMAL.replace("priority = 90", "priority = 91"));
+    assert_ne!(a.digest(), b.digest());
+}
+
+#[test]
+fn timing_preset_and_overrides() {
+    let c = ok(&MINIMAL.replace("name = \"c\"", "name = \"c\"\ntiming = \"fast\""));
+    assert_eq!(c.cluster.timing, TimingPreset::Fast.timing());
+    let c = ok(&MINIMAL.replace(
+        "name = \"c\"",
+        "name = \"c\"\ntiming = { preset = \"conservative\", heartbeat_interval = \"250ms\" }",
+    ));
+    assert_eq!(c.cluster.timing.preset, TimingPreset::Conservative);
+    assert_eq!(c.cluster.timing.heartbeat_interval, Duration::from_millis(250));
+    assert_eq!(c.cluster.timing.dead_after, Duration::from_secs(3));
+}
+
+#[test]
+fn semantic_rules() {
+    // (mutation of MINIMAL, line, field, message fragment)
+    let cases: &[(&str, &str, usize, &str, &str)] = &[
+        (
+            "address = { private = \"10.0.0.11\" }",
+            "address = { private = \"10.0.0.11\", dmz = \"10.9.0.1\" }",
+            23,
+            "node[2].address.dmz",
+            "channel \"dmz\" is not defined (defined channels: private, public)",
+        ),
+        (
+            "address = { private = \"10.0.0.2\", public = \"192.168.1.12\" }",
+            "address = { private = \"10.0.0.2\" }",
+            19,
+            "node[1].address",
+            "a head needs an address on every channel; missing: public",
+        ),
+        (
+            "name = \"head2\"",
+            "name = \"head1\"",
+            16,
+            "node[1].name",
+            "duplicate node name \"head1\"",
+        ),
+        (
+            "name = \"public\"",
+            "name = \"private\"",
+            8,
+            "channel[1].name",
+            "duplicate channel name",
+        ),
+        (
+            "role = \"witness\"",
+            "role = \"compute\"",
+            1,
+            "node",
+            "quorum needs a third voter",
+        ),
+        (
+            "name = \"head2\"\nrole = \"head\"",
+            "name = \"head2\"\nrole = \"witness\"",
+            1,
+            "node",
+            "HA-OSCAR needs at least two nodes with role = \"head\"",
+        ),
+        (
+            "role = \"witness\"",
+            "role = \"voter\"",
+            22,
+            "node[2].role",
+            "unknown role \"voter\"",
+        ),
+        (
+            "\"10.0.0.11\"",
+            "\"10.0.0.1\"",
+            23,
+            "node[2].address.private",
+            "10.0.0.1 on channel \"private\" is also the address of head1",
+        ),
+        (
+            "\"10.0.0.11\"",
+            "\"10.0.0.300\"",
+            23,
+            "node[2].address.private",
+            "\"10.0.0.300\" is not an IP address",
+        ),
+        (
+            "priority = 90",
+            "priority = -5",
+            18,
+            "node[1].priority",
+            "must be an integer from 0 to",
+        ),
+        (
+            "name = \"c\"",
+            "name = \"C D\"",
+            3,
+            "cluster.name",
+            "not a valid cluster name",
+        ),
+        (
+            "name = \"c\"",
+            "name = \"c\"\ntiming = \"quick\"",
+            4,
+            "cluster.timing",
+            "unknown timing preset \"quick\" (expected one of: fast, default, conservative)",
+        ),
+        (
+            "name = \"c\"",
+            "name = \"c\"\ntiming = { lease = \"5s\" }",
+            4,
+            "cluster.timing.lease",
+            "must be shorter than election_timeout_min",
+        ),
+        (
+            "name = \"c\"",
+            "name = \"c\"\nauto_failback = \"yes\"",
+            4,
+            "cluster.auto_failback",
+            "expected true or false, found a string",
+        ),
+        (
+            "name = \"node01\"",
+            "name = \"node[03-01]\"",
+            21,
+            "node[2].name",
+            "invalid node name or range",
+        ),
+    ];
+    for (from, to, line, field, needle) in cases {
+        assert!(MINIMAL.contains(from), "{from}");
+        let text = MINIMAL.replacen(from, to, 1);
+        assert_error(&text, *line, field, needle);
+    }
+}
+
+#[test]
+fn unknown_keys_are_errors_with_suggestions() {
+    let text = MINIMAL.replace("priority = 100", "prority = 100");
+    assert_error(&text, 13, "node[0].prority", "unknown key \"prority\"; did you mean \"priority\"?");
+    let text = format!("{MINIMAL}\n[extra]\nx = 1\n");
+    assert_error(&text, 25, "extra", "unknown key \"extra\"");
+    let text = MINIMAL.replace("name = \"c\"", "name = \"c\"\ncolour = \"blue\"");
+    assert_error(&text, 4, "cluster.colour", "known keys: name, secret_file");
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let text = MINIMAL
+        .replace("prio", "PRIO")
+        .replace("name = \"public\"", "name = \"public\"\nport = 0")
+        .replace("\"10.0.0.11\"", "\"nope\"");
+    let errs = errors(&text);
+    assert!(errs.len() >= 4, "{errs:#?}");
+    let lines: Vec<usize> = errs.iter().map(|d| d.line).collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted, "diagnostics come in file order");
+}
+
+#[test]
+fn syntax_errors_have_positions() {
+    let errs = errors("[cluster]\nname = \"x\nfoo");
+    assert!(errs[0].message.starts_with("TOML syntax"), "{errs:?}");
+    assert_eq!(errs[0].line, 2);
+}
+
+#[test]
+fn resources() {
+    let vip = "\n[[resource]]\nname = \"ip\"\ntype = \"vip\"\naddress = \"192.168.1.100/24\"\ninterface = \"eth1\"\n";
+    let c = ok(&format!("{MINIMAL}{vip}"));
+    let ResourceKind::Vip(v) = &c.resources[0].kind;
+    assert_eq!(v.announce_count, 3);
+    assert_eq!(v.interface, "eth1");
+    let line0 = MINIMAL.lines().count() + 2;
+    for (from, to, line_off, field, needle) in [
+        ("type = \"vip\"", "type = \"exec\"", 2, "resource[0].type", "unknown resource type \"exec\" (this version supports: vip)"),
+        ("/24", "/40", 3, "resource[0].address", "is not an address/prefix"),
+        ("\"eth1\"", "\"a-very-long-interface\"", 4, "resource[0].interface", "not a valid interface name"),
+        ("192.168.1.100", "192.168.1.11", 3, "resource[0].address", "also a fixed address of node head1"),
+        ("interface", "iface", 4, "resource[0].iface", "unknown key \"iface\""),
+    ] {
+        let text = format!("{MINIMAL}{}", vip.replace(from, to));
+        assert_error(&text, line0 + line_off, field, needle);
+    }
+}
+
+#[test]
+fn warnings_do_not_fail() {
+    let text = MINIMAL.replace("priority = 90", "priority = 100");
+    let w = warnings(&text);
+    assert!(w.iter().any(|d| d.message.contains("same priority")), "{w:?}");
+    assert!(w.iter().all(|d| d.severity == Severity::Warning));
+}
+
+#[test]
+fn missing_file_is_reported() {
+    let err = load(Path::new("/nonexistent/cluster.toml")).err().map(|d| d.to_string());
+    assert!(err.is_some_and(|e| e.contains("/nonexistent/cluster.toml: error: cannot read the file")));
+}

@@ -1,0 +1,482 @@
+//! Second pass: turns the decoded sections into the [`Config`] model, fills in
+//! defaults, expands node ranges, and checks the rules that make a cluster
+//! workable (unique names, addresses on defined channels, heads reachable on
+//! every channel, at least two heads, a quorum that survives one failure).
+
+use super::decode::{Cx, RawConfig, RawNode, RawResource, Sp};
+use super::*;
+use crate::nodeset::NodeSet;
+use std::collections::{BTreeMap, HashMap};
+
+pub(super) fn validate(cx: &mut Cx<'_>, raw: RawConfig) -> Option<Config> {
+    let cluster = cluster(cx, &raw);
+    let api = ApiSection {
+        listen: match &raw.api.listen {
+            Some(l) => l.v,
+            None => DEFAULT_API_LISTEN.parse().ok(),
+        },
+        socket_dir: path_or(cx, &raw.api.socket_dir, "api.socket_dir", DEFAULT_SOCKET_DIR),
+    };
+    let paths = PathsSection {
+        state_dir: path_or(cx, &raw.paths.state_dir, "paths.state_dir", DEFAULT_STATE_DIR),
+        log_dir: path_or(cx, &raw.paths.log_dir, "paths.log_dir", DEFAULT_LOG_DIR),
+    };
+    let channels = channels(cx, &raw);
+    let nodes = nodes(cx, &raw, &channels);
+    quorum_checks(cx, &raw, &nodes);
+    let resources = resources(cx, &raw, &nodes);
+    Some(Config {
+        cluster: cluster?,
+        api,
+        paths,
+        channels,
+        nodes,
+        resources,
+    })
+}
+
+fn path_or(cx: &mut Cx<'_>, v: &Option<Sp<String>>, field: &str, default: &str) -> PathBuf {
+    match v {
+        Some(s) if !s.v.starts_with('/') => {
+            cx.error(&s.span, field, format!("{:?} must be an absolute path", s.v));
+            PathBuf::from(default)
+        }
+        Some(s) => PathBuf::from(&s.v),
+        None => PathBuf::from(default),
+    }
+}
+
+fn is_simple_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+fn cluster(cx: &mut Cx<'_>, raw: &RawConfig) -> Option<ClusterSection> {
+    let Some(c) = &raw.cluster else {
+        cx.error(
+            &raw.doc_span,
+            "cluster",
+            "missing [cluster] section (it needs at least: name = \"...\")",
+        );
+        return None;
+    };
+    let name = match &c.name {
+        Some(n) if is_simple_name(&n.v) => Some(n.v.clone()),
+        Some(n) => {
+            cx.error(
+                &n.span,
+                "cluster.name",
+                format!(
+                    "{:?} is not a valid cluster name (lowercase letters, digits, '-' and '_', up to 63)",
+                    n.v
+                ),
+            );
+            None
+        }
+        None => {
+            cx.error(&c.span, "cluster.name", "missing required key \"name\"");
+            None
+        }
+    };
+    for (field, msg) in c.timing.problems() {
+        cx.error(&c.timing_span, &format!("cluster.timing.{field}"), msg);
+    }
+    let secret_file = path_or(cx, &c.secret_file, "cluster.secret_file", DEFAULT_SECRET_FILE);
+    Some(ClusterSection {
+        name: name?,
+        secret_file,
+        auto_failback: c.auto_failback.unwrap_or(false),
+        failback_after: c
+            .failback_after
+            .as_ref()
+            .map(|d| d.v)
+            .unwrap_or(Duration::from_secs(60)),
+        timing: c.timing,
+    })
+}
+
+fn channels(cx: &mut Cx<'_>, raw: &RawConfig) -> Vec<Channel> {
+    if raw.channels.is_empty() {
+        cx.error(
+            &raw.doc_span,
+            "channel",
+            "no [[channel]] defined: at least one detection channel (network carrying heartbeats) is needed, two for redundancy",
+        );
+    }
+    let mut out: Vec<Channel> = Vec::new();
+    for (i, ch) in raw.channels.iter().enumerate() {
+        let path = format!("channel[{i}]");
+        let Some(name) = &ch.name else {
+            cx.error(&ch.span, &format!("{path}.name"), "missing required key \"name\"");
+            continue;
+        };
+        if !is_simple_name(&name.v) {
+            cx.error(
+                &name.span,
+                &format!("{path}.name"),
+                format!("{:?} is not a valid channel name (lowercase letters, digits, '-' and '_')", name.v),
+            );
+            continue;
+        }
+        if out.iter().any(|c| c.name == name.v) {
+            cx.error(
+                &name.span,
+                &format!("{path}.name"),
+                format!("duplicate channel name {:?}", name.v),
+            );
+            continue;
+        }
+        out.push(Channel {
+            name: name.v.clone(),
+            port: ch.port.as_ref().map(|p| p.v).unwrap_or(DEFAULT_CHANNEL_PORT),
+        });
+    }
+    if out.len() == 1 {
+        cx.warn(
+            &raw.channels[0].span,
+            "channel",
+            "only one detection channel: a single network failure will look like a node failure; add a second [[channel]] on a separate network",
+        );
+    }
+    out
+}
+
+fn nodes(cx: &mut Cx<'_>, raw: &RawConfig, channels: &[Channel]) -> Vec<Node> {
+    let mut out: Vec<Node> = Vec::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut addr_owner: HashMap<(String, IpAddr), String> = HashMap::new();
+    let defined: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
+    for (i, rn) in raw.nodes.iter().enumerate() {
+        let path = format!("node[{i}]");
+        let Some(names) = node_names(cx, rn, &path) else {
+            continue;
+        };
+        let Some(role) = &rn.role else {
+            if rn.role.is_none() {
+                cx.error(
+                    &rn.span,
+                    &format!("{path}.role"),
+                    "missing required key \"role\" (head, witness or compute)",
+                );
+            }
+            continue;
+        };
+        let role = role.v;
+        if let (Some(p), true) = (&rn.priority, role != Role::Head) {
+            cx.warn(
+                &p.span,
+                &format!("{path}.priority"),
+                format!("priority only matters for heads; this node is a {role}"),
+            );
+        }
+        // Addresses: defined channels only; heads on every channel.
+        let mut addr: Vec<(String, IpAddr)> = Vec::new();
+        for (ch, ip) in &rn.address {
+            if !defined.contains(&ch.v.as_str()) {
+                cx.error(
+                    &ch.span,
+                    &format!("{path}.address.{}", ch.v),
+                    format!(
+                        "channel {:?} is not defined (defined channels: {})",
+                        ch.v,
+                        if defined.is_empty() { "none".to_string() } else { defined.join(", ") }
+                    ),
+                );
+                continue;
+            }
+            if ip.v.is_unspecified() || ip.v.is_multicast() {
+                cx.error(
+                    &ip.span,
+                    &format!("{path}.address.{}", ch.v),
+                    format!("{} cannot be a node address", ip.v),
+                );
+                continue;
+            }
+            addr.push((ch.v.clone(), ip.v));
+        }
+        let addr_span = rn.address_span.clone().unwrap_or(rn.span.clone());
+        if rn.address_span.is_none() {
+            cx.error(
+                &rn.span,
+                &format!("{path}.address"),
+                "missing required key \"address\" (e.g. address = { private = \"10.0.0.1\" })",
+            );
+        } else if role == Role::Head {
+            let missing: Vec<&str> = defined
+                .iter()
+                .copied()
+                .filter(|c| !rn.address.iter().any(|(k, _)| k.v == *c))
+                .collect();
+            if !missing.is_empty() {
+                cx.error(
+                    &addr_span,
+                    &format!("{path}.address"),
+                    format!(
+                        "a head needs an address on every channel; missing: {} (heartbeats on a channel the head is not on could not protect it)",
+                        missing.join(", ")
+                    ),
+                );
+            }
+        }
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for (_, ip) in &addr {
+            if ips.contains(ip) {
+                cx.warn(
+                    &addr_span,
+                    &format!("{path}.address"),
+                    format!("{ip} is used on two channels: they are not separate paths"),
+                );
+            }
+            ips.push(*ip);
+        }
+        for (k, name) in names.iter().enumerate() {
+            if let Some(prev) = seen.get(name) {
+                let span = rn.name.as_ref().map(|n| n.span.clone()).unwrap_or(rn.span.clone());
+                cx.error(
+                    &span,
+                    &format!("{path}.name"),
+                    format!("duplicate node name {name:?} (already defined by {prev})"),
+                );
+                continue;
+            }
+            seen.insert(name.clone(), path.clone());
+            let mut address = BTreeMap::new();
+            for (ch, base) in &addr {
+                let Some(ip) = offset_ip(*base, k) else {
+                    cx.error(
+                        &addr_span,
+                        &format!("{path}.address.{ch}"),
+                        format!("address range starting at {base} overflows for {name}"),
+                    );
+                    continue;
+                };
+                if let Some(owner) = addr_owner.get(&(ch.clone(), ip)) {
+                    cx.error(
+                        &addr_span,
+                        &format!("{path}.address.{ch}"),
+                        format!("{ip} on channel {ch:?} is also the address of {owner}"),
+                    );
+                }
+                addr_owner.insert((ch.clone(), ip), name.clone());
+                address.insert(ch.clone(), ip);
+            }
+            out.push(Node {
+                name: name.clone(),
+                role,
+                priority: if role == Role::Head {
+                    rn.priority.as_ref().map(|p| p.v).unwrap_or(0)
+                } else {
+                    0
+                },
+                address,
+            });
+        }
+    }
+    out
+}
+
+/// Expands a node's `name`, which may be a range such as `node[01-16]`.
+fn node_names(cx: &mut Cx<'_>, rn: &RawNode, path: &str) -> Option<Vec<String>> {
+    let field = format!("{path}.name");
+    let Some(name) = &rn.name else {
+        cx.error(&rn.span, &field, "missing required key \"name\"");
+        return None;
+    };
+    match NodeSet::parse(&name.v) {
+        Ok(set) if set.is_empty() => {
+            cx.error(&name.span, &field, "node name is empty");
+            None
+        }
+        Ok(set) => Some(set.expand()),
+        Err(e) => {
+            cx.error(&name.span, &field, format!("invalid node name or range: {e}"));
+            None
+        }
+    }
+}
+
+fn offset_ip(base: IpAddr, k: usize) -> Option<IpAddr> {
+    match base {
+        IpAddr::V4(v4) => u32::from(v4)
+            .checked_add(u32::try_from(k).ok()?)
+            .map(|n| IpAddr::V4(n.into())),
+        IpAddr::V6(v6) => u128::from(v6)
+            .checked_add(k as u128)
+            .map(|n| IpAddr::V6(n.into())),
+    }
+}
+
+fn quorum_checks(cx: &mut Cx<'_>, raw: &RawConfig, nodes: &[Node]) {
+    let heads = nodes.iter().filter(|n| n.role == Role::Head).count();
+    let witnesses = nodes.iter().filter(|n| n.role == Role::Witness).count();
+    let span = raw.doc_span.start..raw.doc_span.start;
+    if raw.nodes.iter().any(|n| n.name.is_none() || n.role.is_none()) {
+        return; // the counts are meaningless until those are fixed
+    }
+    if heads < 2 {
+        cx.error(
+            &span,
+            "node",
+            format!(
+                "{heads} head(s) defined: HA-OSCAR needs at least two nodes with role = \"head\" (an active head and a hot standby)"
+            ),
+        );
+    } else if heads == 2 && witnesses == 0 {
+        cx.error(
+            &span,
+            "node",
+            "two heads and no witness: quorum needs a third voter, otherwise neither head can tell a dead peer from a cut network and the cluster either stops or risks two active heads. Give any compute node role = \"witness\" (a witness only votes; it never becomes active or runs services)",
+        );
+    }
+    let voters = heads + witnesses;
+    if voters >= 4 && voters % 2 == 0 {
+        cx.warn(
+            &span,
+            "node",
+            format!(
+                "{voters} voters (heads + witnesses): an even number tolerates no more failures than {} voters; consider {} witness(es)",
+                voters - 1,
+                if witnesses > 0 { witnesses - 1 } else { witnesses + 1 }
+            ),
+        );
+    }
+    let mut prios: Vec<(u32, &str)> = nodes
+        .iter()
+        .filter(|n| n.role == Role::Head)
+        .map(|n| (n.priority, n.name.as_str()))
+        .collect();
+    prios.sort();
+    for w in prios.windows(2) {
+        if w[0].0 == w[1].0 {
+            cx.warn(
+                &span,
+                "node",
+                format!(
+                    "heads {} and {} have the same priority {}: the preferred active head is then chosen by name",
+                    w[0].1, w[1].1, w[0].0
+                ),
+            );
+        }
+    }
+}
+
+fn resources(cx: &mut Cx<'_>, raw: &RawConfig, nodes: &[Node]) -> Vec<Resource> {
+    let mut out: Vec<Resource> = Vec::new();
+    for (i, rr) in raw.resources.iter().enumerate() {
+        let path = format!("resource[{i}]");
+        let Some(name) = &rr.name else {
+            cx.error(&rr.span, &format!("{path}.name"), "missing required key \"name\"");
+            continue;
+        };
+        if !is_simple_name(&name.v) {
+            cx.error(
+                &name.span,
+                &format!("{path}.name"),
+                format!("{:?} is not a valid resource name (lowercase letters, digits, '-' and '_')", name.v),
+            );
+            continue;
+        }
+        if out.iter().any(|r| r.name == name.v) {
+            cx.error(
+                &name.span,
+                &format!("{path}.name"),
+                format!("duplicate resource name {:?}", name.v),
+            );
+            continue;
+        }
+        let kind = match rr.kind.as_ref().map(|k| k.v.as_str()) {
+            None => {
+                cx.error(
+                    &rr.span,
+                    &format!("{path}.type"),
+                    format!(
+                        "missing required key \"type\" (one of: {})",
+                        RESOURCE_TYPES.join(", ")
+                    ),
+                );
+                continue;
+            }
+            Some("vip") => match vip(cx, rr, &path, nodes) {
+                Some(v) => ResourceKind::Vip(v),
+                None => continue,
+            },
+            Some(_) => continue, // reported while decoding
+        };
+        out.push(Resource {
+            name: name.v.clone(),
+            kind,
+        });
+    }
+    out
+}
+
+fn vip(cx: &mut Cx<'_>, rr: &RawResource, path: &str, nodes: &[Node]) -> Option<VipResource> {
+    let v = &rr.vip;
+    let address = match &v.address {
+        None => {
+            cx.error(
+                &rr.span,
+                &format!("{path}.address"),
+                "missing required key \"address\" (address/prefix, e.g. \"192.168.1.100/24\")",
+            );
+            None
+        }
+        Some(a) => {
+            let parsed = a.v.split_once('/').and_then(|(ip, prefix)| {
+                let ip: IpAddr = ip.parse().ok()?;
+                let prefix: u8 = prefix.parse().ok()?;
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                (prefix <= max && !ip.is_unspecified() && !ip.is_multicast()).then_some((ip, prefix))
+            });
+            if parsed.is_none() {
+                cx.error(
+                    &a.span,
+                    &format!("{path}.address"),
+                    format!("{:?} is not an address/prefix such as \"192.168.1.100/24\"", a.v),
+                );
+            }
+            if let Some((ip, _)) = parsed {
+                if let Some(n) = nodes.iter().find(|n| n.address.values().any(|x| *x == ip)) {
+                    cx.error(
+                        &a.span,
+                        &format!("{path}.address"),
+                        format!("{ip} is also a fixed address of node {}: a virtual IP must be unused", n.name),
+                    );
+                }
+            }
+            parsed
+        }
+    };
+    let interface = match &v.interface {
+        None => {
+            cx.error(
+                &rr.span,
+                &format!("{path}.interface"),
+                "missing required key \"interface\" (the network interface on the heads, e.g. \"eth1\")",
+            );
+            None
+        }
+        Some(i) if i.v.is_empty() || i.v.len() > 15 || i.v.contains(['/', ' ', ':']) => {
+            cx.error(
+                &i.span,
+                &format!("{path}.interface"),
+                format!("{:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)", i.v),
+            );
+            None
+        }
+        Some(i) => Some(i.v.clone()),
+    };
+    Some(VipResource {
+        address: address?,
+        interface: interface?,
+        announce_count: v.announce_count.as_ref().map(|c| c.v).unwrap_or(3),
+        announce_interval: v
+            .announce_interval
+            .as_ref()
+            .map(|d| d.v)
+            .unwrap_or(Duration::from_millis(200)),
+    })
+}
