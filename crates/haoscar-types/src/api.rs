@@ -102,13 +102,22 @@ pub struct PeerChannel {
 pub struct NetCounters {
     pub sent: u64,
     pub send_errors: u64,
+    pub recv_errors: u64,
     pub received_ok: u64,
+    /// Not a well-formed HA-OSCAR packet.
     pub dropped_malformed: u64,
+    /// Authentication failed: forged, corrupted, or signed with another key.
     pub dropped_bad_mac: u64,
     pub dropped_wrong_cluster: u64,
+    /// Authentic, but addressed to another node.
+    pub dropped_wrong_destination: u64,
     pub dropped_unknown_peer: u64,
+    /// Came from an address or channel the sender does not have.
     pub dropped_wrong_address: u64,
+    /// Sequence number already seen (replayed).
     pub dropped_replay: u64,
+    /// From an older incarnation of the sender (replayed from before a restart).
+    pub dropped_stale_boot: u64,
 }
 
 /// Something that happened, kept in the event history.

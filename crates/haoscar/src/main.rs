@@ -1,33 +1,85 @@
 //! The `haoscar` binary: command-line parsing and dispatch to the agent, the
-//! configuration tools, the control-API client, the lab and the demo.
+//! configuration tools, the control-API client, the lab and the demo. Errors
+//! are reported with anyhow at this edge; the libraries use typed errors.
 
+mod agent;
+mod cmd_config;
+mod cmd_keygen;
+mod cmd_status;
+mod demo;
 mod lab_cmd;
+mod logging;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "haoscar", version, about = "High availability for Linux cluster head nodes")]
+#[command(
+    name = "haoscar",
+    version,
+    about = "HA-OSCAR: high availability for Linux cluster head nodes",
+    long_about = "HA-OSCAR keeps a cluster's head node available: an active and a hot-standby head, \
+                  witness nodes that vote, virtual IPs and services that follow the active head.\n\
+                  Documentation: docs/ in the source tree (configuration, operations, architecture)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Options shared by commands that read the cluster configuration.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// Cluster configuration file.
+    #[arg(long, short = 'c', env = "HAOSCAR_CONFIG", default_value = haoscar_types::config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// This node's name in the configuration (default: the host name).
+    #[arg(long, short = 'n', env = "HAOSCAR_NODE")]
+    pub node: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the per-node agent (daemon) in the foreground.
+    Agent(agent::AgentArgs),
+    /// Check or show a cluster configuration file.
+    #[command(subcommand)]
+    Config(cmd_config::ConfigCommand),
+    /// Show the cluster as seen by this node's agent.
+    Status(cmd_status::StatusArgs),
+    /// Write a new random cluster key (mode 0600).
+    Keygen(cmd_keygen::KeygenArgs),
     /// Build and manage a real test cluster in network namespaces (root).
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
+    /// Run a live demonstration cluster in network namespaces (root).
+    Demo(demo::DemoArgs),
     /// Print the version.
     Version,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Lab(cmd) => lab_cmd::run(cmd),
+    let result = match cli.command {
+        Command::Agent(args) => agent::run(args),
+        Command::Config(cmd) => cmd_config::run(cmd),
+        Command::Status(args) => cmd_status::run(args),
+        Command::Keygen(args) => cmd_keygen::run(args),
+        Command::Lab(cmd) => {
+            logging::init_cli();
+            lab_cmd::run(cmd).map(|()| std::process::ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => demo::run(args),
         Command::Version => {
             println!("haoscar {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("haoscar: error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

@@ -1,0 +1,481 @@
+//! `haoscar agent`: the per-node daemon. Loads and validates the cluster
+//! configuration, picks the local node, reads the cluster key, runs the
+//! authenticated heartbeat service on every detection channel, keeps the
+//! event history, serves the control API (TCP + Unix socket) and shuts down
+//! cleanly on SIGTERM/SIGINT. Later capabilities (election, VIPs, resources)
+//! plug into this runtime.
+
+use crate::ConfigArgs;
+use anyhow::{bail, Context, Result};
+use haoscar_api::{AgentView, Server};
+use haoscar_core::membership::{BootId, LinkState, MembershipEvent, PeerState};
+use haoscar_net::heartbeat::{self, HeartbeatConfig, HeartbeatHandle, LocalChannel, PeerAddrs};
+use haoscar_net::wire::ClusterKey;
+use haoscar_types::api::{self, Event, Liveness, NetCounters, Status};
+use haoscar_types::config::{self, Config, Role};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// How many events the agent keeps in memory.
+const EVENT_HISTORY: usize = 1000;
+
+pub fn run(args: AgentArgs) -> Result<ExitCode> {
+    crate::logging::init_agent(args.log_json);
+    let loaded = config::load(&args.cfg.config).map_err(|d| anyhow::anyhow!("invalid configuration:\n{d}"))?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let config = loaded.config;
+    let node = local_node_name(&config, args.cfg.node.as_deref())?;
+    let key = read_key(&config.cluster.secret_file)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(agent_main(config, node, key))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The local node: `--node`, else the host name; it must be in the config.
+pub fn local_node_name(config: &Config, explicit: Option<&str>) -> Result<String> {
+    let name = match explicit {
+        Some(n) => n.to_string(),
+        None => {
+            let host = nix::unistd::gethostname().context("cannot read the host name")?;
+            let host = host.to_string_lossy().into_owned();
+            // Accept a fully-qualified host name whose first label is the node.
+            host.split('.').next().unwrap_or(&host).to_string()
+        }
+    };
+    if config.node(&name).is_none() {
+        let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+        let listed = haoscar_types::nodeset::fold(names.iter().copied()).unwrap_or_else(|_| names.join(","));
+        bail!(
+            "node {name:?} is not in the configuration (nodes: {listed}); pass --node NAME{}",
+            if explicit.is_none() { " (the default is the host name)" } else { "" }
+        );
+    }
+    Ok(name)
+}
+
+/// Reads the cluster key: hex text (from `haoscar keygen`), at least 16
+/// bytes, and not readable by group or others.
+pub fn read_key(path: &Path) -> Result<ClusterKey> {
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "cannot read the cluster key {} (create one with `haoscar keygen {}` and copy it to every node)",
+            path.display(),
+            path.display()
+        )
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "the cluster key {} has mode {mode:04o}: it must not be readable by group or others (chmod 600 {})",
+            path.display(),
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = hex::decode(text.trim()).map_err(|e| {
+        anyhow::anyhow!("the cluster key {} is not hex text ({e}); regenerate it with `haoscar keygen --force`", path.display())
+    })?;
+    if bytes.len() < 16 {
+        bail!("the cluster key {} is too short ({} bytes, at least 16 needed)", path.display(), bytes.len());
+    }
+    ClusterKey::new(bytes).map_err(|e| anyhow::anyhow!("the cluster key {}: {e}", path.display()))
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Which nodes this node exchanges heartbeats with: voters (heads and
+/// witnesses) talk to each other, heads also to compute nodes, compute
+/// nodes to the heads only. Only channels both sides are on are used.
+pub fn heartbeat_peers(config: &Config, local: &str) -> Vec<PeerAddrs> {
+    let Some(me) = config.node(local) else {
+        return Vec::new();
+    };
+    config
+        .nodes
+        .iter()
+        .filter(|n| n.name != me.name)
+        .filter(|n| match (me.role, n.role) {
+            (Role::Compute, r) => r == Role::Head,
+            (Role::Witness, r) => r.votes(),
+            (Role::Head, _) => true,
+        })
+        .filter_map(|n| {
+            let addrs: Vec<(String, SocketAddr)> = n
+                .address
+                .iter()
+                .filter(|(ch, _)| me.address.contains_key(*ch))
+                .filter_map(|(ch, ip)| Some((ch.clone(), SocketAddr::new(*ip, config.channel(ch)?.port))))
+                .collect();
+            (!addrs.is_empty()).then(|| PeerAddrs {
+                name: n.name.clone(),
+                addrs,
+            })
+        })
+        .collect()
+}
+
+/// Shared agent state: what the control API reads.
+struct Agent {
+    config: Config,
+    node: String,
+    role: Role,
+    boot: BootId,
+    started: tokio::time::Instant,
+    started_unix_ms: u64,
+    digest: u64,
+    heartbeat: HeartbeatHandle,
+    channels: Vec<api::LocalChannel>,
+    events: Mutex<EventLog>,
+}
+
+struct EventLog {
+    next_id: u64,
+    items: VecDeque<Event>,
+}
+
+impl Agent {
+    fn record(&self, kind: &str, subject: Option<&str>, message: String) {
+        let Ok(mut log) = self.events.lock() else {
+            return;
+        };
+        log.next_id += 1;
+        let ev = Event {
+            id: log.next_id,
+            at_unix_ms: unix_ms(SystemTime::now()),
+            node: self.node.clone(),
+            kind: kind.to_string(),
+            subject: subject.map(str::to_string),
+            message,
+        };
+        if log.items.len() >= EVENT_HISTORY {
+            log.items.pop_front();
+        }
+        log.items.push_back(ev);
+    }
+
+    fn on_membership(&self, ev: &MembershipEvent) {
+        let peer = ev.peer();
+        let (kind, msg) = match ev {
+            MembershipEvent::ChannelUp { channel, .. } => ("channel_up", format!("channel {channel} to {peer} is up")),
+            MembershipEvent::ChannelDown { channel, silent_for, .. } => (
+                "channel_down",
+                format!("channel {channel} to {peer} is down: no valid heartbeat for {} ms", silent_for.as_millis()),
+            ),
+            MembershipEvent::PeerUp { .. } => ("peer_up", format!("{peer} is up")),
+            MembershipEvent::PeerDown { .. } => ("peer_down", format!("{peer} is down: silent on every channel")),
+            MembershipEvent::PeerRestarted { previous, current, .. } => (
+                "peer_restarted",
+                format!("{peer} restarted (boot {previous} -> {current})"),
+            ),
+            MembershipEvent::ConfigMismatch { ours, theirs, .. } => (
+                "config_mismatch",
+                format!("{peer} runs a different configuration ({theirs:016x}, ours {ours:016x})"),
+            ),
+            MembershipEvent::ConfigMatch { .. } => ("config_match", format!("{peer} runs our configuration again")),
+        };
+        match kind {
+            "channel_down" | "peer_down" | "config_mismatch" => tracing::warn!(peer, kind, "{msg}"),
+            _ => tracing::info!(peer, kind, "{msg}"),
+        }
+        self.record(kind, Some(peer), msg);
+    }
+
+    fn counters(&self) -> NetCounters {
+        let c = self.heartbeat.snapshot().counters;
+        NetCounters {
+            sent: c.sent,
+            send_errors: c.send_errors,
+            recv_errors: c.recv_errors,
+            received_ok: c.received_ok,
+            dropped_malformed: c.dropped_malformed,
+            dropped_bad_mac: c.dropped_bad_mac,
+            dropped_wrong_cluster: c.dropped_wrong_cluster,
+            dropped_wrong_destination: c.dropped_wrong_destination,
+            dropped_unknown_peer: c.dropped_unknown_peer,
+            dropped_wrong_address: c.dropped_wrong_address,
+            dropped_replay: c.dropped_replay,
+            dropped_stale_boot: c.dropped_stale_boot,
+        }
+    }
+}
+
+fn liveness_link(s: LinkState) -> Liveness {
+    match s {
+        LinkState::Unknown => Liveness::Unknown,
+        LinkState::Up => Liveness::Up,
+        LinkState::Down => Liveness::Down,
+    }
+}
+
+fn liveness_peer(s: PeerState) -> Liveness {
+    match s {
+        PeerState::Unknown => Liveness::Unknown,
+        PeerState::Up => Liveness::Up,
+        PeerState::Down => Liveness::Down,
+    }
+}
+
+impl AgentView for Agent {
+    fn status(&self) -> Status {
+        let snap = self.heartbeat.snapshot();
+        let peers = snap
+            .peers
+            .iter()
+            .map(|p| {
+                let node = self.config.node(&p.name);
+                api::PeerStatus {
+                    name: p.name.clone(),
+                    role: node.map(|n| n.role).unwrap_or(Role::Compute),
+                    state: liveness_peer(p.state),
+                    boot_id: p.boot.map(|b| b.to_string()),
+                    config_matches: p.config_digest.map(|_| !p.config_mismatch),
+                    channels: p
+                        .channels
+                        .iter()
+                        .map(|c| api::PeerChannel {
+                            name: c.name.clone(),
+                            address: node
+                                .and_then(|n| n.address.get(&c.name))
+                                .map(|a| a.to_string())
+                                .unwrap_or_default(),
+                            state: liveness_link(c.state),
+                            last_heard_ms: c.last_heard_ago_ms,
+                            rtt_ms: c.srtt_ms,
+                            received: c.packets,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let t = &self.config.cluster.timing;
+        Status {
+            api_version: api::API_VERSION,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            cluster: self.config.cluster.name.clone(),
+            node: self.node.clone(),
+            role: self.role,
+            boot_id: self.boot.to_string(),
+            started_at_unix_ms: self.started_unix_ms,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            config_digest: format!("{:016x}", self.digest),
+            timing: api::TimingStatus {
+                preset: format!("{:?}", t.preset).to_lowercase(),
+                heartbeat_interval_ms: t.heartbeat_interval.as_secs_f64() * 1000.0,
+                dead_after_ms: t.dead_after.as_secs_f64() * 1000.0,
+            },
+            active: None,
+            channels: self.channels.clone(),
+            peers,
+            counters: self.counters(),
+            recent_events: self.events(20),
+        }
+    }
+
+    fn events(&self, limit: usize) -> Vec<Event> {
+        match self.events.lock() {
+            Ok(log) => {
+                let skip = log.items.len().saturating_sub(limit);
+                log.items.iter().skip(skip).cloned().collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn metrics(&self) -> String {
+        let mut o = String::new();
+        let c = self.counters();
+        let _ = writeln!(o, "# HELP haoscar_heartbeats_sent_total Heartbeat packets sent.");
+        let _ = writeln!(o, "# TYPE haoscar_heartbeats_sent_total counter");
+        let _ = writeln!(o, "haoscar_heartbeats_sent_total {}", c.sent);
+        let _ = writeln!(o, "# HELP haoscar_heartbeats_received_total Valid heartbeat packets received.");
+        let _ = writeln!(o, "# TYPE haoscar_heartbeats_received_total counter");
+        let _ = writeln!(o, "haoscar_heartbeats_received_total {}", c.received_ok);
+        let _ = writeln!(o, "# HELP haoscar_heartbeats_dropped_total Packets dropped, by reason; never acted upon.");
+        let _ = writeln!(o, "# TYPE haoscar_heartbeats_dropped_total counter");
+        for (reason, v) in [
+            ("malformed", c.dropped_malformed),
+            ("bad_mac", c.dropped_bad_mac),
+            ("wrong_cluster", c.dropped_wrong_cluster),
+            ("wrong_destination", c.dropped_wrong_destination),
+            ("unknown_peer", c.dropped_unknown_peer),
+            ("wrong_address", c.dropped_wrong_address),
+            ("replay", c.dropped_replay),
+            ("stale_boot", c.dropped_stale_boot),
+        ] {
+            let _ = writeln!(o, "haoscar_heartbeats_dropped_total{{reason=\"{reason}\"}} {v}");
+        }
+        let _ = writeln!(o, "# HELP haoscar_heartbeat_send_errors_total Heartbeats the kernel refused to send.");
+        let _ = writeln!(o, "# TYPE haoscar_heartbeat_send_errors_total counter");
+        let _ = writeln!(o, "haoscar_heartbeat_send_errors_total {}", c.send_errors);
+        let snap = self.heartbeat.snapshot();
+        let _ = writeln!(o, "# HELP haoscar_peer_up Whether a peer is up (1) on at least one channel.");
+        let _ = writeln!(o, "# TYPE haoscar_peer_up gauge");
+        for p in &snap.peers {
+            let _ = writeln!(o, "haoscar_peer_up{{peer=\"{}\"}} {}", p.name, u8::from(p.state == PeerState::Up));
+        }
+        let _ = writeln!(o, "# HELP haoscar_channel_up Whether a channel to a peer is up (1).");
+        let _ = writeln!(o, "# TYPE haoscar_channel_up gauge");
+        for p in &snap.peers {
+            for ch in &p.channels {
+                let _ = writeln!(
+                    o,
+                    "haoscar_channel_up{{peer=\"{}\",channel=\"{}\"}} {}",
+                    p.name,
+                    ch.name,
+                    u8::from(ch.state == LinkState::Up)
+                );
+            }
+        }
+        let _ = writeln!(o, "# HELP haoscar_channel_rtt_seconds Smoothed heartbeat round-trip time.");
+        let _ = writeln!(o, "# TYPE haoscar_channel_rtt_seconds gauge");
+        for p in &snap.peers {
+            for ch in &p.channels {
+                if let Some(rtt) = ch.srtt_ms {
+                    let _ = writeln!(
+                        o,
+                        "haoscar_channel_rtt_seconds{{peer=\"{}\",channel=\"{}\"}} {}",
+                        p.name,
+                        ch.name,
+                        rtt / 1000.0
+                    );
+                }
+            }
+        }
+        o
+    }
+}
+
+async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()> {
+    let me = config.node(&node).cloned().context("local node vanished from the configuration")?;
+    for dir in [&config.paths.state_dir, &config.paths.log_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let now = SystemTime::now();
+    let boot = heartbeat::new_boot_id();
+    let digest = config.digest();
+    let channels: Vec<LocalChannel> = me
+        .address
+        .iter()
+        .filter_map(|(ch, ip)| {
+            Some(LocalChannel {
+                name: ch.clone(),
+                bind: SocketAddr::new(*ip, config.channel(ch)?.port),
+            })
+        })
+        .collect();
+    let t = config.cluster.timing;
+    let hb = heartbeat::spawn(HeartbeatConfig {
+        cluster: config.cluster.name.clone(),
+        local: node.clone(),
+        key,
+        boot,
+        interval: t.heartbeat_interval,
+        dead_after: t.dead_after,
+        config_digest: digest,
+        role: me.role.as_str().to_string(),
+        channels: channels.clone(),
+        peers: heartbeat_peers(&config, &node),
+    })
+    .await
+    .context("cannot start the heartbeat service")?;
+    let mut membership_events = hb.subscribe();
+    let agent = Arc::new(Agent {
+        channels: channels
+            .iter()
+            .map(|c| api::LocalChannel {
+                name: c.name.clone(),
+                bind: c.bind.to_string(),
+            })
+            .collect(),
+        config: config.clone(),
+        node: node.clone(),
+        role: me.role,
+        boot,
+        started: tokio::time::Instant::now(),
+        started_unix_ms: unix_ms(now),
+        digest,
+        heartbeat: hb,
+        events: Mutex::new(EventLog {
+            next_id: 0,
+            items: VecDeque::new(),
+        }),
+    });
+    let socket = config.socket_path(&node);
+    let server = Server::start(agent.clone(), config.api.listen, Some(&socket))
+        .await
+        .context("cannot start the control API")?;
+    agent.record(
+        "agent_started",
+        None,
+        format!(
+            "agent {} started on {node} ({}), boot {boot}, config {digest:016x}, API {} and {}",
+            env!("CARGO_PKG_VERSION"),
+            me.role,
+            socket.display(),
+            server.tcp_addr.map(|a| a.to_string()).unwrap_or_else(|| "no TCP".into())
+        ),
+    );
+    tracing::info!(node = %node, role = %me.role, boot = %boot, socket = %socket.display(), "agent started");
+
+    let events_agent = agent.clone();
+    let events_task = tokio::spawn(async move {
+        loop {
+            match membership_events.recv().await {
+                Ok(ev) => events_agent.on_membership(&ev),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "event history fell behind; some membership events were not recorded");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let sig = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = sig, "shutting down");
+    agent.record("agent_stopping", None, format!("agent on {node} stopping ({sig})"));
+    let shutdown = async {
+        server.stop().await;
+        events_task.abort();
+        if let Ok(agent) = Arc::try_unwrap(agent) {
+            agent.heartbeat.shutdown().await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), shutdown).await.is_err() {
+        tracing::warn!("shutdown took longer than 5 s; exiting anyway");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
