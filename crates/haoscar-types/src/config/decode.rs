@@ -64,6 +64,8 @@ pub(super) struct RawNode {
     pub span: Range<usize>,
     pub name: Option<Sp<String>>,
     pub role: Option<Sp<Role>>,
+    /// The `role` key is present (even if its value was invalid).
+    pub has_role: bool,
     pub priority: Option<Sp<u32>>,
     /// (channel name, address) in file order.
     pub address: Vec<(Sp<String>, Sp<IpAddr>)>,
@@ -319,6 +321,7 @@ impl<'a> Cx<'a> {
             span,
             name: self.string(t, path, "name"),
             role,
+            has_role: t.contains_key("role"),
             priority: self
                 .uint(t, path, "priority", 0, u64::from(u32::MAX))
                 .map(|s| Sp {

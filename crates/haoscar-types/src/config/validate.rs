@@ -155,7 +155,7 @@ fn nodes(cx: &mut Cx<'_>, raw: &RawConfig, channels: &[Channel]) -> Vec<Node> {
             continue;
         };
         let Some(role) = &rn.role else {
-            if rn.role.is_none() {
+            if !rn.has_role {
                 cx.error(
                     &rn.span,
                     &format!("{path}.role"),
