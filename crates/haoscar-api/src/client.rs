@@ -32,7 +32,9 @@ impl fmt::Display for Endpoint {
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the agent at {endpoint}: {source} (is `haoscar agent` running on this node?)")]
+    #[error(
+        "cannot reach the agent at {endpoint}: {source} (is `haoscar agent` running on this node?)"
+    )]
     Connect {
         endpoint: String,
         source: std::io::Error,

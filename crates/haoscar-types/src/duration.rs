@@ -139,14 +139,32 @@ mod tests {
 
     #[test]
     fn rejects_table() {
-        for text in ["", "5", "ms", "5 parsecs", "1..2s", "-1s", "s5", "99999999d"] {
+        for text in [
+            "",
+            "5",
+            "ms",
+            "5 parsecs",
+            "1..2s",
+            "-1s",
+            "s5",
+            "99999999d",
+        ] {
             assert!(parse_duration(text).is_err(), "{text} should be rejected");
         }
     }
 
     #[test]
     fn format_round_trips() {
-        for micros in [1u64, 999, 1000, 1500, 250_000, 1_000_000, 90_000_000, 3_600_000_000] {
+        for micros in [
+            1u64,
+            999,
+            1000,
+            1500,
+            250_000,
+            1_000_000,
+            90_000_000,
+            3_600_000_000,
+        ] {
             let d = Duration::from_micros(micros);
             assert_eq!(parse_duration(&format_duration(d)), Ok(d));
         }

@@ -37,7 +37,8 @@ const EVENT_HISTORY: usize = 1000;
 
 pub fn run(args: AgentArgs) -> Result<ExitCode> {
     crate::logging::init_agent(args.log_json);
-    let loaded = config::load(&args.cfg.config).map_err(|d| anyhow::anyhow!("invalid configuration:\n{d}"))?;
+    let loaded = config::load(&args.cfg.config)
+        .map_err(|d| anyhow::anyhow!("invalid configuration:\n{d}"))?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -66,10 +67,15 @@ pub fn local_node_name(config: &Config, explicit: Option<&str>) -> Result<String
     };
     if config.node(&name).is_none() {
         let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
-        let listed = haoscar_types::nodeset::fold(names.iter().copied()).unwrap_or_else(|_| names.join(","));
+        let listed =
+            haoscar_types::nodeset::fold(names.iter().copied()).unwrap_or_else(|_| names.join(","));
         bail!(
             "node {name:?} is not in the configuration (nodes: {listed}); pass --node NAME{}",
-            if explicit.is_none() { " (the default is the host name)" } else { "" }
+            if explicit.is_none() {
+                " (the default is the host name)"
+            } else {
+                ""
+            }
         );
     }
     Ok(name)
@@ -93,18 +99,28 @@ pub fn read_key(path: &Path) -> Result<ClusterKey> {
             path.display()
         );
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let bytes = hex::decode(text.trim()).map_err(|e| {
-        anyhow::anyhow!("the cluster key {} is not hex text ({e}); regenerate it with `haoscar keygen --force`", path.display())
+        anyhow::anyhow!(
+            "the cluster key {} is not hex text ({e}); regenerate it with `haoscar keygen --force`",
+            path.display()
+        )
     })?;
     if bytes.len() < 16 {
-        bail!("the cluster key {} is too short ({} bytes, at least 16 needed)", path.display(), bytes.len());
+        bail!(
+            "the cluster key {} is too short ({} bytes, at least 16 needed)",
+            path.display(),
+            bytes.len()
+        );
     }
     ClusterKey::new(bytes).map_err(|e| anyhow::anyhow!("the cluster key {}: {e}", path.display()))
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Which nodes this node exchanges heartbeats with: voters (heads and
@@ -128,7 +144,9 @@ pub fn heartbeat_peers(config: &Config, local: &str) -> Vec<PeerAddrs> {
                 .address
                 .iter()
                 .filter(|(ch, _)| me.address.contains_key(*ch))
-                .filter_map(|(ch, ip)| Some((ch.clone(), SocketAddr::new(*ip, config.channel(ch)?.port))))
+                .filter_map(|(ch, ip)| {
+                    Some((ch.clone(), SocketAddr::new(*ip, config.channel(ch)?.port)))
+                })
                 .collect();
             (!addrs.is_empty()).then(|| PeerAddrs {
                 name: n.name.clone(),
@@ -180,14 +198,28 @@ impl Agent {
     fn on_membership(&self, ev: &MembershipEvent) {
         let peer = ev.peer();
         let (kind, msg) = match ev {
-            MembershipEvent::ChannelUp { channel, .. } => ("channel_up", format!("channel {channel} to {peer} is up")),
-            MembershipEvent::ChannelDown { channel, silent_for, .. } => (
+            MembershipEvent::ChannelUp { channel, .. } => {
+                ("channel_up", format!("channel {channel} to {peer} is up"))
+            }
+            MembershipEvent::ChannelDown {
+                channel,
+                silent_for,
+                ..
+            } => (
                 "channel_down",
-                format!("channel {channel} to {peer} is down: no valid heartbeat for {} ms", silent_for.as_millis()),
+                format!(
+                    "channel {channel} to {peer} is down: no valid heartbeat for {} ms",
+                    silent_for.as_millis()
+                ),
             ),
             MembershipEvent::PeerUp { .. } => ("peer_up", format!("{peer} is up")),
-            MembershipEvent::PeerDown { .. } => ("peer_down", format!("{peer} is down: silent on every channel")),
-            MembershipEvent::PeerRestarted { previous, current, .. } => (
+            MembershipEvent::PeerDown { .. } => (
+                "peer_down",
+                format!("{peer} is down: silent on every channel"),
+            ),
+            MembershipEvent::PeerRestarted {
+                previous, current, ..
+            } => (
                 "peer_restarted",
                 format!("{peer} restarted (boot {previous} -> {current})"),
             ),
@@ -195,7 +227,10 @@ impl Agent {
                 "config_mismatch",
                 format!("{peer} runs a different configuration ({theirs:016x}, ours {ours:016x})"),
             ),
-            MembershipEvent::ConfigMatch { .. } => ("config_match", format!("{peer} runs our configuration again")),
+            MembershipEvent::ConfigMatch { .. } => (
+                "config_match",
+                format!("{peer} runs our configuration again"),
+            ),
         };
         match kind {
             "channel_down" | "peer_down" | "config_mismatch" => tracing::warn!(peer, kind, "{msg}"),
@@ -312,13 +347,22 @@ impl AgentView for Agent {
     fn metrics(&self) -> String {
         let mut o = String::new();
         let c = self.counters();
-        let _ = writeln!(o, "# HELP haoscar_heartbeats_sent_total Heartbeat packets sent.");
+        let _ = writeln!(
+            o,
+            "# HELP haoscar_heartbeats_sent_total Heartbeat packets sent."
+        );
         let _ = writeln!(o, "# TYPE haoscar_heartbeats_sent_total counter");
         let _ = writeln!(o, "haoscar_heartbeats_sent_total {}", c.sent);
-        let _ = writeln!(o, "# HELP haoscar_heartbeats_received_total Valid heartbeat packets received.");
+        let _ = writeln!(
+            o,
+            "# HELP haoscar_heartbeats_received_total Valid heartbeat packets received."
+        );
         let _ = writeln!(o, "# TYPE haoscar_heartbeats_received_total counter");
         let _ = writeln!(o, "haoscar_heartbeats_received_total {}", c.received_ok);
-        let _ = writeln!(o, "# HELP haoscar_heartbeats_dropped_total Packets dropped, by reason; never acted upon.");
+        let _ = writeln!(
+            o,
+            "# HELP haoscar_heartbeats_dropped_total Packets dropped, by reason; never acted upon."
+        );
         let _ = writeln!(o, "# TYPE haoscar_heartbeats_dropped_total counter");
         for (reason, v) in [
             ("malformed", c.dropped_malformed),
@@ -330,18 +374,35 @@ impl AgentView for Agent {
             ("replay", c.dropped_replay),
             ("stale_boot", c.dropped_stale_boot),
         ] {
-            let _ = writeln!(o, "haoscar_heartbeats_dropped_total{{reason=\"{reason}\"}} {v}");
+            let _ = writeln!(
+                o,
+                "haoscar_heartbeats_dropped_total{{reason=\"{reason}\"}} {v}"
+            );
         }
-        let _ = writeln!(o, "# HELP haoscar_heartbeat_send_errors_total Heartbeats the kernel refused to send.");
+        let _ = writeln!(
+            o,
+            "# HELP haoscar_heartbeat_send_errors_total Heartbeats the kernel refused to send."
+        );
         let _ = writeln!(o, "# TYPE haoscar_heartbeat_send_errors_total counter");
         let _ = writeln!(o, "haoscar_heartbeat_send_errors_total {}", c.send_errors);
         let snap = self.heartbeat.snapshot();
-        let _ = writeln!(o, "# HELP haoscar_peer_up Whether a peer is up (1) on at least one channel.");
+        let _ = writeln!(
+            o,
+            "# HELP haoscar_peer_up Whether a peer is up (1) on at least one channel."
+        );
         let _ = writeln!(o, "# TYPE haoscar_peer_up gauge");
         for p in &snap.peers {
-            let _ = writeln!(o, "haoscar_peer_up{{peer=\"{}\"}} {}", p.name, u8::from(p.state == PeerState::Up));
+            let _ = writeln!(
+                o,
+                "haoscar_peer_up{{peer=\"{}\"}} {}",
+                p.name,
+                u8::from(p.state == PeerState::Up)
+            );
         }
-        let _ = writeln!(o, "# HELP haoscar_channel_up Whether a channel to a peer is up (1).");
+        let _ = writeln!(
+            o,
+            "# HELP haoscar_channel_up Whether a channel to a peer is up (1)."
+        );
         let _ = writeln!(o, "# TYPE haoscar_channel_up gauge");
         for p in &snap.peers {
             for ch in &p.channels {
@@ -354,7 +415,10 @@ impl AgentView for Agent {
                 );
             }
         }
-        let _ = writeln!(o, "# HELP haoscar_channel_rtt_seconds Smoothed heartbeat round-trip time.");
+        let _ = writeln!(
+            o,
+            "# HELP haoscar_channel_rtt_seconds Smoothed heartbeat round-trip time."
+        );
         let _ = writeln!(o, "# TYPE haoscar_channel_rtt_seconds gauge");
         for p in &snap.peers {
             for ch in &p.channels {
@@ -374,7 +438,10 @@ impl AgentView for Agent {
 }
 
 async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()> {
-    let me = config.node(&node).cloned().context("local node vanished from the configuration")?;
+    let me = config
+        .node(&node)
+        .cloned()
+        .context("local node vanished from the configuration")?;
     for dir in [&config.paths.state_dir, &config.paths.log_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -440,7 +507,10 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
             env!("CARGO_PKG_VERSION"),
             me.role,
             socket.display(),
-            server.tcp_addr.map(|a| a.to_string()).unwrap_or_else(|| "no TCP".into())
+            server
+                .tcp_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "no TCP".into())
         ),
     );
     tracing::info!(node = %node, role = %me.role, boot = %boot, socket = %socket.display(), "agent started");
@@ -451,7 +521,10 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
             match membership_events.recv().await {
                 Ok(ev) => events_agent.on_membership(&ev),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "event history fell behind; some membership events were not recorded");
+                    tracing::warn!(
+                        missed = n,
+                        "event history fell behind; some membership events were not recorded"
+                    );
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             }
@@ -465,7 +538,11 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
         _ = int.recv() => "SIGINT",
     };
     tracing::info!(signal = sig, "shutting down");
-    agent.record("agent_stopping", None, format!("agent on {node} stopping ({sig})"));
+    agent.record(
+        "agent_stopping",
+        None,
+        format!("agent on {node} stopping ({sig})"),
+    );
     let shutdown = async {
         server.stop().await;
         events_task.abort();
@@ -473,7 +550,10 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
             agent.heartbeat.shutdown().await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(5), shutdown).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown took longer than 5 s; exiting anyway");
     }
     tracing::info!("stopped");

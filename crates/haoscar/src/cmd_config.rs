@@ -95,7 +95,11 @@ fn check(files: Vec<PathBuf>, strict: bool, quiet: bool, json: bool) -> Result<E
                     println!("{d}");
                 }
                 let n = diags.errors().count();
-                println!("{}: {n} error(s), {} warning(s)", file.display(), diags.warnings().count());
+                println!(
+                    "{}: {n} error(s), {} warning(s)",
+                    file.display(),
+                    diags.warnings().count()
+                );
             }
         }
     }

@@ -56,8 +56,12 @@ pub fn write_key(path: &Path, force: bool) -> Result<()> {
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     if !force && path.exists() {
         let _ = std::fs::remove_file(&tmp);
-        bail!("{} appeared while writing; not overwriting it", path.display());
+        bail!(
+            "{} appeared while writing; not overwriting it",
+            path.display()
+        );
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move the key to {}", path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move the key to {}", path.display()))?;
     Ok(())
 }

@@ -146,11 +146,16 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(
         o,
         "active head: {}",
-        s.active.as_deref().unwrap_or("none elected (head election is not enabled in this version)")
+        s.active
+            .as_deref()
+            .unwrap_or("none elected (head election is not enabled in this version)")
     );
     let chans: Vec<&str> = s.channels.iter().map(|c| c.name.as_str()).collect();
     let _ = writeln!(o);
-    let mut header = format!("{:<12} {:<8} {:<8} {:<7}", "PEER", "ROLE", "STATE", "CONFIG");
+    let mut header = format!(
+        "{:<12} {:<8} {:<8} {:<7}",
+        "PEER", "ROLE", "STATE", "CONFIG"
+    );
     for c in &chans {
         let _ = write!(header, " {:<34}", c.to_uppercase());
     }
@@ -161,7 +166,13 @@ pub fn render(s: &Status) -> String {
             Some(false) => "DIFFERS",
             None => "-",
         };
-        let mut line = format!("{:<12} {:<8} {:<8} {:<7}", p.name, p.role.as_str(), p.state.as_str(), cfg);
+        let mut line = format!(
+            "{:<12} {:<8} {:<8} {:<7}",
+            p.name,
+            p.role.as_str(),
+            p.state.as_str(),
+            cfg
+        );
         for c in &chans {
             let cell = match p.channels.iter().find(|pc| pc.name == *c) {
                 None => "-".to_string(),
@@ -213,5 +224,10 @@ pub fn render(s: &Status) -> String {
 fn clock(unix_ms: u64) -> String {
     let ms = unix_ms % 1000;
     let s = unix_ms / 1000;
-    format!("{:02}:{:02}:{:02}.{ms:03}", (s / 3600) % 24, (s / 60) % 60, s % 60)
+    format!(
+        "{:02}:{:02}:{:02}.{ms:03}",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60
+    )
 }

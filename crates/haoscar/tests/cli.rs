@@ -50,7 +50,11 @@ fn config_check_accepts_the_documented_example() {
     let ex = example();
     let o = haoscar(&["config", "check", ex.to_str().unwrap_or_default()]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("ok: cluster \"beowulf\", 18 nodes"), "{}", text(&o));
+    assert!(
+        text(&o).contains("ok: cluster \"beowulf\", 18 nodes"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -91,10 +95,21 @@ address = { private = "10.0.0.2" }
     ] {
         assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
     }
-    assert!(out.contains(&format!("{f}: 4 error(s), 1 warning(s)")), "{out}");
-    assert!(!out.contains("missing required key \"role\""), "an invalid role is not also reported missing:\n{out}");
+    assert!(
+        out.contains(&format!("{f}: 4 error(s), 1 warning(s)")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("missing required key \"role\""),
+        "an invalid role is not also reported missing:\n{out}"
+    );
 
-    let o = haoscar(&["config", "check", "--json", file.to_str().unwrap_or_default()]);
+    let o = haoscar(&[
+        "config",
+        "check",
+        "--json",
+        file.to_str().unwrap_or_default(),
+    ]);
     let diags: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json diagnostics");
     assert!(diags.as_array().is_some_and(|a| a.len() >= 4), "{diags}");
 }
@@ -105,8 +120,14 @@ fn config_show_is_normalised_and_parses_back() {
     let o = haoscar(&["config", "show", ex.to_str().unwrap_or_default()]);
     assert!(o.status.success(), "{}", text(&o));
     let shown = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(shown.contains("name = \"node16\""), "ranges expanded:\n{shown}");
-    assert!(shown.contains("heartbeat_interval = \"100ms\""), "defaults filled in:\n{shown}");
+    assert!(
+        shown.contains("name = \"node16\""),
+        "ranges expanded:\n{shown}"
+    );
+    assert!(
+        shown.contains("heartbeat_interval = \"100ms\""),
+        "defaults filled in:\n{shown}"
+    );
     let dir = tempdir("show");
     let again = dir.join("shown.toml");
     std::fs::write(&again, &shown).expect("write");
@@ -133,7 +154,11 @@ fn keygen_writes_private_key_and_refuses_to_overwrite() {
     let o = haoscar(&["keygen", k]);
     assert!(!o.status.success());
     assert!(text(&o).contains("refusing to overwrite"), "{}", text(&o));
-    assert_eq!(std::fs::read_to_string(&key).expect("read"), first, "untouched");
+    assert_eq!(
+        std::fs::read_to_string(&key).expect("read"),
+        first,
+        "untouched"
+    );
 
     let o = haoscar(&["keygen", "--force", k]);
     assert!(o.status.success(), "{}", text(&o));
@@ -159,7 +184,9 @@ impl Cluster {
     fn start(name: &str, base_port: u16) -> Cluster {
         let dir = tempdir(name);
         let key = dir.join("cluster.key");
-        assert!(haoscar(&["keygen", key.to_str().unwrap_or_default()]).status.success());
+        assert!(haoscar(&["keygen", key.to_str().unwrap_or_default()])
+            .status
+            .success());
         let config = format!(
             r#"[cluster]
 name = "{name}"
@@ -203,7 +230,13 @@ address = {{ private = "127.0.10.3" }}
         for node in ["head1", "head2", "witness1"] {
             let log = std::fs::File::create(dir.join(format!("{node}.log"))).expect("log");
             let child = Command::new(BIN)
-                .args(["agent", "--config", cfg.to_str().unwrap_or_default(), "--node", node])
+                .args([
+                    "agent",
+                    "--config",
+                    cfg.to_str().unwrap_or_default(),
+                    "--node",
+                    node,
+                ])
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -215,12 +248,25 @@ address = {{ private = "127.0.10.3" }}
 
     fn status(&self, node: &str) -> Option<serde_json::Value> {
         let sock = self.dir.join(format!("run/{node}.sock"));
-        let o = haoscar(&["status", "--json", "--socket", sock.to_str().unwrap_or_default()]);
-        o.status.success().then(|| serde_json::from_slice(&o.stdout).ok()).flatten()
+        let o = haoscar(&[
+            "status",
+            "--json",
+            "--socket",
+            sock.to_str().unwrap_or_default(),
+        ]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).ok())
+            .flatten()
     }
 
     /// Polls `node`'s status until `pred` holds (generous deadline).
-    fn wait_for(&self, node: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    fn wait_for(
+        &self,
+        node: &str,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(s) = self.status(node) {
@@ -231,7 +277,8 @@ address = {{ private = "127.0.10.3" }}
                     panic!("{node}: timed out waiting for {what}; last status:\n{s:#}");
                 }
             } else if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.join(format!("{node}.log"))).unwrap_or_default();
+                let log = std::fs::read_to_string(self.dir.join(format!("{node}.log")))
+                    .unwrap_or_default();
                 panic!("{node}: no status while waiting for {what}; log:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -254,13 +301,18 @@ fn agents_see_each_other_and_status_reports_it() {
         let w = peer(s, "witness1");
         h2["state"] == "up"
             && w["state"] == "up"
-            && h2["channels"].as_array().is_some_and(|cs| cs.len() == 2 && cs.iter().all(|c| c["state"] == "up"))
+            && h2["channels"]
+                .as_array()
+                .is_some_and(|cs| cs.len() == 2 && cs.iter().all(|c| c["state"] == "up"))
     });
     assert_eq!(s["node"], "head1");
     assert_eq!(s["role"], "head");
     assert_eq!(peer(&s, "head2")["config_matches"], true);
     // The witness is only on the private network.
-    assert_eq!(peer(&s, "witness1")["channels"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        peer(&s, "witness1")["channels"].as_array().map(Vec::len),
+        Some(1)
+    );
 
     // The human rendering of the same status.
     let sock = c.dir.join("run/head1.sock");
@@ -275,13 +327,23 @@ fn agents_see_each_other_and_status_reports_it() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    let s = c.wait_for("head1", "head2 down", |s| peer(s, "head2")["state"] == "down");
+    let s = c.wait_for("head1", "head2 down", |s| {
+        peer(s, "head2")["state"] == "down"
+    });
     let kinds: Vec<String> = s["recent_events"]
         .as_array()
-        .map(|evs| evs.iter().filter_map(|e| e["kind"].as_str().map(String::from)).collect())
+        .map(|evs| {
+            evs.iter()
+                .filter_map(|e| e["kind"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(kinds.contains(&"peer_down".to_string()), "{kinds:?}");
-    assert_eq!(peer(&s, "witness1")["state"], "up", "the witness is unaffected");
+    assert_eq!(
+        peer(&s, "witness1")["state"],
+        "up",
+        "the witness is unaffected"
+    );
 }
 
 #[test]
@@ -295,7 +357,8 @@ fn forged_and_garbage_packets_are_dropped_and_counted() {
     forged.extend_from_slice(&[5, b'f', b'o', b'r', b'g', b'e']);
     forged.extend_from_slice(&[0u8; 80]);
     for _ in 0..5 {
-        sock.send_to(b"hello, agent", "127.0.10.1:27956").expect("send");
+        sock.send_to(b"hello, agent", "127.0.10.1:27956")
+            .expect("send");
         sock.send_to(&forged, "127.0.10.1:27956").expect("send");
     }
     let s = c.wait_for("head1", "drops counted", |s| {
@@ -321,7 +384,11 @@ fn agent_stops_cleanly_on_sigterm_and_removes_its_socket() {
     c.wait_for("head1", "started", |_| true);
     let sock = c.dir.join("run/head1.sock");
     assert!(sock.exists());
-    let (_, child) = c.agents.iter_mut().find(|(n, _)| n == "head1").expect("head1");
+    let (_, child) = c
+        .agents
+        .iter_mut()
+        .find(|(n, _)| n == "head1")
+        .expect("head1");
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -340,7 +407,9 @@ fn agent_stops_cleanly_on_sigterm_and_removes_its_socket() {
 fn agent_refuses_a_world_readable_key_and_an_unknown_node() {
     let dir = tempdir("refuse");
     let key = dir.join("k");
-    assert!(haoscar(&["keygen", key.to_str().unwrap_or_default()]).status.success());
+    assert!(haoscar(&["keygen", key.to_str().unwrap_or_default()])
+        .status
+        .success());
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let ex = std::fs::read_to_string(example())
         .expect("example")
@@ -350,7 +419,16 @@ fn agent_refuses_a_world_readable_key_and_an_unknown_node() {
     let c = cfg.to_str().unwrap_or_default();
     let o = haoscar(&["agent", "--config", c, "--node", "head1"]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("must not be readable by group or others"), "{}", text(&o));
+    assert!(
+        text(&o).contains("must not be readable by group or others"),
+        "{}",
+        text(&o)
+    );
     let o = haoscar(&["agent", "--config", c, "--node", "nosuch"]);
-    assert!(text(&o).contains("node \"nosuch\" is not in the configuration (nodes: head[1-2],node[01-16])"), "{}", text(&o));
+    assert!(
+        text(&o)
+            .contains("node \"nosuch\" is not in the configuration (nodes: head[1-2],node[01-16])"),
+        "{}",
+        text(&o)
+    );
 }

@@ -112,7 +112,12 @@ const PATHS_KEYS: &[&str] = &["state_dir", "log_dir"];
 const CHANNEL_KEYS: &[&str] = &["name", "port"];
 const NODE_KEYS: &[&str] = &["name", "role", "priority", "address"];
 const RESOURCE_KEYS: &[&str] = &["name", "type"];
-const VIP_KEYS: &[&str] = &["address", "interface", "announce_count", "announce_interval"];
+const VIP_KEYS: &[&str] = &[
+    "address",
+    "interface",
+    "announce_count",
+    "announce_interval",
+];
 
 type Table<'i> = DeTable<'i>;
 
@@ -187,10 +192,12 @@ impl<'a> Cx<'a> {
             raw.channels.push(RawChannel {
                 span,
                 name: self.string(t, &path, "name"),
-                port: self.uint(t, &path, "port", 1, u64::from(u16::MAX)).map(|s| Sp {
-                    v: s.v as u16,
-                    span: s.span,
-                }),
+                port: self
+                    .uint(t, &path, "port", 1, u64::from(u16::MAX))
+                    .map(|s| Sp {
+                        v: s.v as u16,
+                        span: s.span,
+                    }),
             });
         }
         for (i, (t, span)) in self.tables(&doc, "node").into_iter().enumerate() {
@@ -287,7 +294,10 @@ impl<'a> Cx<'a> {
                     self.error(
                         &s.span,
                         "api.listen",
-                        format!("{:?} is not an address:port (e.g. \"127.0.0.1:7950\") nor \"off\"", s.v),
+                        format!(
+                            "{:?} is not an address:port (e.g. \"127.0.0.1:7950\") nor \"off\"",
+                            s.v
+                        ),
                     );
                     None
                 }
@@ -315,7 +325,10 @@ impl<'a> Cx<'a> {
                     return None;
                 }
             };
-            Some(Sp { v: role, span: s.span })
+            Some(Sp {
+                v: role,
+                span: s.span,
+            })
         });
         let mut node = RawNode {
             span,
@@ -341,12 +354,16 @@ impl<'a> Cx<'a> {
                 };
                 match v.get_ref() {
                     DeValue::String(s) => match s.parse::<IpAddr>() {
-                        Ok(ip) => node.address.push((key, Sp { v: ip, span: v.span() })),
-                        Err(_) => self.error(
-                            &v.span(),
-                            &field,
-                            format!("{s:?} is not an IP address"),
-                        ),
+                        Ok(ip) => node.address.push((
+                            key,
+                            Sp {
+                                v: ip,
+                                span: v.span(),
+                            },
+                        )),
+                        Err(_) => {
+                            self.error(&v.span(), &field, format!("{s:?} is not an IP address"))
+                        }
                     },
                     other => self.error(
                         &v.span(),
@@ -378,7 +395,10 @@ impl<'a> Cx<'a> {
                 self.check_keys(t, path, &allowed);
             }
             Some(other) => {
-                let span = kind.as_ref().map(|k| k.span.clone()).unwrap_or(span.clone());
+                let span = kind
+                    .as_ref()
+                    .map(|k| k.span.clone())
+                    .unwrap_or(span.clone());
                 self.error(
                     &span,
                     &format!("{path}.type"),
@@ -436,7 +456,11 @@ impl<'a> Cx<'a> {
     }
 
     /// The entries of an array of tables (`[[key]]`).
-    fn tables<'t, 'i>(&mut self, t: &'t Table<'i>, key: &str) -> Vec<(&'t Table<'i>, Range<usize>)> {
+    fn tables<'t, 'i>(
+        &mut self,
+        t: &'t Table<'i>,
+        key: &str,
+    ) -> Vec<(&'t Table<'i>, Range<usize>)> {
         let Some(v) = self.get(t, key) else {
             return Vec::new();
         };
@@ -491,7 +515,14 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn uint(&mut self, t: &Table<'_>, path: &str, key: &str, min: u64, max: u64) -> Option<Sp<u64>> {
+    fn uint(
+        &mut self,
+        t: &Table<'_>,
+        path: &str,
+        key: &str,
+        min: u64,
+        max: u64,
+    ) -> Option<Sp<u64>> {
         let v = self.get(t, key)?;
         let field = join(path, key);
         match v.get_ref() {
@@ -507,12 +538,18 @@ impl<'a> Cx<'a> {
                     .trim_start_matches("0b")
                     .to_string();
                 match u64::from_str_radix(&digits, i.radix()) {
-                    Ok(n) if !neg && n >= min && n <= max => Some(Sp { v: n, span: v.span() }),
+                    Ok(n) if !neg && n >= min && n <= max => Some(Sp {
+                        v: n,
+                        span: v.span(),
+                    }),
                     _ => {
                         self.error(
                             &v.span(),
                             &field,
-                            format!("must be an integer from {min} to {max}, found {}", i.as_str()),
+                            format!(
+                                "must be an integer from {min} to {max}, found {}",
+                                i.as_str()
+                            ),
                         );
                         None
                     }

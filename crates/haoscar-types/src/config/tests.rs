@@ -75,7 +75,10 @@ fn documented_example_is_valid_and_expands_ranges() {
     assert_eq!(c.voters().count(), 3);
     let ResourceKind::Vip(v) = &c.resources[0].kind;
     assert_eq!(v.address.1, 24);
-    assert_eq!(c.socket_path("head1"), PathBuf::from("/run/haoscar/head1.sock"));
+    assert_eq!(
+        c.socket_path("head1"),
+        PathBuf::from("/run/haoscar/head1.sock")
+    );
 }
 
 #[test]
@@ -118,7 +121,10 @@ fn timing_preset_and_overrides() {
         "name = \"c\"\ntiming = { preset = \"conservative\", heartbeat_interval = \"250ms\" }",
     ));
     assert_eq!(c.cluster.timing.preset, TimingPreset::Conservative);
-    assert_eq!(c.cluster.timing.heartbeat_interval, Duration::from_millis(250));
+    assert_eq!(
+        c.cluster.timing.heartbeat_interval,
+        Duration::from_millis(250)
+    );
     assert_eq!(c.cluster.timing.dead_after, Duration::from_secs(3));
 }
 
@@ -242,7 +248,12 @@ fn semantic_rules() {
 #[test]
 fn unknown_keys_are_errors_with_suggestions() {
     let text = MINIMAL.replace("priority = 100", "prority = 100");
-    assert_error(&text, 13, "node[0].prority", "unknown key \"prority\"; did you mean \"priority\"?");
+    assert_error(
+        &text,
+        13,
+        "node[0].prority",
+        "unknown key \"prority\"; did you mean \"priority\"?",
+    );
     let text = format!("{MINIMAL}\n[extra]\nx = 1\n");
     assert_error(&text, 25, "extra", "unknown key \"extra\"");
     let text = MINIMAL.replace("name = \"c\"", "name = \"c\"\ncolour = \"blue\"");
@@ -279,11 +290,41 @@ fn resources() {
     assert_eq!(v.interface, "eth1");
     let line0 = MINIMAL.lines().count() + 2;
     for (from, to, line_off, field, needle) in [
-        ("type = \"vip\"", "type = \"exec\"", 2, "resource[0].type", "unknown resource type \"exec\" (this version supports: vip)"),
-        ("/24", "/40", 3, "resource[0].address", "is not an address/prefix"),
-        ("\"eth1\"", "\"a-very-long-interface\"", 4, "resource[0].interface", "not a valid interface name"),
-        ("192.168.1.100", "192.168.1.11", 3, "resource[0].address", "also a fixed address of node head1"),
-        ("interface", "iface", 4, "resource[0].iface", "unknown key \"iface\""),
+        (
+            "type = \"vip\"",
+            "type = \"exec\"",
+            2,
+            "resource[0].type",
+            "unknown resource type \"exec\" (this version supports: vip)",
+        ),
+        (
+            "/24",
+            "/40",
+            3,
+            "resource[0].address",
+            "is not an address/prefix",
+        ),
+        (
+            "\"eth1\"",
+            "\"a-very-long-interface\"",
+            4,
+            "resource[0].interface",
+            "not a valid interface name",
+        ),
+        (
+            "192.168.1.100",
+            "192.168.1.11",
+            3,
+            "resource[0].address",
+            "also a fixed address of node head1",
+        ),
+        (
+            "interface",
+            "iface",
+            4,
+            "resource[0].iface",
+            "unknown key \"iface\"",
+        ),
     ] {
         let text = format!("{MINIMAL}{}", vip.replace(from, to));
         assert_error(&text, line0 + line_off, field, needle);
@@ -294,12 +335,19 @@ fn resources() {
 fn warnings_do_not_fail() {
     let text = MINIMAL.replace("priority = 90", "priority = 100");
     let w = warnings(&text);
-    assert!(w.iter().any(|d| d.message.contains("same priority")), "{w:?}");
+    assert!(
+        w.iter().any(|d| d.message.contains("same priority")),
+        "{w:?}"
+    );
     assert!(w.iter().all(|d| d.severity == Severity::Warning));
 }
 
 #[test]
 fn missing_file_is_reported() {
-    let err = load(Path::new("/nonexistent/cluster.toml")).err().map(|d| d.to_string());
-    assert!(err.is_some_and(|e| e.contains("/nonexistent/cluster.toml: error: cannot read the file")));
+    let err = load(Path::new("/nonexistent/cluster.toml"))
+        .err()
+        .map(|d| d.to_string());
+    assert!(
+        err.is_some_and(|e| e.contains("/nonexistent/cluster.toml: error: cannot read the file"))
+    );
 }

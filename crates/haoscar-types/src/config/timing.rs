@@ -101,10 +101,7 @@ impl Timing {
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if self.heartbeat_interval < Duration::from_millis(10) {
-            out.push((
-                "heartbeat_interval",
-                "must be at least 10ms".to_string(),
-            ));
+            out.push(("heartbeat_interval", "must be at least 10ms".to_string()));
         }
         if self.dead_after < self.heartbeat_interval * 3 {
             out.push((

@@ -15,10 +15,20 @@ pub(super) fn validate(cx: &mut Cx<'_>, raw: RawConfig) -> Option<Config> {
             Some(l) => l.v,
             None => DEFAULT_API_LISTEN.parse().ok(),
         },
-        socket_dir: path_or(cx, &raw.api.socket_dir, "api.socket_dir", DEFAULT_SOCKET_DIR),
+        socket_dir: path_or(
+            cx,
+            &raw.api.socket_dir,
+            "api.socket_dir",
+            DEFAULT_SOCKET_DIR,
+        ),
     };
     let paths = PathsSection {
-        state_dir: path_or(cx, &raw.paths.state_dir, "paths.state_dir", DEFAULT_STATE_DIR),
+        state_dir: path_or(
+            cx,
+            &raw.paths.state_dir,
+            "paths.state_dir",
+            DEFAULT_STATE_DIR,
+        ),
         log_dir: path_or(cx, &raw.paths.log_dir, "paths.log_dir", DEFAULT_LOG_DIR),
     };
     let channels = channels(cx, &raw);
@@ -38,7 +48,11 @@ pub(super) fn validate(cx: &mut Cx<'_>, raw: RawConfig) -> Option<Config> {
 fn path_or(cx: &mut Cx<'_>, v: &Option<Sp<String>>, field: &str, default: &str) -> PathBuf {
     match v {
         Some(s) if !s.v.starts_with('/') => {
-            cx.error(&s.span, field, format!("{:?} must be an absolute path", s.v));
+            cx.error(
+                &s.span,
+                field,
+                format!("{:?} must be an absolute path", s.v),
+            );
             PathBuf::from(default)
         }
         Some(s) => PathBuf::from(&s.v),
@@ -84,7 +98,12 @@ fn cluster(cx: &mut Cx<'_>, raw: &RawConfig) -> Option<ClusterSection> {
     for (field, msg) in c.timing.problems() {
         cx.error(&c.timing_span, &format!("cluster.timing.{field}"), msg);
     }
-    let secret_file = path_or(cx, &c.secret_file, "cluster.secret_file", DEFAULT_SECRET_FILE);
+    let secret_file = path_or(
+        cx,
+        &c.secret_file,
+        "cluster.secret_file",
+        DEFAULT_SECRET_FILE,
+    );
     Some(ClusterSection {
         name: name?,
         secret_file,
@@ -110,14 +129,21 @@ fn channels(cx: &mut Cx<'_>, raw: &RawConfig) -> Vec<Channel> {
     for (i, ch) in raw.channels.iter().enumerate() {
         let path = format!("channel[{i}]");
         let Some(name) = &ch.name else {
-            cx.error(&ch.span, &format!("{path}.name"), "missing required key \"name\"");
+            cx.error(
+                &ch.span,
+                &format!("{path}.name"),
+                "missing required key \"name\"",
+            );
             continue;
         };
         if !is_simple_name(&name.v) {
             cx.error(
                 &name.span,
                 &format!("{path}.name"),
-                format!("{:?} is not a valid channel name (lowercase letters, digits, '-' and '_')", name.v),
+                format!(
+                    "{:?} is not a valid channel name (lowercase letters, digits, '-' and '_')",
+                    name.v
+                ),
             );
             continue;
         }
@@ -131,7 +157,11 @@ fn channels(cx: &mut Cx<'_>, raw: &RawConfig) -> Vec<Channel> {
         }
         out.push(Channel {
             name: name.v.clone(),
-            port: ch.port.as_ref().map(|p| p.v).unwrap_or(DEFAULT_CHANNEL_PORT),
+            port: ch
+                .port
+                .as_ref()
+                .map(|p| p.v)
+                .unwrap_or(DEFAULT_CHANNEL_PORT),
         });
     }
     if out.len() == 1 {
@@ -182,7 +212,11 @@ fn nodes(cx: &mut Cx<'_>, raw: &RawConfig, channels: &[Channel]) -> Vec<Node> {
                     format!(
                         "channel {:?} is not defined (defined channels: {})",
                         ch.v,
-                        if defined.is_empty() { "none".to_string() } else { defined.join(", ") }
+                        if defined.is_empty() {
+                            "none".to_string()
+                        } else {
+                            defined.join(", ")
+                        }
                     ),
                 );
                 continue;
@@ -234,7 +268,11 @@ fn nodes(cx: &mut Cx<'_>, raw: &RawConfig, channels: &[Channel]) -> Vec<Node> {
         }
         for (k, name) in names.iter().enumerate() {
             if let Some(prev) = seen.get(name) {
-                let span = rn.name.as_ref().map(|n| n.span.clone()).unwrap_or(rn.span.clone());
+                let span = rn
+                    .name
+                    .as_ref()
+                    .map(|n| n.span.clone())
+                    .unwrap_or(rn.span.clone());
                 cx.error(
                     &span,
                     &format!("{path}.name"),
@@ -292,7 +330,11 @@ fn node_names(cx: &mut Cx<'_>, rn: &RawNode, path: &str) -> Option<Vec<String>> 
         }
         Ok(set) => Some(set.expand()),
         Err(e) => {
-            cx.error(&name.span, &field, format!("invalid node name or range: {e}"));
+            cx.error(
+                &name.span,
+                &field,
+                format!("invalid node name or range: {e}"),
+            );
             None
         }
     }
@@ -313,7 +355,11 @@ fn quorum_checks(cx: &mut Cx<'_>, raw: &RawConfig, nodes: &[Node]) {
     let heads = nodes.iter().filter(|n| n.role == Role::Head).count();
     let witnesses = nodes.iter().filter(|n| n.role == Role::Witness).count();
     let span = raw.doc_span.start..raw.doc_span.start;
-    if raw.nodes.iter().any(|n| n.name.is_none() || n.role.is_none()) {
+    if raw
+        .nodes
+        .iter()
+        .any(|n| n.name.is_none() || n.role.is_none())
+    {
         return; // the counts are meaningless until those are fixed
     }
     if heads < 2 {
@@ -368,14 +414,21 @@ fn resources(cx: &mut Cx<'_>, raw: &RawConfig, nodes: &[Node]) -> Vec<Resource> 
     for (i, rr) in raw.resources.iter().enumerate() {
         let path = format!("resource[{i}]");
         let Some(name) = &rr.name else {
-            cx.error(&rr.span, &format!("{path}.name"), "missing required key \"name\"");
+            cx.error(
+                &rr.span,
+                &format!("{path}.name"),
+                "missing required key \"name\"",
+            );
             continue;
         };
         if !is_simple_name(&name.v) {
             cx.error(
                 &name.span,
                 &format!("{path}.name"),
-                format!("{:?} is not a valid resource name (lowercase letters, digits, '-' and '_')", name.v),
+                format!(
+                    "{:?} is not a valid resource name (lowercase letters, digits, '-' and '_')",
+                    name.v
+                ),
             );
             continue;
         }
@@ -429,13 +482,17 @@ fn vip(cx: &mut Cx<'_>, rr: &RawResource, path: &str, nodes: &[Node]) -> Option<
                 let ip: IpAddr = ip.parse().ok()?;
                 let prefix: u8 = prefix.parse().ok()?;
                 let max = if ip.is_ipv4() { 32 } else { 128 };
-                (prefix <= max && !ip.is_unspecified() && !ip.is_multicast()).then_some((ip, prefix))
+                (prefix <= max && !ip.is_unspecified() && !ip.is_multicast())
+                    .then_some((ip, prefix))
             });
             if parsed.is_none() {
                 cx.error(
                     &a.span,
                     &format!("{path}.address"),
-                    format!("{:?} is not an address/prefix such as \"192.168.1.100/24\"", a.v),
+                    format!(
+                        "{:?} is not an address/prefix such as \"192.168.1.100/24\"",
+                        a.v
+                    ),
                 );
             }
             if let Some((ip, _)) = parsed {
@@ -443,7 +500,10 @@ fn vip(cx: &mut Cx<'_>, rr: &RawResource, path: &str, nodes: &[Node]) -> Option<
                     cx.error(
                         &a.span,
                         &format!("{path}.address"),
-                        format!("{ip} is also a fixed address of node {}: a virtual IP must be unused", n.name),
+                        format!(
+                            "{ip} is also a fixed address of node {}: a virtual IP must be unused",
+                            n.name
+                        ),
                     );
                 }
             }
@@ -463,7 +523,10 @@ fn vip(cx: &mut Cx<'_>, rr: &RawResource, path: &str, nodes: &[Node]) -> Option<
             cx.error(
                 &i.span,
                 &format!("{path}.interface"),
-                format!("{:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)", i.v),
+                format!(
+                    "{:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)",
+                    i.v
+                ),
             );
             None
         }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what HA-OSCAR's lab, demo and tests need on a Debian/Ubuntu machine
+# (iproute2 for namespaces/veth/bridges, nftables for partitions), if missing.
+set -euo pipefail
+missing=()
+command -v ip  >/dev/null 2>&1 || missing+=(iproute2)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
+        apt-get update -q >/dev/null
+        apt-get install -y -q "${missing[@]}" >/dev/null
+    }
+fi
