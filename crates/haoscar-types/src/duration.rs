@@ -79,7 +79,7 @@ pub fn format_duration(d: Duration) -> String {
         ("s", 1_000_000),
         ("ms", 1_000),
     ] {
-        if micros % per == 0 {
+        if micros.is_multiple_of(per) {
             return format!("{}{unit}", micros / per);
         }
     }

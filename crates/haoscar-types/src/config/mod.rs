@@ -240,7 +240,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, Diagnostics> {
     let raw = cx.decode_document();
     let config = raw.and_then(|raw| validate::validate(&mut cx, raw));
     let mut diags = cx.finish();
-    diags.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+    diags.sort_by_key(|d| (d.line, d.column));
     match config {
         Some(config) if !diags.iter().any(|d| d.severity == Severity::Error) => Ok(Loaded {
             config,
