@@ -55,16 +55,27 @@ impl AgentView for View {
 }
 
 fn sock_path(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("haoscar-api-{name}-{}/head1.sock", std::process::id()))
+    std::env::temp_dir().join(format!(
+        "haoscar-api-{name}-{}/head1.sock",
+        std::process::id()
+    ))
 }
 
 #[tokio::test]
 async fn serves_routes_on_unix_and_tcp() {
     let path = sock_path("routes");
-    let server = Server::start(Arc::new(View), Some("127.0.0.1:0".parse().expect("addr")), Some(&path))
-        .await
-        .expect("start");
-    let mode = std::fs::metadata(&path).expect("socket").permissions().mode() & 0o777;
+    let server = Server::start(
+        Arc::new(View),
+        Some("127.0.0.1:0".parse().expect("addr")),
+        Some(&path),
+    )
+    .await
+    .expect("start");
+    let mode = std::fs::metadata(&path)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
 
     let tcp = server.tcp_addr.expect("tcp bound");
@@ -81,7 +92,11 @@ async fn serves_routes_on_unix_and_tcp() {
         let m = c.get("/metrics").await.expect("metrics");
         assert_eq!(&m[..], b"haoscar_up 1\n");
         match c.get("/v2/status").await {
-            Err(ClientError::Status { status: 404, message, .. }) => {
+            Err(ClientError::Status {
+                status: 404,
+                message,
+                ..
+            }) => {
                 assert!(message.contains("/v1/status"), "{message}")
             }
             other => panic!("expected a 404, got {other:?}"),
@@ -102,7 +117,9 @@ async fn replaces_a_stale_socket_but_not_a_live_one() {
     // A stale socket file: bound once, listener dropped.
     drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
     assert!(path.exists());
-    let first = Server::start(Arc::new(View), None, Some(&path)).await.expect("replaces stale");
+    let first = Server::start(Arc::new(View), None, Some(&path))
+        .await
+        .expect("replaces stale");
     match Server::start(Arc::new(View), None, Some(&path)).await {
         Err(ServeError::InUse(p)) => assert_eq!(p, path),
         Err(e) => panic!("expected InUse, got {e}"),

@@ -1,6 +1,371 @@
-//! `haoscar demo` (being written).
+//! `haoscar demo`: the first README command. Builds a real cluster in network
+//! namespaces (two heads, a witness, two compute nodes, a client), starts
+//! the agents, shows `status`, then injects failures and shows, timed, what
+//! the cluster noticed: a cut network (channel down, peer stays up), forged
+//! heartbeats from the client (dropped and counted), and a SIGKILLed head
+//! agent (peer down, then restarted). Cleans up on exit, error and Ctrl-C.
+
+use crate::cmd_status::render;
+use anyhow::{bail, Context, Result};
+use haoscar_api::{Client, Endpoint};
+use haoscar_lab::{Channel, Lab, LabSpec};
+use haoscar_types::api::{Liveness, Status};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 #[derive(clap::Args, Debug)]
-pub struct DemoArgs {}
-pub fn run(_args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("not yet")
+pub struct DemoArgs {
+    /// Lab name (namespaces are `<name>-<node>`).
+    #[arg(long, default_value = "demo")]
+    pub name: String,
+    /// Timing preset of the demo cluster.
+    #[arg(long, default_value = "default")]
+    pub timing: String,
+    /// Compute nodes to add.
+    #[arg(long, default_value_t = 2)]
+    pub computes: usize,
+    /// Leave the lab running at the end (remove it with `haoscar lab down --name NAME`).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn install_interrupt_handler() -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(sig, &action) }.context("cannot install the Ctrl-C handler")?;
+    }
+    Ok(())
+}
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Removes the lab when dropped, unless asked to keep it.
+struct Cleanup {
+    name: String,
+    keep: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.keep && !INTERRUPTED.load(Ordering::SeqCst) {
+            println!("\nlab {:?} kept: try `haoscar lab status --name {0}`; remove it with `haoscar lab down --name {0}`", self.name);
+            return;
+        }
+        print!("\ncleaning up: ");
+        match Lab::down(&self.name) {
+            Ok(r) => {
+                println!(
+                    "removed {} namespaces, killed {} processes{}",
+                    r.namespaces.len(),
+                    r.killed.len(),
+                    r.dir
+                        .map(|d| format!(", removed {}", d.display()))
+                        .unwrap_or_default()
+                );
+                for p in r.problems {
+                    eprintln!("  problem: {p}");
+                }
+            }
+            Err(e) => eprintln!(
+                "haoscar: could not remove lab {:?}: {e}; run `haoscar lab down --name {0}`",
+                self.name
+            ),
+        }
+    }
+}
+
+struct Demo {
+    lab: Lab,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Demo {
+    fn client(&self, node: &str) -> Result<Client> {
+        let dirs = self.lab.node_dirs(node)?;
+        Ok(
+            Client::new(Endpoint::Unix(dirs.run.join(format!("{node}.sock"))))
+                .with_timeout(Duration::from_secs(2)),
+        )
+    }
+
+    fn status(&self, node: &str) -> Result<Status> {
+        let c = self.client(node)?;
+        Ok(self.rt.block_on(c.get_json("/v1/status"))?)
+    }
+
+    /// Polls `node`'s status every 10 ms until `pred` holds; returns the
+    /// status and the time it took.
+    fn wait(
+        &self,
+        node: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Result<(Status, Duration)> {
+        let start = Instant::now();
+        let mut last_err = None;
+        loop {
+            check_interrupt()?;
+            match self.status(node) {
+                Ok(s) if pred(&s) => return Ok((s, start.elapsed())),
+                Ok(_) => {}
+                Err(e) => last_err = Some(e),
+            }
+            if start.elapsed() > timeout {
+                let log = self
+                    .lab
+                    .node_dirs(node)
+                    .ok()
+                    .and_then(|d| std::fs::read_to_string(d.log.join("agent.log")).ok())
+                    .map(|l| {
+                        l.lines()
+                            .rev()
+                            .take(15)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .unwrap_or_default();
+                bail!(
+                    "{node}: {what} did not happen within {timeout:?} (last error: {}); end of its agent log:\n{log}",
+                    last_err.map(|e| e.to_string()).unwrap_or_else(|| "none".into())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn peer_state(s: &Status, peer: &str) -> Option<Liveness> {
+    s.peers.iter().find(|p| p.name == peer).map(|p| p.state)
+}
+
+fn channel_state(s: &Status, peer: &str, channel: &str) -> Option<Liveness> {
+    s.peers
+        .iter()
+        .find(|p| p.name == peer)
+        .and_then(|p| p.channels.iter().find(|c| c.name == channel))
+        .map(|c| c.state)
+}
+
+fn step(n: u32, title: &str) {
+    println!("\n\x1b[1m== {n}. {title}\x1b[0m");
+}
+
+pub fn run(args: DemoArgs) -> Result<ExitCode> {
+    crate::logging::init_cli();
+    install_interrupt_handler()?;
+    let exe = std::env::current_exe().context("cannot find the haoscar executable")?;
+    let mut spec = LabSpec::named(&args.name, exe);
+    spec.computes = args.computes;
+    spec.timing = args.timing.clone();
+    if Lab::open(&args.name).is_ok() || Lab::list().iter().any(|l| l.name == args.name) {
+        println!(
+            "removing a lab {:?} left over from an earlier run",
+            args.name
+        );
+        Lab::down(&args.name)?;
+    }
+
+    step(
+        1,
+        "build the cluster: one network namespace per node, two LANs",
+    );
+    let started = Instant::now();
+    let lab = Lab::up(&spec)?;
+    let _cleanup = Cleanup {
+        name: args.name.clone(),
+        keep: args.keep,
+    };
+    println!(
+        "{} nodes + client on bridges br-private / br-public (namespace {}-sw), built in {:.1}s",
+        lab.nodes().iter().filter(|n| n.name != "client").count(),
+        args.name,
+        started.elapsed().as_secs_f64()
+    );
+    for n in lab.nodes() {
+        let private = lab
+            .address(&n.name, Channel::Private)
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
+        let public = lab
+            .address(&n.name, Channel::Public)
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {:<10} private {:<14} public {:<14}",
+            n.name, private, public
+        );
+    }
+    let demo = Demo {
+        lab,
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+    };
+
+    step(
+        2,
+        "agents start and find each other over authenticated heartbeats",
+    );
+    let (s, took) = demo.wait(
+        "head1",
+        "all peers up on all channels",
+        Duration::from_secs(30),
+        |s| {
+            !s.peers.is_empty()
+                && s.peers.iter().all(|p| {
+                    p.state == Liveness::Up && p.channels.iter().all(|c| c.state == Liveness::Up)
+                })
+        },
+    )?;
+    println!(
+        "head1 hears every peer on every channel (its agent has been up {} ms; waited {} ms)\n",
+        s.uptime_ms,
+        took.as_millis()
+    );
+    print!("{}", render(&s));
+    let dead_after = Duration::from_secs_f64(s.timing.dead_after_ms / 1000.0);
+
+    step(
+        3,
+        "cut head2's private network (a cable pull): a channel fails, not the node",
+    );
+    demo.lab.fault_link("head2", Channel::Private, false)?;
+    let (s, took) = demo.wait(
+        "head1",
+        "channel private to head2 down",
+        dead_after * 10,
+        |s| channel_state(s, "head2", "private") == Some(Liveness::Down),
+    )?;
+    println!(
+        "head1 reports channel private to head2 DOWN after {} ms (dead_after {} ms); head2 itself is still {}",
+        took.as_millis(),
+        dead_after.as_millis(),
+        peer_state(&s, "head2").map(Liveness::as_str).unwrap_or("?")
+    );
+    demo.lab.fault_link("head2", Channel::Private, true)?;
+    let (_, took) = demo.wait(
+        "head1",
+        "channel private to head2 up",
+        Duration::from_secs(10),
+        |s| channel_state(s, "head2", "private") == Some(Liveness::Up),
+    )?;
+    println!("cable back: channel up again after {} ms", took.as_millis());
+
+    step(
+        4,
+        "forged and garbage heartbeats from the client namespace are dropped and counted",
+    );
+    let before = demo.status("head1")?.counters;
+    let target = demo
+        .lab
+        .address("head1", Channel::Public)
+        .context("head1 has no public address")?;
+    // A well-formed heartbeat claiming to come from head2, signed with a
+    // key that is not the cluster's, and plain garbage.
+    let wrong_key = haoscar_net::wire::ClusterKey::new(rand::random::<[u8; 32]>())?;
+    let body = haoscar_net::wire::Heartbeat {
+        channel: "public".into(),
+        sent_us: 1,
+        config_digest: 0,
+        role: "head".into(),
+        flags: 0,
+        echo: None,
+    }
+    .encode()?;
+    let mut packets = Vec::new();
+    for seq in 0..10u64 {
+        packets.push(haoscar_net::wire::encode(
+            &haoscar_net::wire::Envelope {
+                kind: haoscar_net::wire::MessageKind::HEARTBEAT,
+                cluster: args.name.clone(),
+                from: "head2".into(),
+                to: "head1".into(),
+                boot: haoscar_net::heartbeat::new_boot_id(),
+                seq: 1_000_000 + seq,
+                body: body.clone(),
+            },
+            &wrong_key,
+        )?);
+    }
+    let sent = demo
+        .lab
+        .in_netns("client", move || -> std::io::Result<usize> {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            for p in &packets {
+                sock.send_to(p, (target, 7946))?;
+                sock.send_to(b"not a heartbeat", (target, 7946))?;
+            }
+            Ok(packets.len() * 2)
+        })??;
+    let (s, _) = demo.wait(
+        "head1",
+        "the forged packets to be counted",
+        Duration::from_secs(10),
+        |s| {
+            let c = &s.counters;
+            c.dropped_bad_mac + c.dropped_malformed
+                >= before.dropped_bad_mac + before.dropped_malformed + sent as u64
+        },
+    )?;
+    println!(
+        "sent {sent} packets from the client to head1 posing as head2: {} dropped as forged (bad MAC), {} as malformed; head2 is still {}, nothing acted on them",
+        s.counters.dropped_bad_mac - before.dropped_bad_mac,
+        s.counters.dropped_malformed - before.dropped_malformed,
+        peer_state(&s, "head2").map(Liveness::as_str).unwrap_or("?")
+    );
+
+    step(5, "SIGKILL head2's agent (its kernel and network stay up)");
+    demo.lab.set_supervision("head2", false)?;
+    let killed_at = Instant::now();
+    let pid = demo.lab.fault_kill("head2", false)?;
+    let (_, took) = demo.wait("head1", "head2 down", dead_after * 10, |s| {
+        peer_state(s, "head2") == Some(Liveness::Down)
+    })?;
+    println!(
+        "killed pid {pid}; head1 declared head2 DOWN (silent on every channel) {} ms after the kill (dead_after {} ms)",
+        took.as_millis(),
+        dead_after.as_millis()
+    );
+    demo.wait("witness1", "head2 down", dead_after * 10, |s| {
+        peer_state(s, "head2") == Some(Liveness::Down)
+    })?;
+    println!(
+        "witness1 agrees {} ms after the kill",
+        killed_at.elapsed().as_millis()
+    );
+    println!("(moving the virtual IP public-ip to head1 is the failover capability, not part of this version)");
+
+    step(
+        6,
+        "the supervisor restarts head2's agent: back up, as a new incarnation",
+    );
+    demo.lab.set_supervision("head2", true)?;
+    let (s, took) = demo.wait("head1", "head2 up again", Duration::from_secs(30), |s| {
+        peer_state(s, "head2") == Some(Liveness::Up)
+    })?;
+    println!("head2 is up again after {:.2}s\n", took.as_secs_f64());
+    print!("{}", render(&s));
+    Ok(ExitCode::SUCCESS)
 }

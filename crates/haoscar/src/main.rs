@@ -66,7 +66,12 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => cmd_status::run(args),
         Command::Keygen(args) => cmd_keygen::run(args),
         Command::Lab(cmd) => {
-            logging::init_cli();
+            // The supervisor is long-running: log like the agent (timestamps).
+            if matches!(cmd, lab_cmd::LabCommand::Supervisor { .. }) {
+                logging::init_agent(false);
+            } else {
+                logging::init_cli();
+            }
             lab_cmd::run(cmd).map(|()| std::process::ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(args),
