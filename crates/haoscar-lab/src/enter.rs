@@ -52,8 +52,20 @@ pub fn node_run(req: &NodeRun<'_>) -> Result<i32, LabError> {
             }
         }
     }
+    // Inside a lab node, `haoscar` is the lab's own binary: put its
+    // directory first on PATH (the lookup below uses this PATH).
+    let mut path = std::env::var_os("PATH").unwrap_or_default();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        let mut dirs = vec![dir];
+        dirs.extend(std::env::split_paths(&path));
+        path = std::env::join_paths(dirs).unwrap_or(path);
+    }
     let err = std::process::Command::new(program)
         .args(args)
+        .env("PATH", path)
         .env(ENV_LAB, req.lab)
         .env(ENV_NODE, req.node)
         .exec();
