@@ -6,12 +6,11 @@
 //! agent (peer down, then restarted). Cleans up on exit, error and Ctrl-C.
 
 use crate::cmd_status::render;
-use anyhow::{bail, Context, Result};
-use haoscar_api::{Client, Endpoint};
+use crate::labwatch::{channel_state, peer_state, LabWatch as Demo};
+use anyhow::{Context, Result};
 use haoscar_lab::{Channel, Lab, LabSpec};
-use haoscar_types::api::{Liveness, Status};
+use haoscar_types::api::Liveness;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
@@ -30,33 +29,6 @@ pub struct DemoArgs {
     pub keep: bool,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn install_interrupt_handler() -> Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(sig, &action) }.context("cannot install the Ctrl-C handler")?;
-    }
-    Ok(())
-}
-
-fn check_interrupt() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
 /// Removes the lab when dropped, unless asked to keep it.
 struct Cleanup {
     name: String,
@@ -65,7 +37,7 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if self.keep && !INTERRUPTED.load(Ordering::SeqCst) {
+        if self.keep && !crate::labwatch::interrupted() {
             println!("\nlab {:?} kept: try `haoscar lab status --name {0}`; remove it with `haoscar lab down --name {0}`", self.name);
             return;
         }
@@ -92,89 +64,13 @@ impl Drop for Cleanup {
     }
 }
 
-struct Demo {
-    lab: Lab,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Demo {
-    fn client(&self, node: &str) -> Result<Client> {
-        let dirs = self.lab.node_dirs(node)?;
-        Ok(
-            Client::new(Endpoint::Unix(dirs.run.join(format!("{node}.sock"))))
-                .with_timeout(Duration::from_secs(2)),
-        )
-    }
-
-    fn status(&self, node: &str) -> Result<Status> {
-        let c = self.client(node)?;
-        Ok(self.rt.block_on(c.get_json("/v1/status"))?)
-    }
-
-    /// Polls `node`'s status every 10 ms until `pred` holds; returns the
-    /// status and the time it took.
-    fn wait(
-        &self,
-        node: &str,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&Status) -> bool,
-    ) -> Result<(Status, Duration)> {
-        let start = Instant::now();
-        let mut last_err = None;
-        loop {
-            check_interrupt()?;
-            match self.status(node) {
-                Ok(s) if pred(&s) => return Ok((s, start.elapsed())),
-                Ok(_) => {}
-                Err(e) => last_err = Some(e),
-            }
-            if start.elapsed() > timeout {
-                let log = self
-                    .lab
-                    .node_dirs(node)
-                    .ok()
-                    .and_then(|d| std::fs::read_to_string(d.log.join("agent.log")).ok())
-                    .map(|l| {
-                        l.lines()
-                            .rev()
-                            .take(15)
-                            .collect::<Vec<_>>()
-                            .into_iter()
-                            .rev()
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    })
-                    .unwrap_or_default();
-                bail!(
-                    "{node}: {what} did not happen within {timeout:?} (last error: {}); end of its agent log:\n{log}",
-                    last_err.map(|e| e.to_string()).unwrap_or_else(|| "none".into())
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-fn peer_state(s: &Status, peer: &str) -> Option<Liveness> {
-    s.peers.iter().find(|p| p.name == peer).map(|p| p.state)
-}
-
-fn channel_state(s: &Status, peer: &str, channel: &str) -> Option<Liveness> {
-    s.peers
-        .iter()
-        .find(|p| p.name == peer)
-        .and_then(|p| p.channels.iter().find(|c| c.name == channel))
-        .map(|c| c.state)
-}
-
 fn step(n: u32, title: &str) {
     println!("\n\x1b[1m== {n}. {title}\x1b[0m");
 }
 
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
     crate::logging::init_cli();
-    install_interrupt_handler()?;
+    crate::labwatch::install_interrupt_handler()?;
     let exe = std::env::current_exe().context("cannot find the haoscar executable")?;
     let mut spec = LabSpec::named(&args.name, exe);
     spec.computes = args.computes;
@@ -217,12 +113,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             n.name, private, public
         );
     }
-    let demo = Demo {
-        lab,
-        rt: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-    };
+    let demo = Demo::new(lab)?;
 
     step(
         2,

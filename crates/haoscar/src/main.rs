@@ -3,11 +3,13 @@
 //! are reported with anyhow at this edge; the libraries use typed errors.
 
 mod agent;
+mod bench;
 mod cmd_config;
 mod cmd_keygen;
 mod cmd_status;
 mod demo;
 mod lab_cmd;
+mod labwatch;
 mod logging;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +56,9 @@ enum Command {
     Lab(lab_cmd::LabCommand),
     /// Run a live demonstration cluster in network namespaces (root).
     Demo(demo::DemoArgs),
+    /// Measure HA-OSCAR in a lab cluster (root).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Print the version.
     Version,
 }
@@ -75,6 +80,7 @@ fn main() -> std::process::ExitCode {
             lab_cmd::run(cmd).map(|()| std::process::ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
         Command::Version => {
             println!("haoscar {}", env!("CARGO_PKG_VERSION"));
             Ok(std::process::ExitCode::SUCCESS)
