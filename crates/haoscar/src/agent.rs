@@ -345,25 +345,30 @@ impl AgentView for Agent {
     }
 
     fn metrics(&self) -> String {
-        let mut o = String::new();
         let c = self.counters();
-        let _ = writeln!(
-            o,
-            "# HELP haoscar_heartbeats_sent_total Heartbeat packets sent."
+        let snap = self.heartbeat.snapshot();
+        let mut m = Metrics::default();
+        m.family(
+            "haoscar_heartbeats_sent_total",
+            "counter",
+            "Heartbeat packets sent.",
         );
-        let _ = writeln!(o, "# TYPE haoscar_heartbeats_sent_total counter");
-        let _ = writeln!(o, "haoscar_heartbeats_sent_total {}", c.sent);
-        let _ = writeln!(
-            o,
-            "# HELP haoscar_heartbeats_received_total Valid heartbeat packets received."
+        m.sample("haoscar_heartbeats_sent_total", &[], c.sent as f64);
+        m.family(
+            "haoscar_heartbeats_received_total",
+            "counter",
+            "Valid heartbeat packets received.",
         );
-        let _ = writeln!(o, "# TYPE haoscar_heartbeats_received_total counter");
-        let _ = writeln!(o, "haoscar_heartbeats_received_total {}", c.received_ok);
-        let _ = writeln!(
-            o,
-            "# HELP haoscar_heartbeats_dropped_total Packets dropped, by reason; never acted upon."
+        m.sample(
+            "haoscar_heartbeats_received_total",
+            &[],
+            c.received_ok as f64,
         );
-        let _ = writeln!(o, "# TYPE haoscar_heartbeats_dropped_total counter");
+        m.family(
+            "haoscar_heartbeats_dropped_total",
+            "counter",
+            "Packets dropped, by reason; never acted upon.",
+        );
         for (reason, v) in [
             ("malformed", c.dropped_malformed),
             ("bad_mac", c.dropped_bad_mac),
@@ -374,66 +379,82 @@ impl AgentView for Agent {
             ("replay", c.dropped_replay),
             ("stale_boot", c.dropped_stale_boot),
         ] {
-            let _ = writeln!(
-                o,
-                "haoscar_heartbeats_dropped_total{{reason=\"{reason}\"}} {v}"
+            m.sample(
+                "haoscar_heartbeats_dropped_total",
+                &[("reason", reason)],
+                v as f64,
             );
         }
-        let _ = writeln!(
-            o,
-            "# HELP haoscar_heartbeat_send_errors_total Heartbeats the kernel refused to send."
+        m.family(
+            "haoscar_heartbeat_send_errors_total",
+            "counter",
+            "Heartbeats the kernel refused to send.",
         );
-        let _ = writeln!(o, "# TYPE haoscar_heartbeat_send_errors_total counter");
-        let _ = writeln!(o, "haoscar_heartbeat_send_errors_total {}", c.send_errors);
-        let snap = self.heartbeat.snapshot();
-        let _ = writeln!(
-            o,
-            "# HELP haoscar_peer_up Whether a peer is up (1) on at least one channel."
+        m.sample(
+            "haoscar_heartbeat_send_errors_total",
+            &[],
+            c.send_errors as f64,
         );
-        let _ = writeln!(o, "# TYPE haoscar_peer_up gauge");
+        m.family(
+            "haoscar_peer_up",
+            "gauge",
+            "Whether a peer is up (1) on at least one channel.",
+        );
         for p in &snap.peers {
-            let _ = writeln!(
-                o,
-                "haoscar_peer_up{{peer=\"{}\"}} {}",
-                p.name,
-                u8::from(p.state == PeerState::Up)
-            );
+            let up = f64::from(u8::from(p.state == PeerState::Up));
+            m.sample("haoscar_peer_up", &[("peer", &p.name)], up);
         }
-        let _ = writeln!(
-            o,
-            "# HELP haoscar_channel_up Whether a channel to a peer is up (1)."
+        m.family(
+            "haoscar_channel_up",
+            "gauge",
+            "Whether a channel to a peer is up (1).",
         );
-        let _ = writeln!(o, "# TYPE haoscar_channel_up gauge");
         for p in &snap.peers {
             for ch in &p.channels {
-                let _ = writeln!(
-                    o,
-                    "haoscar_channel_up{{peer=\"{}\",channel=\"{}\"}} {}",
-                    p.name,
-                    ch.name,
-                    u8::from(ch.state == LinkState::Up)
+                let up = f64::from(u8::from(ch.state == LinkState::Up));
+                m.sample(
+                    "haoscar_channel_up",
+                    &[("peer", &p.name), ("channel", &ch.name)],
+                    up,
                 );
             }
         }
-        let _ = writeln!(
-            o,
-            "# HELP haoscar_channel_rtt_seconds Smoothed heartbeat round-trip time."
+        m.family(
+            "haoscar_channel_rtt_seconds",
+            "gauge",
+            "Smoothed heartbeat round-trip time.",
         );
-        let _ = writeln!(o, "# TYPE haoscar_channel_rtt_seconds gauge");
         for p in &snap.peers {
             for ch in &p.channels {
                 if let Some(rtt) = ch.srtt_ms {
-                    let _ = writeln!(
-                        o,
-                        "haoscar_channel_rtt_seconds{{peer=\"{}\",channel=\"{}\"}} {}",
-                        p.name,
-                        ch.name,
-                        rtt / 1000.0
-                    );
+                    let labels = [("peer", p.name.as_str()), ("channel", ch.name.as_str())];
+                    m.sample("haoscar_channel_rtt_seconds", &labels, rtt / 1000.0);
                 }
             }
         }
-        o
+        m.0
+    }
+}
+
+/// Prometheus text exposition, written by hand (a few lines of format).
+#[derive(Default)]
+struct Metrics(String);
+
+impl Metrics {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect();
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {value}");
+        } else {
+            let _ = writeln!(self.0, "{name}{{{}}} {value}", labels.join(","));
+        }
     }
 }
 

@@ -374,8 +374,33 @@ fn forged_and_garbage_packets_are_dropped_and_counted() {
         dropped >= prev + 10
     });
     assert_eq!(peer(&s, "head2")["state"], "up", "membership unaffected");
-    // The same counters are exported as Prometheus metrics.
     assert!(s["counters"]["received_ok"].as_u64().unwrap_or(0) > 0);
+    // The same counters are exported as Prometheus metrics.
+    let client =
+        haoscar_api::Client::new(haoscar_api::Endpoint::Unix(c.dir.join("run/head1.sock")));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let metrics = rt.block_on(client.get("/metrics")).expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("# TYPE haoscar_heartbeats_dropped_total counter"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("haoscar_peer_up{peer=\"head2\"} 1"),
+        "{metrics}"
+    );
+    let dropped: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("haoscar_heartbeats_dropped_total{reason=\"malformed\"}")
+                || l.starts_with("haoscar_heartbeats_dropped_total{reason=\"bad_mac\"}")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(dropped >= 10.0, "{metrics}");
 }
 
 #[test]

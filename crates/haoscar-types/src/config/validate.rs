@@ -117,6 +117,43 @@ fn cluster(cx: &mut Cx<'_>, raw: &RawConfig) -> Option<ClusterSection> {
     })
 }
 
+/// Checks a required, simple, unique `name` of a `[[section]]` entry;
+/// `what` is "channel" or "resource". Returns the name if usable.
+fn entry_name(
+    cx: &mut Cx<'_>,
+    name: &Option<Sp<String>>,
+    entry_span: &std::ops::Range<usize>,
+    path: &str,
+    what: &str,
+    taken: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let field = format!("{path}.name");
+    let Some(name) = name else {
+        cx.error(entry_span, &field, "missing required key \"name\"");
+        return None;
+    };
+    if !is_simple_name(&name.v) {
+        cx.error(
+            &name.span,
+            &field,
+            format!(
+                "{:?} is not a valid {what} name (lowercase letters, digits, '-' and '_')",
+                name.v
+            ),
+        );
+        return None;
+    }
+    if taken(&name.v) {
+        cx.error(
+            &name.span,
+            &field,
+            format!("duplicate {what} name {:?}", name.v),
+        );
+        return None;
+    }
+    Some(name.v.clone())
+}
+
 fn channels(cx: &mut Cx<'_>, raw: &RawConfig) -> Vec<Channel> {
     if raw.channels.is_empty() {
         cx.error(
@@ -128,35 +165,13 @@ fn channels(cx: &mut Cx<'_>, raw: &RawConfig) -> Vec<Channel> {
     let mut out: Vec<Channel> = Vec::new();
     for (i, ch) in raw.channels.iter().enumerate() {
         let path = format!("channel[{i}]");
-        let Some(name) = &ch.name else {
-            cx.error(
-                &ch.span,
-                &format!("{path}.name"),
-                "missing required key \"name\"",
-            );
+        let Some(name) = entry_name(cx, &ch.name, &ch.span, &path, "channel", |n| {
+            out.iter().any(|c| c.name == n)
+        }) else {
             continue;
         };
-        if !is_simple_name(&name.v) {
-            cx.error(
-                &name.span,
-                &format!("{path}.name"),
-                format!(
-                    "{:?} is not a valid channel name (lowercase letters, digits, '-' and '_')",
-                    name.v
-                ),
-            );
-            continue;
-        }
-        if out.iter().any(|c| c.name == name.v) {
-            cx.error(
-                &name.span,
-                &format!("{path}.name"),
-                format!("duplicate channel name {:?}", name.v),
-            );
-            continue;
-        }
         out.push(Channel {
-            name: name.v.clone(),
+            name,
             port: ch
                 .port
                 .as_ref()
@@ -413,33 +428,11 @@ fn resources(cx: &mut Cx<'_>, raw: &RawConfig, nodes: &[Node]) -> Vec<Resource> 
     let mut out: Vec<Resource> = Vec::new();
     for (i, rr) in raw.resources.iter().enumerate() {
         let path = format!("resource[{i}]");
-        let Some(name) = &rr.name else {
-            cx.error(
-                &rr.span,
-                &format!("{path}.name"),
-                "missing required key \"name\"",
-            );
+        let Some(name) = entry_name(cx, &rr.name, &rr.span, &path, "resource", |n| {
+            out.iter().any(|r| r.name == n)
+        }) else {
             continue;
         };
-        if !is_simple_name(&name.v) {
-            cx.error(
-                &name.span,
-                &format!("{path}.name"),
-                format!(
-                    "{:?} is not a valid resource name (lowercase letters, digits, '-' and '_')",
-                    name.v
-                ),
-            );
-            continue;
-        }
-        if out.iter().any(|r| r.name == name.v) {
-            cx.error(
-                &name.span,
-                &format!("{path}.name"),
-                format!("duplicate resource name {:?}", name.v),
-            );
-            continue;
-        }
         let kind = match rr.kind.as_ref().map(|k| k.v.as_str()) {
             None => {
                 cx.error(
@@ -458,10 +451,7 @@ fn resources(cx: &mut Cx<'_>, raw: &RawConfig, nodes: &[Node]) -> Vec<Resource> 
             },
             Some(_) => continue, // reported while decoding
         };
-        out.push(Resource {
-            name: name.v.clone(),
-            kind,
-        });
+        out.push(Resource { name, kind });
     }
     out
 }
