@@ -38,6 +38,8 @@ pub(super) struct RawCluster {
     pub failback_after: Option<Sp<Duration>>,
     pub timing: Timing,
     pub timing_span: Range<usize>,
+    /// Where each explicitly set timing value is, to point errors at it.
+    pub timing_fields: Vec<(&'static str, Range<usize>)>,
 }
 
 #[derive(Debug, Default)]
@@ -131,8 +133,27 @@ impl<'a> Cx<'a> {
         }
     }
 
-    pub fn finish(self) -> Vec<Diagnostic> {
+    pub fn finish(mut self) -> Vec<Diagnostic> {
+        // The TOML parser's recovery can report one problem twice.
+        let mut seen = std::collections::HashSet::new();
         self.diags
+            .retain(|d| seen.insert((d.line, d.column, d.field.clone(), d.message.clone())));
+        self.diags
+    }
+
+    /// Whether an error was already reported for `field` (so that a
+    /// missing or dependent value is not reported a second time).
+    pub fn reported(&self, field: &str) -> bool {
+        self.diags
+            .iter()
+            .any(|d| d.severity == Severity::Error && d.field == field)
+    }
+
+    /// Whether an error was reported for a field matching `pred`.
+    pub fn reported_where(&self, pred: impl Fn(&str) -> bool) -> bool {
+        self.diags
+            .iter()
+            .any(|d| d.severity == Severity::Error && pred(&d.field))
     }
 
     fn push(&mut self, severity: Severity, span: &Range<usize>, field: &str, message: String) {
@@ -222,6 +243,7 @@ impl<'a> Cx<'a> {
             failback_after: self.duration(t, p, "failback_after"),
             timing: Timing::default(),
             timing_span: span,
+            timing_fields: Vec::new(),
         };
         if let Some((key, value)) = t.get_key_value("timing") {
             c.timing_span = key.span();
@@ -259,6 +281,7 @@ impl<'a> Cx<'a> {
                     for f in TIMING_FIELDS {
                         if let Some(d) = self.duration(tt, field, f) {
                             c.timing.set(f, d.v);
+                            c.timing_fields.push((f, d.span));
                         }
                     }
                 }
@@ -279,7 +302,7 @@ impl<'a> Cx<'a> {
         let p = "api";
         self.check_keys(t, p, API_KEYS);
         let listen = self.string(t, p, "listen").and_then(|s| {
-            if s.v == "off" || s.v.is_empty() {
+            if s.v == "off" {
                 return Some(Sp {
                     v: None,
                     span: s.span,

@@ -129,9 +129,16 @@ pub struct Node {
     pub name: String,
     pub role: Role,
     /// Preference to be the active head (higher wins); 0 for non-heads.
+    /// Not written out when 0 (the default), so `config show` of a witness
+    /// or compute node does not carry a meaningless priority.
+    #[serde(skip_serializing_if = "is_zero")]
     pub priority: u32,
     /// Address of this node on each channel it is attached to.
     pub address: BTreeMap<String, IpAddr>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// `[[resource]]`: something the active head runs or holds.

@@ -351,3 +351,112 @@ fn missing_file_is_reported() {
         err.is_some_and(|e| e.contains("/nonexistent/cluster.toml: error: cannot read the file"))
     );
 }
+
+#[test]
+fn same_address_and_port_on_two_channels_is_an_error() {
+    let text = MINIMAL.replace(
+        "address = { private = \"10.0.0.2\", public = \"192.168.1.12\" }",
+        "address = { private = \"10.0.0.2\", public = \"10.0.0.2\" }",
+    );
+    assert_error(
+        &text,
+        19,
+        "node[1].address.public",
+        "the agent could not bind both",
+    );
+    // With different ports it is only a warning.
+    let text = text.replace("name = \"public\"", "name = \"public\"\nport = 7947");
+    let w = warnings(&text);
+    assert!(
+        w.iter().any(|d| d.message.contains("not separate paths")),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn show_output_passes_check_without_warnings() {
+    let shown = ok(EXAMPLE).to_toml();
+    assert_eq!(warnings(&shown), vec![], "{shown}");
+}
+
+/// Each case must give exactly the errors listed (by field), nothing more.
+#[test]
+fn no_knock_on_or_duplicate_errors() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("name = \"head2\"", "name = 5", &["node[1].name"]),
+        (
+            "address = { private = \"10.0.0.2\", public = \"192.168.1.12\" }",
+            "address = \"10.0.0.2\"",
+            &["node[1].address"],
+        ),
+        (
+            "public = \"192.168.1.12\"",
+            "public = \"192.168.1.300\"",
+            &["node[1].address.public"],
+        ),
+        ("name = \"head2\"", "name = \"head[2\"", &["node[1].name"]),
+        (
+            "name = \"public\"",
+            "name = \"Public!\"",
+            &[
+                "channel[1].name",
+                "node[0].address.public",
+                "node[1].address.public",
+            ],
+        ),
+    ];
+    for (from, to, fields) in cases {
+        let text = MINIMAL.replacen(from, to, 1);
+        let got: Vec<String> = errors(&text).into_iter().map(|d| d.field).collect();
+        assert_eq!(&got, fields, "for {to:?}");
+    }
+}
+
+#[test]
+fn resource_problems_are_all_reported() {
+    let text = format!("{MINIMAL}\n[[resource]]\ntype = \"vip\"\n");
+    let got: Vec<String> = errors(&text).into_iter().map(|d| d.field).collect();
+    assert_eq!(
+        got,
+        [
+            "resource[0].name",
+            "resource[0].address",
+            "resource[0].interface"
+        ]
+    );
+    let vip = |n: &str| {
+        format!("\n[[resource]]\nname = \"{n}\"\ntype = \"vip\"\naddress = \"192.168.1.100/24\"\ninterface = \"eth1\"\n")
+    };
+    let text = format!("{MINIMAL}{}{}", vip("a"), vip("b"));
+    assert_error(
+        &text,
+        MINIMAL.lines().count() + 11,
+        "resource[1].address",
+        "already the address of resource \"a\"",
+    );
+}
+
+#[test]
+fn timing_errors_point_at_the_value() {
+    let text = MINIMAL.replace(
+        "name = \"c\"",
+        "name = \"c\"\n[cluster.timing]\npreset = \"fast\"\nlease = \"1s\"",
+    );
+    assert_error(
+        &text,
+        6,
+        "cluster.timing.lease",
+        "must be shorter than election_timeout_min",
+    );
+}
+
+#[test]
+fn empty_listen_is_not_silently_off() {
+    let text = format!("{MINIMAL}\n[api]\nlisten = \"\"\n");
+    assert_error(
+        &text,
+        MINIMAL.lines().count() + 3,
+        "api.listen",
+        "nor \"off\"",
+    );
+}

@@ -96,7 +96,13 @@ fn cluster(cx: &mut Cx<'_>, raw: &RawConfig) -> Option<ClusterSection> {
         }
     };
     for (field, msg) in c.timing.problems() {
-        cx.error(&c.timing_span, &format!("cluster.timing.{field}"), msg);
+        let span = c
+            .timing_fields
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, s)| s.clone())
+            .unwrap_or(c.timing_span.clone());
+        cx.error(&span, &format!("cluster.timing.{field}"), msg);
     }
     let secret_file = path_or(
         cx,
@@ -129,7 +135,9 @@ fn entry_name(
 ) -> Option<String> {
     let field = format!("{path}.name");
     let Some(name) = name else {
-        cx.error(entry_span, &field, "missing required key \"name\"");
+        if !cx.reported(&field) {
+            cx.error(entry_span, &field, "missing required key \"name\"");
+        }
         return None;
     };
     if !is_simple_name(&name.v) {
@@ -179,7 +187,7 @@ fn channels(cx: &mut Cx<'_>, raw: &RawConfig) -> Vec<Channel> {
                 .unwrap_or(DEFAULT_CHANNEL_PORT),
         });
     }
-    if out.len() == 1 {
+    if out.len() == 1 && raw.channels.len() == 1 {
         cx.warn(
             &raw.channels[0].span,
             "channel",
@@ -248,16 +256,21 @@ fn nodes(cx: &mut Cx<'_>, raw: &RawConfig, channels: &[Channel]) -> Vec<Node> {
         }
         let addr_span = rn.address_span.clone().unwrap_or(rn.span.clone());
         if rn.address_span.is_none() {
-            cx.error(
-                &rn.span,
-                &format!("{path}.address"),
-                "missing required key \"address\" (e.g. address = { private = \"10.0.0.1\" })",
-            );
+            if cx.reported(&format!("{path}.address")) {
+                // wrong type, already reported
+            } else {
+                cx.error(
+                    &rn.span,
+                    &format!("{path}.address"),
+                    "missing required key \"address\" (e.g. address = { private = \"10.0.0.1\" })",
+                );
+            }
         } else if role == Role::Head {
             let missing: Vec<&str> = defined
                 .iter()
                 .copied()
                 .filter(|c| !rn.address.iter().any(|(k, _)| k.v == *c))
+                .filter(|c| !cx.reported(&format!("{path}.address.{c}")))
                 .collect();
             if !missing.is_empty() {
                 cx.error(
@@ -270,16 +283,25 @@ fn nodes(cx: &mut Cx<'_>, raw: &RawConfig, channels: &[Channel]) -> Vec<Node> {
                 );
             }
         }
-        let mut ips: Vec<IpAddr> = Vec::new();
-        for (_, ip) in &addr {
-            if ips.contains(ip) {
-                cx.warn(
-                    &addr_span,
-                    &format!("{path}.address"),
-                    format!("{ip} is used on two channels: they are not separate paths"),
-                );
+        let port_of = |ch: &str| channels.iter().find(|c| c.name == ch).map(|c| c.port);
+        for (i, (ch, ip)) in addr.iter().enumerate() {
+            if let Some((other, _)) = addr[..i].iter().find(|(_, x)| x == ip) {
+                if port_of(ch) == port_of(other) {
+                    cx.error(
+                        &addr_span,
+                        &format!("{path}.address.{ch}"),
+                        format!(
+                            "{ip} is used on channels {other} and {ch}, which have the same port: the agent could not bind both; give the channels different ports or, better, separate networks"
+                        ),
+                    );
+                } else {
+                    cx.warn(
+                        &addr_span,
+                        &format!("{path}.address"),
+                        format!("{ip} is used on two channels: they are not separate paths"),
+                    );
+                }
             }
-            ips.push(*ip);
         }
         for (k, name) in names.iter().enumerate() {
             if let Some(prev) = seen.get(name) {
@@ -335,7 +357,9 @@ fn nodes(cx: &mut Cx<'_>, raw: &RawConfig, channels: &[Channel]) -> Vec<Node> {
 fn node_names(cx: &mut Cx<'_>, rn: &RawNode, path: &str) -> Option<Vec<String>> {
     let field = format!("{path}.name");
     let Some(name) = &rn.name else {
-        cx.error(&rn.span, &field, "missing required key \"name\"");
+        if !cx.reported(&field) {
+            cx.error(&rn.span, &field, "missing required key \"name\"");
+        }
         return None;
     };
     match NodeSet::parse(&name.v) {
@@ -370,10 +394,12 @@ fn quorum_checks(cx: &mut Cx<'_>, raw: &RawConfig, nodes: &[Node]) {
     let heads = nodes.iter().filter(|n| n.role == Role::Head).count();
     let witnesses = nodes.iter().filter(|n| n.role == Role::Witness).count();
     let span = raw.doc_span.start..raw.doc_span.start;
+    let broken = |f: &str| f.starts_with("node[") && (f.ends_with(".name") || f.ends_with(".role"));
     if raw
         .nodes
         .iter()
         .any(|n| n.name.is_none() || n.role.is_none())
+        || cx.reported_where(broken)
     {
         return; // the counts are meaningless until those are fixed
     }
@@ -428,35 +454,43 @@ fn resources(cx: &mut Cx<'_>, raw: &RawConfig, nodes: &[Node]) -> Vec<Resource> 
     let mut out: Vec<Resource> = Vec::new();
     for (i, rr) in raw.resources.iter().enumerate() {
         let path = format!("resource[{i}]");
-        let Some(name) = entry_name(cx, &rr.name, &rr.span, &path, "resource", |n| {
+        let name = entry_name(cx, &rr.name, &rr.span, &path, "resource", |n| {
             out.iter().any(|r| r.name == n)
-        }) else {
-            continue;
-        };
+        });
         let kind = match rr.kind.as_ref().map(|k| k.v.as_str()) {
             None => {
-                cx.error(
-                    &rr.span,
-                    &format!("{path}.type"),
-                    format!(
-                        "missing required key \"type\" (one of: {})",
-                        RESOURCE_TYPES.join(", ")
-                    ),
-                );
+                if !cx.reported(&format!("{path}.type")) {
+                    cx.error(
+                        &rr.span,
+                        &format!("{path}.type"),
+                        format!(
+                            "missing required key \"type\" (one of: {})",
+                            RESOURCE_TYPES.join(", ")
+                        ),
+                    );
+                }
                 continue;
             }
-            Some("vip") => match vip(cx, rr, &path, nodes) {
+            Some("vip") => match vip(cx, rr, &path, nodes, &out) {
                 Some(v) => ResourceKind::Vip(v),
                 None => continue,
             },
             Some(_) => continue, // reported while decoding
         };
-        out.push(Resource { name, kind });
+        if let Some(name) = name {
+            out.push(Resource { name, kind });
+        }
     }
     out
 }
 
-fn vip(cx: &mut Cx<'_>, rr: &RawResource, path: &str, nodes: &[Node]) -> Option<VipResource> {
+fn vip(
+    cx: &mut Cx<'_>,
+    rr: &RawResource,
+    path: &str,
+    nodes: &[Node],
+    earlier: &[Resource],
+) -> Option<VipResource> {
     let v = &rr.vip;
     let address = match &v.address {
         None => {
@@ -486,6 +520,16 @@ fn vip(cx: &mut Cx<'_>, rr: &RawResource, path: &str, nodes: &[Node]) -> Option<
                 );
             }
             if let Some((ip, _)) = parsed {
+                if let Some(r) = earlier.iter().find(|r| {
+                    let ResourceKind::Vip(v) = &r.kind;
+                    v.address.0 == ip
+                }) {
+                    cx.error(
+                        &a.span,
+                        &format!("{path}.address"),
+                        format!("{ip} is already the address of resource {:?}", r.name),
+                    );
+                }
                 if let Some(n) = nodes.iter().find(|n| n.address.values().any(|x| *x == ip)) {
                     cx.error(
                         &a.span,
