@@ -2,6 +2,7 @@
 //! (what the agent exposes), bound to a TCP address and/or a Unix socket,
 //! with graceful shutdown.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,12 +32,12 @@ pub trait AgentView: Send + Sync + 'static {
 /// Why the API could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Tcp {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot create the API socket {path}: {source}")]
+    #[error("cannot create the API socket {path}")]
     Unix {
         path: PathBuf,
         source: std::io::Error,
@@ -56,6 +57,7 @@ pub fn router(view: Shared) -> Router {
         .route("/v1/config", get(config))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(view)
 }
 
@@ -73,8 +75,20 @@ struct EventsQuery {
     limit: Option<usize>,
 }
 
-async fn events(State(v): State<Shared>, Query(q): Query<EventsQuery>) -> Json<Vec<Event>> {
-    Json(v.events(q.limit.unwrap_or(100).min(10_000)))
+async fn events(
+    State(v): State<Shared>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Response {
+    match q {
+        Ok(Query(q)) => Json(v.events(q.limit.unwrap_or(100).min(10_000))).into_response(),
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad query: {} (expected ?limit=N with N >= 0)",
+                e.body_text()
+            ),
+        ),
+    }
 }
 
 async fn config(State(v): State<Shared>) -> Json<serde_json::Value> {
@@ -89,14 +103,22 @@ async fn metrics(State(v): State<Shared>) -> Response {
         .into_response()
 }
 
+fn error(status: StatusCode, error: String) -> Response {
+    (status, Json(ApiError { error })).into_response()
+}
+
 async fn not_found() -> Response {
-    (
+    error(
         StatusCode::NOT_FOUND,
-        Json(ApiError {
-            error: "no such API path (this agent serves /v1/status, /v1/health, /v1/events, /v1/config, /metrics)".into(),
-        }),
+        "no such API path (this agent serves /v1/status, /v1/health, /v1/events, /v1/config, /metrics)".into(),
     )
-        .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed: these paths answer GET".into(),
+    )
 }
 
 /// A running API server.
@@ -117,30 +139,25 @@ impl Server {
         tcp: Option<SocketAddr>,
         unix: Option<&Path>,
     ) -> Result<Server, ServeError> {
+        // Bind everything first: a failure then leaves nothing behind.
+        let tcp_listener = match tcp {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Tcp { addr, source })?,
+            ),
+            None => None,
+        };
+        let unix_listener = match unix {
+            Some(path) => Some(bind_unix(path).await?),
+            None => None,
+        };
         let (tx, rx) = watch::channel(false);
         let app = router(view);
         let mut tasks = Vec::new();
-        let mut socket = None;
-        let mut tcp_addr = None;
-        if let Some(path) = unix {
-            let listener = bind_unix(path).await?;
-            socket = Some(path.to_path_buf());
-            let app = app.clone();
-            let rx = rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(wait_for(rx))
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "control API (unix socket) failed");
-                }
-            }));
-        }
-        if let Some(addr) = tcp {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Tcp { addr, source })?;
-            tcp_addr = listener.local_addr().ok();
+        let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = tcp_listener {
+            let (app, rx) = (app.clone(), rx.clone());
             tasks.push(tokio::spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(wait_for(rx))
@@ -150,10 +167,20 @@ impl Server {
                 }
             }));
         }
+        if let Some(listener) = unix_listener {
+            tasks.push(tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(wait_for(rx))
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "control API (unix socket) failed");
+                }
+            }));
+        }
         Ok(Server {
             shutdown: tx,
             tasks,
-            socket,
+            socket: unix.map(Path::to_path_buf),
             tcp_addr,
         })
     }

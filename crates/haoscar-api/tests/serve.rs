@@ -127,3 +127,30 @@ async fn replaces_a_stale_socket_but_not_a_live_one() {
     }
     first.stop().await;
 }
+
+#[tokio::test]
+async fn errors_are_json_and_a_failed_start_leaves_no_socket() {
+    let path = sock_path("errors");
+    let server = Server::start(Arc::new(View), None, Some(&path))
+        .await
+        .expect("start");
+    let c = Client::new(Endpoint::Unix(path.clone()));
+    match c.get("/v1/events?limit=abc").await {
+        Err(ClientError::Status {
+            status: 400,
+            message,
+            ..
+        }) => {
+            assert!(message.contains("bad query"), "{message}")
+        }
+        other => panic!("expected a JSON 400, got {other:?}"),
+    }
+    server.stop().await;
+
+    // TCP address taken: start fails and creates no socket.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr");
+    let err = Server::start(Arc::new(View), Some(addr), Some(&path)).await;
+    assert!(matches!(err, Err(ServeError::Tcp { .. })));
+    assert!(!path.exists(), "no socket left behind");
+}

@@ -27,7 +27,9 @@
 //!   current incarnation).
 //! * RTT is smoothed per channel like TCP (RFC 6298): `srtt += (r - srtt)/8`,
 //!   `rttvar += (|srtt - r| - rttvar)/4`, first sample `srtt = r`,
-//!   `rttvar = r/2`.
+//!   `rttvar = r/2`. Samples longer than `dead_after` (replies that sat in a
+//!   queue while the path was down) are ignored, and the estimate restarts
+//!   when a channel goes down.
 //!
 //! JSON (serde) conventions: snake_case names and tags; every duration is a
 //! field whose name ends in `_ms` holding milliseconds as an `f64`.
@@ -416,7 +418,12 @@ impl Membership {
         c.packets += 1;
         c.last_heard = Some(now);
         if let Some(r) = heard.rtt {
-            c.add_rtt(r);
+            // A reply that took longer than the dead time was held in a
+            // queue (e.g. ARP resolution after a cable came back): it says
+            // nothing about the path's round-trip time.
+            if r <= self.dead_after {
+                c.add_rtt(r);
+            }
         }
         if c.state != LinkState::Up {
             c.state = LinkState::Up;
@@ -443,6 +450,10 @@ impl Membership {
                 if silent > self.dead_after {
                     c.state = LinkState::Down;
                     c.since = now;
+                    // The path may come back different (another route, a
+                    // queue to drain): start the RTT estimate afresh.
+                    c.srtt = None;
+                    c.rttvar = None;
                     events.push(MembershipEvent::ChannelDown {
                         peer: name.clone(),
                         channel: c.name.clone(),
@@ -1164,5 +1175,43 @@ mod tests {
                 prop_assert!(d.windows(2).all(|w| w[0] != w[1]), "{}: {:?}", key, d);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod rtt_tests {
+    use super::*;
+
+    fn heard(rtt: Option<Duration>) -> Heard {
+        Heard {
+            boot: BootId {
+                started_unix_ms: 1,
+                nonce: 1,
+            },
+            rtt,
+            config_digest: 0,
+            role: None,
+        }
+    }
+
+    #[test]
+    fn queued_replies_and_outages_do_not_skew_rtt() {
+        let ms = Duration::from_millis;
+        let peers = vec![PeerSpec {
+            name: "b".into(),
+            channels: vec!["p".into()],
+        }];
+        let mut m = Membership::new("a", peers, ms(600), ms(0));
+        m.on_heard(ms(10), "b", "p", heard(Some(ms(2))));
+        // A reply that sat in a queue for longer than the dead time is ignored.
+        m.on_heard(ms(20), "b", "p", heard(Some(ms(900))));
+        let srtt = |m: &Membership| m.view(ms(30))[0].channels[0].srtt_ms;
+        assert_eq!(srtt(&m), Some(2.0));
+        // The channel goes down: the estimate restarts with the next sample.
+        m.on_tick(ms(1000));
+        assert_eq!(m.channel_state("b", "p"), Some(LinkState::Down));
+        assert_eq!(m.view(ms(1000))[0].channels[0].srtt_ms, None);
+        m.on_heard(ms(1100), "b", "p", heard(Some(ms(5))));
+        assert_eq!(m.view(ms(1100))[0].channels[0].srtt_ms, Some(5.0));
     }
 }

@@ -64,6 +64,16 @@ impl NodeDirs {
 pub fn install(spec: &LabSpec, nodes: &[LabNode]) -> Result<(), LabError> {
     let key = generate_key();
     let config = cluster_toml(spec, nodes);
+    let path = Path::new("/etc/haoscar/cluster.toml");
+    if let Err(diags) = haoscar_types::config::parse(&config, path) {
+        if spec.start_agents {
+            // Agents could never start on this configuration: refuse
+            // rather than leave supervisors restarting them forever.
+            return Err(LabError::InvalidSpec(format!(
+                "the lab's cluster.toml is not a valid HA-OSCAR configuration, so its agents could not start:\n{diags}\n(use --no-agents to build such a lab anyway)"
+            )));
+        }
+    }
     for problem in config_problems(&config) {
         tracing::warn!(lab = %spec.name, "generated cluster.toml: {problem}");
     }
@@ -95,9 +105,10 @@ pub fn generate_key() -> String {
 }
 
 /// What the cluster configuration parser says about a generated config:
-/// its errors and warnings, one line each (empty when it is clean). A lab
-/// may deliberately hold an invalid cluster (e.g. one head), so `up` only
-/// reports these.
+/// its errors and warnings, one line each (empty when it is clean). With
+/// agents, `up` refuses a config with errors; without (`--no-agents`) a lab
+/// may deliberately hold an invalid cluster (e.g. one head) and `up` only
+/// reports them.
 pub fn config_problems(text: &str) -> Vec<String> {
     let path = Path::new("/etc/haoscar/cluster.toml");
     match haoscar_types::config::parse(text, path) {

@@ -50,7 +50,10 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(agent_main(config, node, key))?;
+    let result = rt.block_on(agent_main(config, node, key));
+    // Do not wait for blocked helper threads (e.g. a stuck DNS or disk call).
+    rt.shutdown_timeout(Duration::from_millis(200));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -567,8 +570,13 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
     let shutdown = async {
         server.stop().await;
         events_task.abort();
-        if let Ok(agent) = Arc::try_unwrap(agent) {
-            agent.heartbeat.shutdown().await;
+        let _ = events_task.await;
+        // The API tasks and the event task are gone: this is the last reference.
+        match Arc::try_unwrap(agent) {
+            Ok(agent) => agent.heartbeat.shutdown().await,
+            Err(_) => {
+                tracing::debug!("agent state still shared at shutdown; heartbeats stop on exit")
+            }
         }
     };
     if tokio::time::timeout(Duration::from_secs(5), shutdown)

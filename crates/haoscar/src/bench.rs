@@ -92,6 +92,7 @@ fn summarize(mut samples: Vec<f64>) -> Summary {
 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     crate::logging::init_cli();
+    crate::labwatch::require_root("haoscar bench")?;
     crate::labwatch::install_interrupt_handler()?;
     match cmd {
         BenchCommand::Detect(args) => detect(args),

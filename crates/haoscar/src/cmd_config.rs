@@ -1,8 +1,9 @@
 //! `haoscar config check|show`: validate a configuration file and print every
 //! problem, or print it normalised with defaults filled in.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use haoscar_types::config::{self, Loaded};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,7 +12,7 @@ pub enum ConfigCommand {
     /// Validate configuration files; print every problem with its location.
     /// Exits 1 if any file has an error (2 with --strict and only warnings).
     Check {
-        /// Files to check (default: /etc/haoscar/cluster.toml).
+        /// Files to check (default: $HAOSCAR_CONFIG, else /etc/haoscar/cluster.toml).
         files: Vec<PathBuf>,
         /// Treat warnings as errors.
         #[arg(long)]
@@ -25,7 +26,7 @@ pub enum ConfigCommand {
     },
     /// Print the configuration normalised: node ranges expanded, defaults filled in.
     Show {
-        /// File to show (default: /etc/haoscar/cluster.toml).
+        /// File to show (default: $HAOSCAR_CONFIG, else /etc/haoscar/cluster.toml).
         file: Option<PathBuf>,
         /// Print JSON instead of TOML.
         #[arg(long)]
@@ -45,12 +46,25 @@ pub fn run(cmd: ConfigCommand) -> Result<ExitCode> {
     }
 }
 
+/// The configuration to use when no file is named: `$HAOSCAR_CONFIG`, else
+/// the default path.
+fn default_path() -> PathBuf {
+    std::env::var_os("HAOSCAR_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH))
+}
+
 fn default_file(files: Vec<PathBuf>) -> Vec<PathBuf> {
     if files.is_empty() {
-        vec![PathBuf::from(config::DEFAULT_CONFIG_PATH)]
+        vec![default_path()]
     } else {
         files
     }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn check(files: Vec<PathBuf>, strict: bool, quiet: bool, json: bool) -> Result<ExitCode> {
@@ -73,15 +87,16 @@ fn check(files: Vec<PathBuf>, strict: bool, quiet: bool, json: bool) -> Result<E
                     let heads = config.heads().count();
                     let voters = config.voters().count();
                     println!(
-                        "{}: ok: cluster {:?}, {} nodes ({heads} heads, {} witnesses, {} computes), {} channels, {} resources, {} warning(s)",
+                        "{}: ok: cluster {:?}, {} ({}, {}, {}), {}, {}, {}",
                         file.display(),
                         config.cluster.name,
-                        config.nodes.len(),
-                        voters - heads,
-                        config.nodes.len() - voters,
-                        config.channels.len(),
-                        config.resources.len(),
-                        warnings.len()
+                        plural(config.nodes.len(), "node", "nodes"),
+                        plural(heads, "head", "heads"),
+                        plural(voters - heads, "witness", "witnesses"),
+                        plural(config.nodes.len() - voters, "compute node", "compute nodes"),
+                        plural(config.channels.len(), "channel", "channels"),
+                        plural(config.resources.len(), "resource", "resources"),
+                        plural(warnings.len(), "warning", "warnings")
                     );
                 }
             }
@@ -94,11 +109,11 @@ fn check(files: Vec<PathBuf>, strict: bool, quiet: bool, json: bool) -> Result<E
                 for d in &diags.0 {
                     println!("{d}");
                 }
-                let n = diags.errors().count();
                 println!(
-                    "{}: {n} error(s), {} warning(s)",
+                    "{}: {}, {}",
                     file.display(),
-                    diags.warnings().count()
+                    plural(diags.errors().count(), "error", "errors"),
+                    plural(diags.warnings().count(), "warning", "warnings")
                 );
             }
         }
@@ -110,17 +125,21 @@ fn check(files: Vec<PathBuf>, strict: bool, quiet: bool, json: bool) -> Result<E
 }
 
 fn show(file: Option<PathBuf>, json: bool) -> Result<ExitCode> {
-    let file = file.unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+    let file = file.unwrap_or_else(default_path);
     match config::load(&file) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("{w}");
             }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&loaded.config)?);
+            let text = if json {
+                format!("{}\n", serde_json::to_string_pretty(&loaded.config)?)
             } else {
-                print!("{}", loaded.config.to_toml());
-            }
+                loaded.config.to_toml()
+            };
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .context("cannot write the configuration to standard output")?;
             Ok(ExitCode::SUCCESS)
         }
         Err(diags) => {

@@ -29,39 +29,78 @@ pub fn run(args: KeygenArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes a fresh key to `path` (mode 0600).
+/// Writes a fresh key to `path` (mode 0600). Only a regular file is ever
+/// replaced (with `force`); the key is written to a private temporary file
+/// in the same directory and moved into place atomically, so a reader never
+/// sees a half-written key and, without `force`, an existing file is never
+/// overwritten even if it appears meanwhile.
 pub fn write_key(path: &Path, force: bool) -> Result<()> {
-    if path.exists() && !force {
-        bail!(
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => bail!(
+            "{} exists and is not a regular file (a {}); refusing to write a key there",
+            path.display(),
+            describe(&meta.file_type())
+        ),
+        Ok(_) if !force => bail!(
             "{} already exists; refusing to overwrite the cluster key (use --force to replace it; every node then needs the new key)",
             path.display()
-        );
+        ),
+        _ => {}
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut key = [0u8; 32];
     rand::rng().fill_bytes(&mut key);
     let text = format!("{}\n", hex::encode(key));
-    // Write a private temporary file, then rename: never a half-written key.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("cluster.key"),
+        std::process::id()
+    ));
+    let result = write_private(&tmp, text.as_bytes()).and_then(|()| {
+        if force {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("cannot move the key to {}", path.display()))
+        } else {
+            // link() fails if the destination exists: no overwrite race.
+            std::fs::hard_link(&tmp, path)
+                .with_context(|| format!("cannot create {}", path.display()))
+        }
+    });
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    if !force && path.exists() {
-        let _ = std::fs::remove_file(&tmp);
-        bail!(
-            "{} appeared while writing; not overwriting it",
-            path.display()
-        );
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn describe(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_char_device() || t.is_block_device() {
+        "device"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
     }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move the key to {}", path.display()))?;
-    Ok(())
 }

@@ -8,6 +8,7 @@ use haoscar_api::{Client, Endpoint};
 use haoscar_types::api::{Liveness, Status};
 use haoscar_types::config;
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,12 +49,27 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         None => None,
     };
     rt.block_on(async {
+        let clear = interval.is_some() && std::io::stdout().is_terminal();
         loop {
-            let status: Status = client.get_json("/v1/status").await?;
+            let status: Status = match client.get_json("/v1/status").await {
+                Ok(s) => s,
+                // While watching, an agent restart is something to show, not a reason to quit.
+                Err(e) if interval.is_some() => {
+                    if clear {
+                        print!("\x1b[H\x1b[2J");
+                    }
+                    println!("{}  agent unreachable: {e:#}", clock(now_unix_ms()));
+                    if let Some(i) = interval {
+                        tokio::time::sleep(i).await;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                if interval.is_some() {
+                if clear {
                     print!("\x1b[H\x1b[2J");
                 }
                 print!("{}", render(&status));
@@ -200,7 +216,7 @@ pub fn render(s: &Status) -> String {
     let c = &s.counters;
     let _ = writeln!(
         o,
-        "\nheartbeats: sent {} ({} send errors), received {}; dropped: forged/corrupt {}, replayed {}, malformed {}, wrong cluster {}, unknown sender {}, wrong address {}",
+        "\nheartbeats: sent {} ({} send errors), received {}; dropped: forged/corrupt {}, replayed {}, malformed {}, wrong cluster {}, not for us {}, unknown sender {}, wrong address {}",
         c.sent,
         c.send_errors,
         c.received_ok,
@@ -208,16 +224,24 @@ pub fn render(s: &Status) -> String {
         c.dropped_replay + c.dropped_stale_boot,
         c.dropped_malformed,
         c.dropped_wrong_cluster,
+        c.dropped_wrong_destination,
         c.dropped_unknown_peer,
         c.dropped_wrong_address
     );
     if !s.recent_events.is_empty() {
-        let _ = writeln!(o, "\nrecent events:");
+        let _ = writeln!(o, "\nrecent events (UTC):");
         for e in &s.recent_events {
             let _ = writeln!(o, "  {}  {:<16} {}", clock(e.at_unix_ms), e.kind, e.message);
         }
     }
     o
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// `HH:MM:SS.mmm` in UTC.

@@ -65,12 +65,28 @@ impl Drop for Cleanup {
 }
 
 fn step(n: u32, title: &str) {
-    println!("\n\x1b[1m== {n}. {title}\x1b[0m");
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        println!("\n\x1b[1m== {n}. {title}\x1b[0m");
+    } else {
+        println!("\n== {n}. {title}");
+    }
 }
 
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
     crate::logging::init_cli();
+    crate::labwatch::require_root("haoscar demo")?;
     crate::labwatch::install_interrupt_handler()?;
+    match demo(args) {
+        Err(_) if crate::labwatch::interrupted() => {
+            eprintln!("haoscar demo: interrupted");
+            Ok(ExitCode::from(130))
+        }
+        other => other,
+    }
+}
+
+fn demo(args: DemoArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the haoscar executable")?;
     let mut spec = LabSpec::named(&args.name, exe);
     spec.computes = args.computes;

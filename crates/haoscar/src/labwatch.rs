@@ -31,6 +31,16 @@ pub fn install_interrupt_handler() -> Result<()> {
     Ok(())
 }
 
+/// Fails with a clear message unless running as root (before any output).
+pub fn require_root(what: &str) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "{what} builds network namespaces and needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN); run it with sudo"
+        );
+    }
+    Ok(())
+}
+
 /// Whether an interrupt signal arrived.
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)

@@ -65,6 +65,22 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Short-lived commands behave like other Unix tools when their output
+    // is closed (`haoscar lab status | head -3`): they end quietly. The
+    // agent, the lab supervisor, demo and bench keep SIGPIPE ignored (they
+    // must not die half-way: they clean up on errors).
+    let quiet_on_sigpipe = match &cli.command {
+        Command::Config(_) | Command::Status(_) | Command::Keygen(_) | Command::Version => true,
+        Command::Lab(cmd) => !matches!(cmd, lab_cmd::LabCommand::Supervisor { .. }),
+        Command::Agent(_) | Command::Demo(_) | Command::Bench(_) => false,
+    };
+    if quiet_on_sigpipe {
+        // SAFETY: setting a signal disposition to its default is async-signal-safe
+        // and done before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Agent(args) => agent::run(args),
         Command::Config(cmd) => cmd_config::run(cmd),

@@ -95,10 +95,7 @@ address = { private = "10.0.0.2" }
     ] {
         assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
     }
-    assert!(
-        out.contains(&format!("{f}: 4 error(s), 1 warning(s)")),
-        "{out}"
-    );
+    assert!(out.contains(&format!("{f}: 4 errors, 1 warning")), "{out}");
     assert!(
         !out.contains("missing required key \"role\""),
         "an invalid role is not also reported missing:\n{out}"
@@ -456,4 +453,25 @@ fn agent_refuses_a_world_readable_key_and_an_unknown_node() {
         "{}",
         text(&o)
     );
+}
+
+#[test]
+fn keygen_never_writes_through_special_files() {
+    let dir = tempdir("keygen-special");
+    let link = dir.join("link.key");
+    std::os::unix::fs::symlink(dir.join("nowhere"), &link).expect("symlink");
+    for target in [dir.as_path(), link.as_path(), Path::new("/dev/null")] {
+        let t = target.to_str().unwrap_or_default();
+        let o = haoscar(&["keygen", "--force", t]);
+        assert!(!o.status.success(), "{t}: {}", text(&o));
+        assert!(text(&o).contains("is not a regular file"), "{}", text(&o));
+    }
+    assert!(std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()));
+    assert!(!dir.join("nowhere").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
