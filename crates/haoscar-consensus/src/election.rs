@@ -1,0 +1,255 @@
+//! When heads campaign: owns the election timer of heads and the pre-vote
+//! gate in front of openraft's elections ([`PreVoteRequest`], the handler
+//! answering it, and the per-head driver task).
+//!
+//! openraft 0.9 has no pre-vote and draws its election timeout once per
+//! process. Without a pre-vote, a head that was cut off keeps raising its
+//! term, and when the network heals its higher term makes the healthy
+//! leader step down (a failover for nothing). So openraft's own timer
+//! elections are disabled on every node (`enable_elect = false`) and each
+//! head runs [`drive`] instead:
+//!
+//! 1. Every heartbeat interval it checks how long ago its vote was last
+//!    refreshed by a leader (openraft's `vote_last_modified`). Below its
+//!    election timeout it does nothing. The timeout is drawn from this
+//!    head's window (see `timing`) afresh for every attempt, and the windows
+//!    of two heads never overlap.
+//! 2. Past it, it asks every other voter for a *pre-vote*, which changes no
+//!    state anywhere. A voter grants it only if it is not a leader, has not
+//!    heard from a leader within its own leader lease (openraft's
+//!    `election_timeout_max`, the same rule openraft applies to real votes),
+//!    and the candidate's last log id is at least its own.
+//! 3. With grants from a majority of voters (itself included) it calls
+//!    openraft's `trigger().elect()`: the real election (terms, votes, log
+//!    comparison, persistence) is openraft's.
+//!
+//! A voter refusing a pre-vote only because the candidate's log is behind
+//! (no leader alive) relays its own log to the candidate first, so a head
+//! can always catch up from the witness (see [`answer_pre_vote`]).
+//!
+//! Witnesses run no driver, never call `elect`, and are never asked to
+//! initialize the cluster; nothing else makes an openraft node campaign,
+//! so a witness never leads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::raft::AppendEntriesRequest;
+use openraft::{LogId, RaftLogReader, ServerState};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use crate::network::client::Client;
+use crate::network::server::ServerCtx;
+use crate::network::{RpcRequest, RpcResponse};
+use crate::types::{HaRaft, NodeId};
+
+/// A candidate's question: would you vote for me now?
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreVoteRequest {
+    pub candidate: NodeId,
+    /// The term the candidate would campaign in.
+    pub term: u64,
+    pub last_log_id: Option<LogId<NodeId>>,
+}
+
+/// The answer to a [`PreVoteRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreVoteResponse {
+    pub granted: bool,
+    /// The voter's current term (for diagnostics).
+    pub term: u64,
+}
+
+/// Entries relayed at most per pre-vote (see [`answer_pre_vote`]).
+const RELAY_MAX_ENTRIES: u64 = 64;
+
+/// Answers a pre-vote from this node's Raft state.
+///
+/// When it is refused only because the candidate's log is behind ours
+/// while no leader is alive, this voter also *relays* its log to the
+/// candidate (see `relay_log`). Without that, a cluster whose leader
+/// committed entries with the witness's acknowledgement alone and then died
+/// would be stuck: the surviving head could never win the witness's vote,
+/// and the witness never leads.
+pub async fn answer_pre_vote(ctx: &ServerCtx, req: &PreVoteRequest) -> PreVoteResponse {
+    let raft = &ctx.raft;
+    let lease = Duration::from_millis(raft.config().election_timeout_max);
+    let Ok((state, term, committed, silent)) = raft
+        .with_raft_state(|st| {
+            let vote = st.vote_ref();
+            (
+                st.server_state,
+                vote.leader_id().term,
+                vote.is_committed(),
+                st.vote_last_modified().map(|t| t.elapsed()),
+            )
+        })
+        .await
+    else {
+        return PreVoteResponse {
+            granted: false,
+            term: 0,
+        };
+    };
+    let my_last = raft.data_metrics().borrow().last_log;
+    let leader_alive =
+        state == ServerState::Leader || (committed && silent.is_some_and(|s| s <= lease));
+    let log_ok = req.last_log_id >= my_last;
+    let granted = !leader_alive && log_ok;
+    tracing::debug!(
+        candidate = req.candidate,
+        term = req.term,
+        granted,
+        leader_alive,
+        log_ok,
+        "pre-vote"
+    );
+    if !leader_alive && !log_ok && committed {
+        let ctx = ctx.clone();
+        let (candidate, from) = (req.candidate, req.last_log_id);
+        tokio::spawn(async move { relay_log(&ctx, candidate, from).await });
+    }
+    PreVoteResponse { granted, term }
+}
+
+/// Sends the entries after `from` from this node's log to `target`, as an
+/// AppendEntries of the leader this node last followed (its committed
+/// vote). By Raft's log matching property, this node's log is a prefix of
+/// that leader's log while its vote is unchanged, so the request is one the
+/// leader itself could have sent; the target checks `prev_log_id` as usual.
+/// Only done when `from` is in our log (the target's log is not divergent).
+async fn relay_log(ctx: &ServerCtx, target: NodeId, from: Option<LogId<NodeId>>) {
+    let Ok((vote, committed)) = ctx
+        .raft
+        .with_raft_state(|st| (*st.vote_ref(), st.committed))
+        .await
+    else {
+        return;
+    };
+    if !vote.is_committed() {
+        return;
+    }
+    let mut log = ctx.log.clone();
+    if let Some(prev) = from {
+        match log.try_get_log_entries(prev.index..=prev.index).await {
+            Ok(e) if e.first().map(|e| e.log_id) == Some(prev) => {}
+            _ => return,
+        }
+    }
+    let start = from.map_or(0, |l| l.index.saturating_add(1));
+    let Ok(entries) = log
+        .try_get_log_entries(start..start.saturating_add(RELAY_MAX_ENTRIES))
+        .await
+    else {
+        return;
+    };
+    if entries.is_empty() {
+        return;
+    }
+    let n = entries.len();
+    let req = AppendEntriesRequest {
+        vote,
+        prev_log_id: from,
+        entries,
+        leader_commit: committed,
+    };
+    let ttl = Duration::from_millis(ctx.raft.config().heartbeat_interval.max(1) * 4);
+    let res = ctx
+        .client
+        .call(target, None, &RpcRequest::AppendEntries(req), ttl, true)
+        .await;
+    tracing::info!(
+        target,
+        entries = n,
+        ok = res.is_ok(),
+        "relayed log entries to a lagging head"
+    );
+}
+
+/// Runs one pre-vote round; returns whether a majority granted it.
+pub async fn pre_vote(raft: &HaRaft, client: &Arc<Client>, me: NodeId, ttl: Duration) -> bool {
+    let m = raft.metrics().borrow().clone();
+    let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+    if !voters.contains(&me) {
+        return false;
+    }
+    let req = PreVoteRequest {
+        candidate: me,
+        term: m.current_term + 1,
+        last_log_id: raft.data_metrics().borrow().last_log,
+    };
+    let mut calls = JoinSet::new();
+    for v in voters.iter().copied().filter(|v| *v != me) {
+        let client = client.clone();
+        let node = m.membership_config.membership().get_node(&v).cloned();
+        let req = RpcRequest::PreVote(req.clone());
+        calls.spawn(async move { client.call(v, node.as_ref(), &req, ttl, true).await });
+    }
+    let mut granted = 1usize;
+    while let Some(r) = calls.join_next().await {
+        if let Ok(Ok(RpcResponse::PreVote(resp))) = r {
+            if resp.granted {
+                granted += 1;
+            }
+        }
+    }
+    let ok = granted * 2 > voters.len();
+    tracing::debug!(granted, voters = voters.len(), ok, "pre-vote round");
+    ok
+}
+
+/// The election timer of a head; runs until the task is aborted or Raft
+/// stops. `window` is where each attempt's timeout is drawn from; `tick`
+/// is how often the silence is checked; `rpc_ttl` bounds pre-vote RPCs.
+pub async fn drive(
+    raft: HaRaft,
+    client: Arc<Client>,
+    me: NodeId,
+    window: (Duration, Duration),
+    tick: Duration,
+    rpc_ttl: Duration,
+) {
+    let draw = |(lo, hi): (Duration, Duration)| {
+        if hi > lo {
+            rand::rng().random_range(lo..hi)
+        } else {
+            lo
+        }
+    };
+    let mut timeout = draw(window);
+    let mut last_attempt: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::time::sleep(tick).await;
+        let silent = match raft
+            .with_raft_state(|st| {
+                if st.server_state == ServerState::Leader {
+                    None
+                } else {
+                    Some(st.vote_last_modified().map(|t| t.elapsed()))
+                }
+            })
+            .await
+        {
+            Err(_) => return,     // Raft stopped.
+            Ok(None) => continue, // Leader.
+            Ok(Some(s)) => s.unwrap_or(Duration::MAX),
+        };
+        if silent < timeout || last_attempt.is_some_and(|t| t.elapsed() < timeout) {
+            continue;
+        }
+        last_attempt = Some(tokio::time::Instant::now());
+        timeout = draw(window);
+        if !pre_vote(&raft, &client, me, rpc_ttl).await {
+            continue;
+        }
+        tracing::info!(
+            ?silent,
+            "no leader heard and a majority agrees: campaigning"
+        );
+        if raft.trigger().elect().await.is_err() {
+            return;
+        }
+    }
+}

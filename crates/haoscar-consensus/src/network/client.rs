@@ -1,0 +1,332 @@
+//! The sending side of the Raft transport: owns openraft's
+//! `RaftNetworkFactory`/`RaftNetwork` implementation ([`NetworkFactory`],
+//! [`PeerClient`]), the per-peer connection pool, and the mapping of
+//! transport failures to openraft errors (connect failures are
+//! `Unreachable`, so openraft backs off).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::RPCTypes;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::{FrameError, Peer, ResponseFrame, RpcRequest, RpcResponse, Transport};
+use crate::types::{NodeId, RaftNode, TypeConfig};
+
+/// Idle connections kept per peer.
+const POOL_PER_PEER: usize = 4;
+
+/// Why an RPC failed, before mapping to openraft's error types.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("peer unreachable: {0}")]
+    Unreachable(io::Error),
+    #[error("network error: {0}")]
+    Network(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The client side of the transport, shared by all [`PeerClient`]s.
+pub struct Client {
+    transport: Arc<Transport>,
+    pool: Mutex<HashMap<NodeId, Vec<TcpStream>>>,
+    backoff: Duration,
+}
+
+impl Client {
+    pub fn new(transport: Arc<Transport>, backoff: Duration) -> Self {
+        Self {
+            transport,
+            pool: Mutex::new(HashMap::new()),
+            backoff,
+        }
+    }
+
+    fn take(&self, target: NodeId) -> Option<TcpStream> {
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&target)
+            .and_then(Vec::pop)
+    }
+
+    fn put(&self, target: NodeId, stream: TcpStream) {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        let v = pool.entry(target).or_default();
+        if v.len() < POOL_PER_PEER {
+            v.push(stream);
+        }
+    }
+
+    /// Forgets pooled connections to `target` (e.g. after it restarted).
+    pub fn drop_connections(&self, target: NodeId) {
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&target);
+    }
+
+    /// Where to reach `target`: the configured address, else the one in the
+    /// membership.
+    fn resolve(&self, target: NodeId, node: Option<&RaftNode>) -> Result<Peer, CallError> {
+        if let Some(p) = self.transport.peer(target) {
+            return Ok(p.clone());
+        }
+        let node = node.ok_or_else(|| CallError::Network(format!("unknown node id {target}")))?;
+        let addr = node.addr.parse().map_err(|e| {
+            CallError::Network(format!("bad address {:?} of {}: {e}", node.addr, node.name))
+        })?;
+        Ok(Peer {
+            name: node.name.clone(),
+            addr,
+        })
+    }
+
+    /// Sends `req` to `target` and waits for the answer, all within `ttl`.
+    /// A pooled connection found closed is replaced once if `idempotent`.
+    pub async fn call(
+        &self,
+        target: NodeId,
+        node: Option<&RaftNode>,
+        req: &RpcRequest,
+        ttl: Duration,
+        idempotent: bool,
+    ) -> Result<RpcResponse, CallError> {
+        let peer = self.resolve(target, node)?;
+        if self.transport.is_blocked(&peer.name) {
+            return Err(CallError::Unreachable(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("{} is blocked (fault injection)", peer.name),
+            )));
+        }
+        let payload = serde_json::to_vec(req).map_err(|e| CallError::Network(e.to_string()))?;
+        let deadline = Instant::now() + ttl;
+        self.transport.count_sent();
+        let mut retried = false;
+        loop {
+            let (mut stream, pooled) = match self.take(target) {
+                Some(s) => (s, true),
+                None => (connect(&peer, deadline, ttl).await?, false),
+            };
+            let res =
+                tokio::time::timeout_at(deadline, self.exchange(&mut stream, &peer, &payload))
+                    .await;
+            match res {
+                Err(_) => return Err(CallError::Timeout(ttl)),
+                Ok(Ok(resp)) => {
+                    self.put(target, stream);
+                    return Ok(resp);
+                }
+                Ok(Err(e)) => {
+                    let stale = matches!(&e, FrameError::Closed)
+                        || matches!(&e, FrameError::Io(io) if matches!(
+                            io.kind(),
+                            io::ErrorKind::BrokenPipe
+                                | io::ErrorKind::ConnectionReset
+                                | io::ErrorKind::UnexpectedEof
+                        ));
+                    if stale && pooled && idempotent && !retried {
+                        retried = true;
+                        continue;
+                    }
+                    self.transport.reject(&e, Some(peer.addr));
+                    return Err(CallError::Network(format!(
+                        "{} ({}): {e}",
+                        peer.name, peer.addr
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        stream: &mut TcpStream,
+        peer: &Peer,
+        payload: &[u8],
+    ) -> Result<RpcResponse, FrameError> {
+        let sent = self
+            .transport
+            .write_message(stream, &peer.name, false, payload)
+            .await?;
+        let m = self
+            .transport
+            .read_message(stream, Some(&peer.name), true)
+            .await?;
+        let frame: ResponseFrame = serde_json::from_slice(&m.payload)
+            .map_err(|e| FrameError::Malformed(format!("response: {e}")))?;
+        if frame.re != sent {
+            return Err(FrameError::Malformed(format!(
+                "response to request {} while waiting for {sent}",
+                frame.re
+            )));
+        }
+        Ok(frame.body)
+    }
+}
+
+async fn connect(peer: &Peer, deadline: Instant, ttl: Duration) -> Result<TcpStream, CallError> {
+    match tokio::time::timeout_at(deadline, TcpStream::connect(peer.addr)).await {
+        Err(_) => Err(CallError::Unreachable(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "connecting to {} ({}) took more than {ttl:?}",
+                peer.name, peer.addr
+            ),
+        ))),
+        Ok(Err(e)) => Err(CallError::Unreachable(e)),
+        Ok(Ok(s)) => {
+            // Small request/response messages: do not wait for Nagle.
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}
+
+/// openraft's factory of per-peer clients.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    client: Arc<Client>,
+}
+
+impl NetworkFactory {
+    pub fn new(client: Arc<Client>) -> Self {
+        Self { client }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &RaftNode) -> PeerClient {
+        PeerClient {
+            client: self.client.clone(),
+            target,
+            node: node.clone(),
+        }
+    }
+}
+
+/// openraft's client to one peer.
+pub struct PeerClient {
+    client: Arc<Client>,
+    target: NodeId,
+    node: RaftNode,
+}
+
+impl PeerClient {
+    async fn rpc<E: std::error::Error>(
+        &self,
+        req: RpcRequest,
+        action: RPCTypes,
+        ttl: Duration,
+    ) -> Result<RpcResponse, RPCError<NodeId, RaftNode, E>> {
+        self.client
+            .call(self.target, Some(&self.node), &req, ttl, true)
+            .await
+            .map_err(|e| match e {
+                CallError::Unreachable(io) => RPCError::Unreachable(Unreachable::new(&io)),
+                CallError::Network(msg) => {
+                    RPCError::Network(NetworkError::new(&io::Error::other(msg)))
+                }
+                CallError::Timeout(timeout) => RPCError::Timeout(Timeout {
+                    action,
+                    id: self.client.transport.my_id(),
+                    target: self.target,
+                    timeout,
+                }),
+            })
+    }
+
+    fn unexpected<E: std::error::Error>(&self, got: &RpcResponse) -> RPCError<NodeId, RaftNode, E> {
+        let kind = match got {
+            RpcResponse::AppendEntries(_) => "append_entries",
+            RpcResponse::Vote(_) => "vote",
+            RpcResponse::InstallSnapshot(_) => "install_snapshot",
+            RpcResponse::Propose(_) => "propose",
+            RpcResponse::PreVote(_) => "pre_vote",
+            RpcResponse::Pong => "pong",
+        };
+        RPCError::Network(NetworkError::new(&io::Error::other(format!(
+            "{} answered with a {kind} response",
+            self.node.name
+        ))))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, RaftNode, RaftError<NodeId>>> {
+        let resp = self
+            .rpc(
+                RpcRequest::AppendEntries(rpc),
+                RPCTypes::AppendEntries,
+                option.hard_ttl(),
+            )
+            .await?;
+        match resp {
+            RpcResponse::AppendEntries(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, RaftNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let resp = self
+            .rpc(
+                RpcRequest::InstallSnapshot(rpc),
+                RPCTypes::InstallSnapshot,
+                option.hard_ttl(),
+            )
+            .await?;
+        match resp {
+            RpcResponse::InstallSnapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, RaftNode, RaftError<NodeId>>> {
+        let resp = self
+            .rpc(RpcRequest::Vote(rpc), RPCTypes::Vote, option.hard_ttl())
+            .await?;
+        match resp {
+            RpcResponse::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.client.backoff))
+    }
+}
