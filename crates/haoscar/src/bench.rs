@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 pub enum BenchCommand {
     /// Failure-detection latency of a head (kill and isolation), idle CPU, heartbeat bytes/s.
     Detect(DetectArgs),
+    /// Node-set parsing, expansion and folding speed (no root needed).
+    Nodeset {
+        /// Repetitions of each measurement (the fastest is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -92,11 +98,65 @@ fn summarize(mut samples: Vec<f64>) -> Summary {
 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     crate::logging::init_cli();
-    crate::labwatch::require_root("haoscar bench")?;
-    crate::labwatch::install_interrupt_handler()?;
     match cmd {
-        BenchCommand::Detect(args) => detect(args),
+        BenchCommand::Detect(args) => {
+            crate::labwatch::require_root("haoscar bench detect")?;
+            crate::labwatch::install_interrupt_handler()?;
+            detect(args)
+        }
+        BenchCommand::Nodeset { runs } => nodeset(runs.max(1)),
     }
+}
+
+/// Fastest of `runs` executions of `f`.
+fn fastest<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+fn nodeset(runs: usize) -> Result<ExitCode> {
+    use haoscar_types::nodeset::NodeSet;
+    println!("{:<44} {:>12}", "operation (fastest of runs)", "time");
+    for n in [10_000usize, 1_000_000] {
+        let names: Vec<String> = (1..=n).map(|i| format!("node{i:07}")).collect();
+        let set = NodeSet::from_names(&names)?;
+        let t = fastest(runs, || NodeSet::from_names(&names).map(|s| s.len()));
+        println!(
+            "{:<44} {:>9.1} ms",
+            format!("build a set of {n} names"),
+            t.as_secs_f64() * 1e3
+        );
+        let t = fastest(runs, || set.fold());
+        println!(
+            "{:<44} {:>9.1} ms",
+            format!("fold {n} names"),
+            t.as_secs_f64() * 1e3
+        );
+        let text = format!("node[0000001-{n:07}]");
+        let t = fastest(runs, || NodeSet::parse(&text).map(|s| s.len()));
+        println!(
+            "{:<44} {:>9.1} ms",
+            format!("parse and expand {text}"),
+            t.as_secs_f64() * 1e3
+        );
+    }
+    let scattered: Vec<String> = (0..10_000u32)
+        .map(|i| format!("r{}n{:02}", i / 40, (i * 7) % 40))
+        .collect();
+    let set = NodeSet::from_names(&scattered)?;
+    let t = fastest(runs, || set.fold());
+    println!(
+        "{:<44} {:>9.1} ms",
+        "fold 10000 two-dimensional names",
+        t.as_secs_f64() * 1e3
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Removes the benchmark lab however the benchmark ends.

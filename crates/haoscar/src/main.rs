@@ -6,6 +6,7 @@ mod agent;
 mod bench;
 mod cmd_config;
 mod cmd_keygen;
+mod cmd_nodeset;
 mod cmd_status;
 mod demo;
 mod lab_cmd;
@@ -51,6 +52,8 @@ enum Command {
     Status(cmd_status::StatusArgs),
     /// Write a new random cluster key (mode 0600).
     Keygen(cmd_keygen::KeygenArgs),
+    /// Fold, expand or count node sets (`node[01-16]`), like ClusterShell's cluset.
+    Nodeset(cmd_nodeset::NodesetArgs),
     /// Build and manage a real test cluster in network namespaces (root).
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
@@ -70,7 +73,11 @@ fn main() -> std::process::ExitCode {
     // agent, the lab supervisor, demo and bench keep SIGPIPE ignored (they
     // must not die half-way: they clean up on errors).
     let quiet_on_sigpipe = match &cli.command {
-        Command::Config(_) | Command::Status(_) | Command::Keygen(_) | Command::Version => true,
+        Command::Config(_)
+        | Command::Status(_)
+        | Command::Keygen(_)
+        | Command::Nodeset(_)
+        | Command::Version => true,
         Command::Lab(cmd) => !matches!(cmd, lab_cmd::LabCommand::Supervisor { .. }),
         Command::Agent(_) | Command::Demo(_) | Command::Bench(_) => false,
     };
@@ -86,6 +93,7 @@ fn main() -> std::process::ExitCode {
         Command::Config(cmd) => cmd_config::run(cmd),
         Command::Status(args) => cmd_status::run(args),
         Command::Keygen(args) => cmd_keygen::run(args),
+        Command::Nodeset(args) => cmd_nodeset::run(args),
         Command::Lab(cmd) => {
             // The supervisor is long-running: log like the agent (timestamps).
             if matches!(cmd, lab_cmd::LabCommand::Supervisor { .. }) {

@@ -475,3 +475,25 @@ fn keygen_never_writes_through_special_files() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn nodeset_folds_expands_counts_and_excludes() {
+    let out = |args: &[&str]| {
+        String::from_utf8_lossy(&haoscar(args).stdout)
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        out(&["nodeset", "node[01-16]", "n3", "-x", "node07"]),
+        "n3,node[01-06,08-16]"
+    );
+    assert_eq!(out(&["nodeset", "-c", "rack[1-4]n[01-32]"]), "128");
+    assert_eq!(out(&["nodeset", "-e", "n[1-3]"]), "n1\nn2\nn3");
+    let o = haoscar(&["nodeset", "bad["]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("'[' is never closed at column 4"),
+        "{}",
+        text(&o)
+    );
+}
