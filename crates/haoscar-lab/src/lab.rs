@@ -202,8 +202,17 @@ impl Lab {
                 let (condition, nodes) = match dir.as_deref().map(LabState::load) {
                     Some(Ok(st)) => {
                         let n = st.nodes.iter().filter(|n| n.role.is_cluster_node()).count();
-                        let up = netns::exists(&switch_namespace(&name));
-                        (if up { "up" } else { "stale" }.to_string(), n)
+                        // Every node (the client included) plus the switch.
+                        let expected = st.nodes.len() + 1;
+                        let condition = if namespaces == 0 {
+                            "stale".to_string()
+                        } else if namespaces < expected || !netns::exists(&switch_namespace(&name))
+                        {
+                            format!("partial ({namespaces} of {expected} namespaces)")
+                        } else {
+                            "up".to_string()
+                        };
+                        (condition, n)
                     }
                     Some(Err(e)) => (format!("broken: {e}"), 0),
                     None => ("broken: no state file".to_string(), 0),
@@ -370,6 +379,12 @@ impl Lab {
         let n = self.require(node)?;
         if !n.role.is_cluster_node() {
             return Err(LabError::Fault(format!("{node} runs no agent")));
+        }
+        if !self.state.spec.start_agents {
+            return Err(LabError::Fault(format!(
+                "lab {:?} was built with --no-agents: {node} has no supervisor to control",
+                self.name()
+            )));
         }
         supervisor::set_policy(&NodeDirs::new(self.dir(), node), on)
     }
