@@ -114,12 +114,16 @@ pub async fn answer_pre_vote(ctx: &ServerCtx, req: &PreVoteRequest) -> PreVoteRe
     PreVoteResponse { granted, term }
 }
 
-/// Sends the entries after `from` from this node's log to `target`, as an
-/// AppendEntries of the leader this node last followed (its committed
-/// vote). By Raft's log matching property, this node's log is a prefix of
-/// that leader's log while its vote is unchanged, so the request is one the
-/// leader itself could have sent; the target checks `prev_log_id` as usual.
-/// Only done when `from` is in our log (the target's log is not divergent).
+/// Sends the committed entries after `from` from this node's log to
+/// `target`, as an AppendEntries of the leader this node last followed (its
+/// committed vote). Only the committed prefix is relayed: up to our
+/// committed index, our log is a prefix of that leader's log (the leader
+/// only commits what it has, and log matching holds up to the point the
+/// leader checked), so the request is one the leader itself could have
+/// sent; the target checks `prev_log_id` as usual. Only done when `from` is
+/// in our log (the target's log is not divergent). Entries beyond our
+/// committed index are never relayed: a follower can hold a stale suffix
+/// of an older term behind a newer vote.
 async fn relay_log(ctx: &ServerCtx, target: NodeId, from: Option<LogId<NodeId>>) {
     let Ok((vote, committed)) = ctx
         .raft
@@ -138,11 +142,21 @@ async fn relay_log(ctx: &ServerCtx, target: NodeId, from: Option<LogId<NodeId>>)
             _ => return,
         }
     }
+    // Only the committed prefix: entries beyond it may be a stale suffix
+    // from an older term that the leader of our vote never sent (a follower
+    // adopts a vote from a heartbeat without its log being checked beyond
+    // prev_log_id), and relaying them could overwrite committed entries.
+    let Some(committed_id) = committed else {
+        return;
+    };
     let start = from.map_or(0, |l| l.index.saturating_add(1));
-    let Ok(entries) = log
-        .try_get_log_entries(start..start.saturating_add(RELAY_MAX_ENTRIES))
-        .await
-    else {
+    let end = start
+        .saturating_add(RELAY_MAX_ENTRIES)
+        .min(committed_id.index.saturating_add(1));
+    if start >= end {
+        return;
+    }
+    let Ok(entries) = log.try_get_log_entries(start..end).await else {
         return;
     };
     if entries.is_empty() {
@@ -168,6 +182,21 @@ async fn relay_log(ctx: &ServerCtx, target: NodeId, from: Option<LogId<NodeId>>)
     );
 }
 
+/// Whether this node would grant itself a pre-vote: the same test as
+/// [`answer_pre_vote`] applies to a candidate (its log is trivially
+/// up to date).
+async fn self_may_vote(raft: &HaRaft) -> bool {
+    let lease = Duration::from_millis(raft.config().election_timeout_max);
+    raft.with_raft_state(move |st| {
+        let silent = st.vote_last_modified().map(|t| t.elapsed());
+        let leader_alive = st.server_state == ServerState::Leader
+            || (st.vote_ref().is_committed() && silent.is_some_and(|s| s <= lease));
+        !leader_alive
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// Runs one pre-vote round; returns whether a majority granted it.
 pub async fn pre_vote(raft: &HaRaft, client: &Arc<Client>, me: NodeId, ttl: Duration) -> bool {
     let m = raft.metrics().borrow().clone();
@@ -187,7 +216,12 @@ pub async fn pre_vote(raft: &HaRaft, client: &Arc<Client>, me: NodeId, ttl: Dura
         let req = RpcRequest::PreVote(req.clone());
         calls.spawn(async move { client.call(v, node.as_ref(), &req, ttl, true).await });
     }
-    let mut granted = 1usize;
+    // The candidate's own vote obeys the rule it applies to others: no
+    // leader alive as far as it knows (not itself the leader, and silent
+    // for longer than the lease since the last leader contact). Without
+    // this, one other voter's grant would make a majority while the
+    // current leader still holds its lease through a third node.
+    let mut granted = usize::from(self_may_vote(raft).await);
     while let Some(r) = calls.join_next().await {
         if let Ok(Ok(RpcResponse::PreVote(resp))) = r {
             if resp.granted {

@@ -600,3 +600,40 @@ async fn campaign_is_refused_by_witness_and_while_a_leader_lives() {
     c.check_safety();
     c.shutdown().await;
 }
+
+/// Regression (safety review): a head that calls `campaign()` right after
+/// losing the leader must not win while the leader still holds its lease
+/// through another voter. Before the fix the candidate counted its own vote
+/// unconditionally, so one other grant made a majority and both heads held
+/// the lease at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_respects_the_candidates_own_vote_floor() {
+    let (mut c, listeners) = Cluster::new("floor").await;
+    c.start_all(listeners, &[0, 1, 2]).await;
+    assert_eq!(c.wait_leader().await, "h1");
+    let lease = TimingPreset::Fast.timing().lease;
+    // w1 loses h1; h1 still leads through h2's acknowledgements.
+    c.node(0).set_blocked_peers(&["w1"]);
+    c.node(2).set_blocked_peers(&["h1"]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(c.node(0).metrics().holds_lease(lease));
+    // Now h1 <-> h2 is cut as well, and h2 campaigns at once.
+    c.node(0).set_blocked_peers(&["w1", "h2"]);
+    c.node(1).set_blocked_peers(&["h1"]);
+    let t0 = Instant::now();
+    let _ = c.node(1).campaign().await.expect("campaign");
+    while t0.elapsed() < Duration::from_millis(1500) {
+        let (a, b) = (c.node(0).metrics(), c.node(1).metrics());
+        assert!(
+            !(a.holds_lease(lease) && b.holds_lease(lease)),
+            "both heads hold the lease {:?} after the cut: h1 term {} ack {:?}, h2 term {} ack {:?}",
+            t0.elapsed(),
+            a.term,
+            a.last_quorum_ack,
+            b.term,
+            b.last_quorum_ack
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    c.shutdown().await;
+}
