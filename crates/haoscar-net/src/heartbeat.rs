@@ -158,6 +158,9 @@ pub struct Counters {
     pub sent: u64,
     pub send_errors: u64,
     pub recv_errors: u64,
+    /// Authentic, unseen heartbeats older than one already accepted on the
+    /// same link: recorded by the replay window, not used for liveness.
+    pub out_of_order: u64,
 }
 
 impl Counters {
@@ -766,13 +769,19 @@ impl Inner {
                 );
                 return self.drop_packet(reason, ci, src, &detail);
             }
-            let rtt = hb.echo.and_then(|e| self.rtt(link, e, at));
-            if link
+            // Authentic and never seen, but older than a heartbeat already
+            // accepted here: it was delayed or withheld (an attacker can hold
+            // back one packet and deliver it after the peer died). It must not
+            // refresh liveness; the replay window has recorded it.
+            let in_order = link
                 .last_rx
-                .is_none_or(|(b, s, _)| (env.boot, env.seq) > (b, s))
-            {
-                link.last_rx = Some((env.boot, env.seq, at));
+                .is_none_or(|(b, s, _)| (env.boot, env.seq) > (b, s));
+            if !in_order {
+                st.counters.out_of_order += 1;
+                return;
             }
+            let rtt = hb.echo.and_then(|e| self.rtt(link, e, at));
+            link.last_rx = Some((env.boot, env.seq, at));
             st.counters.received_ok += 1;
             let heard = Heard {
                 boot: env.boot,

@@ -539,3 +539,109 @@ async fn bind_errors_name_the_channel() {
     let err = spawn(cfg).await.expect_err("address in use");
     assert!(err.to_string().contains("private"), "{err}");
 }
+
+#[tokio::test]
+async fn a_withheld_heartbeat_delivered_late_does_not_resurrect_a_dead_peer() {
+    // b -> proxy -> a. The proxy holds back one authentic heartbeat and
+    // forwards the rest; once b is dead it delivers the withheld one, which
+    // the replay window has never seen.
+    let a_sock = bind("127.0.0.1").await;
+    let b_sock = bind("127.0.0.1").await;
+    let proxy = Arc::new(bind("127.0.0.1").await);
+    let (a_addr, b_addr, proxy_addr) = (addr(&a_sock), addr(&b_sock), addr(&proxy));
+    let withheld: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+    let forwarded = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let proxy_task = {
+        let (proxy, withheld, forwarded) = (proxy.clone(), withheld.clone(), forwarded.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let Ok((n, _)) = proxy.recv_from(&mut buf).await else {
+                    return;
+                };
+                let hold = {
+                    let mut held = withheld.lock().expect("lock");
+                    let hold = held.is_none() && forwarded.load(Ordering::SeqCst) >= 3;
+                    if hold {
+                        *held = Some(buf[..n].to_vec());
+                    }
+                    hold
+                };
+                if hold {
+                    continue;
+                }
+                let _ = proxy.send_to(&buf[..n], a_addr).await;
+                forwarded.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let a = spawn_with_sockets(
+        config(
+            "a",
+            &[("private", a_addr)],
+            vec![peer("b", &[("private", b_addr)])],
+            100,
+            500,
+        ),
+        vec![a_sock],
+    )
+    .await
+    .expect("spawn a");
+    let b = spawn_with_sockets(
+        config(
+            "b",
+            &[("private", b_addr)],
+            vec![peer("a", &[("private", proxy_addr)])],
+            100,
+            500,
+        ),
+        vec![b_sock],
+    )
+    .await
+    .expect("spawn b");
+    wait_for(&a, "b up and a packet withheld", |s| {
+        peer_state(s, "b") == Some(PeerState::Up) && packets_from(s, "b") >= 6
+    })
+    .await;
+    assert!(withheld.lock().expect("lock").is_some());
+    b.shutdown().await;
+    wait_for(&a, "a sees b down", |s| {
+        peer_state(s, "b") == Some(PeerState::Down)
+    })
+    .await;
+
+    let before = a.snapshot();
+    let mut events = a.subscribe();
+    let late = withheld
+        .lock()
+        .expect("lock")
+        .take()
+        .expect("withheld packet");
+    proxy.send_to(&late, a_addr).await.expect("deliver late");
+    wait_for(&a, "late packet counted", |s| {
+        s.counters.out_of_order == before.counters.out_of_order + 1
+    })
+    .await;
+    let after = a.snapshot();
+    assert_eq!(
+        peer_state(&after, "b"),
+        Some(PeerState::Down),
+        "a late heartbeat revived b"
+    );
+    assert_eq!(after.counters.received_ok, before.counters.received_ok);
+    assert!(
+        matches!(
+            events.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ),
+        "a late heartbeat changed membership"
+    );
+    // Delivered again, it is a replay.
+    proxy.send_to(&late, a_addr).await.expect("replay");
+    wait_for(&a, "replay counted", |s| {
+        s.counters.dropped_replay == before.counters.dropped_replay + 1
+    })
+    .await;
+    proxy_task.abort();
+    a.shutdown().await;
+}

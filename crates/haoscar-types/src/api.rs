@@ -118,6 +118,10 @@ pub struct NetCounters {
     pub dropped_replay: u64,
     /// From an older incarnation of the sender (replayed from before a restart).
     pub dropped_stale_boot: u64,
+    /// Authentic and unseen but older than a heartbeat already accepted on
+    /// the same channel (delayed or withheld): not used for liveness.
+    #[serde(default)]
+    pub out_of_order: u64,
 }
 
 /// Something that happened, kept in the event history.

@@ -257,6 +257,7 @@ impl Agent {
             dropped_wrong_address: c.dropped_wrong_address,
             dropped_replay: c.dropped_replay,
             dropped_stale_boot: c.dropped_stale_boot,
+            out_of_order: c.out_of_order,
         }
     }
 }
@@ -381,6 +382,7 @@ impl AgentView for Agent {
             ("wrong_address", c.dropped_wrong_address),
             ("replay", c.dropped_replay),
             ("stale_boot", c.dropped_stale_boot),
+            ("out_of_order", c.out_of_order),
         ] {
             m.sample(
                 "haoscar_heartbeats_dropped_total",

@@ -216,7 +216,7 @@ pub fn render(s: &Status) -> String {
     let c = &s.counters;
     let _ = writeln!(
         o,
-        "\nheartbeats: sent {} ({} send errors), received {}; dropped: forged/corrupt {}, replayed {}, malformed {}, wrong cluster {}, not for us {}, unknown sender {}, wrong address {}",
+        "\nheartbeats: sent {} ({} send errors), received {}; dropped: forged/corrupt {}, replayed {}, malformed {}, wrong cluster {}, not for us {}, unknown sender {}, wrong address {}, late {}",
         c.sent,
         c.send_errors,
         c.received_ok,
@@ -226,7 +226,8 @@ pub fn render(s: &Status) -> String {
         c.dropped_wrong_cluster,
         c.dropped_wrong_destination,
         c.dropped_unknown_peer,
-        c.dropped_wrong_address
+        c.dropped_wrong_address,
+        c.out_of_order
     );
     if !s.recent_events.is_empty() {
         let _ = writeln!(o, "\nrecent events (UTC):");
