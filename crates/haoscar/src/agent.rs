@@ -472,7 +472,13 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let now = SystemTime::now();
-    let boot = heartbeat::new_boot_id();
+    // Greater than every earlier boot of this node, whatever the clock did.
+    let boot = haoscar_net::boot::next_boot_id(&config.paths.state_dir).with_context(|| {
+        format!(
+            "cannot record the boot id in {}",
+            config.paths.state_dir.display()
+        )
+    })?;
     let digest = config.digest();
     let channels: Vec<LocalChannel> = me
         .address
