@@ -473,12 +473,13 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
     }
     let now = SystemTime::now();
     // Greater than every earlier boot of this node, whatever the clock did.
-    let boot = haoscar_net::boot::next_boot_id(&config.paths.state_dir).with_context(|| {
-        format!(
-            "cannot record the boot id in {}",
-            config.paths.state_dir.display()
-        )
-    })?;
+    let boot =
+        haoscar_net::boot::next_boot_id(&config.paths.state_dir, &node).with_context(|| {
+            format!(
+                "cannot record the boot id in {}",
+                config.paths.state_dir.display()
+            )
+        })?;
     let digest = config.digest();
     let channels: Vec<LocalChannel> = me
         .address
