@@ -194,3 +194,30 @@ async fn snapshot_restores_the_state_machine() {
     assert_eq!(st.config_digest, Some(2));
     assert!(sm.get_current_snapshot().await.expect("snap").is_some());
 }
+
+/// Regression (safety review): after a power loss a filesystem can keep a
+/// file's new size without its data, leaving zeros at the end. That tail
+/// was never reported durable and must be dropped, not refuse to open.
+#[tokio::test]
+async fn zero_filled_tail_is_dropped() {
+    let dir = TempDir::new("zeros");
+    {
+        let (mut log, _) = storage::open(dir.path()).expect("open");
+        log.blocking_append((1..=3).map(|i| entry(1, i)))
+            .await
+            .expect("append");
+    }
+    let path = dir.path().join(LOG_FILE);
+    let len = std::fs::metadata(&path).expect("meta").len();
+    let f = OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open file");
+    use std::io::Write;
+    (&f).write_all(&[0u8; 4096]).expect("write");
+    drop(f);
+    let (mut log, report) = LogStore::open_with_report(dir.path()).expect("reopen");
+    assert_eq!(report.dropped_tail_bytes, 4096);
+    assert_eq!(indexes(&mut log).await, vec![1, 2, 3]);
+    assert_eq!(std::fs::metadata(&path).expect("meta").len(), len);
+}

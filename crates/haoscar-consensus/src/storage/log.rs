@@ -110,6 +110,12 @@ fn scan(path: &Path, bytes: &[u8]) -> Result<Scan, OpenError> {
         if rest.len() < RECORD_HEADER_LEN {
             break; // torn header
         }
+        if rest.iter().all(|&b| b == 0) {
+            // Zero-filled tail: after a power loss a filesystem may keep
+            // the new size without the data. Nothing there was ever
+            // reported durable (appends are fsynced before that).
+            break;
+        }
         let mut len_bytes = [0u8; 4];
         len_bytes.copy_from_slice(&rest[..4]);
         let len = usize::try_from(u32::from_be_bytes(len_bytes)).unwrap_or(usize::MAX);
