@@ -373,33 +373,14 @@ async fn hostile_datagrams_are_dropped_and_counted() {
     a.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replayed_captured_packets_do_not_resurrect_a_dead_peer() {
-    // b -> proxy -> a. The proxy records what it forwards, like an attacker
-    // on the network, and replays it once b is dead.
-    let a_sock = bind("127.0.0.1").await;
-    let b_sock = bind("127.0.0.1").await;
-    let proxy = Arc::new(bind("127.0.0.1").await);
-    let (a_addr, b_addr, proxy_addr) = (addr(&a_sock), addr(&b_sock), addr(&proxy));
-
-    let captured: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let forwarding = Arc::new(AtomicBool::new(true));
-    let proxy_task = {
-        let (proxy, captured, forwarding) = (proxy.clone(), captured.clone(), forwarding.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            loop {
-                let Ok((n, _)) = proxy.recv_from(&mut buf).await else {
-                    return;
-                };
-                if forwarding.load(Ordering::SeqCst) {
-                    let _ = proxy.send_to(&buf[..n], a_addr).await;
-                    captured.lock().expect("lock").push(buf[..n].to_vec());
-                }
-            }
-        })
-    };
-
+/// Nodes `a` and `b` on the private channel, `b` sending to `a` through a
+/// proxy at `proxy_addr` (which forwards to `a`, or not, as a test decides).
+async fn spawn_through_proxy(
+    a_sock: UdpSocket,
+    b_sock: UdpSocket,
+    proxy_addr: SocketAddr,
+) -> (HeartbeatHandle, HeartbeatHandle) {
+    let (a_addr, b_addr) = (addr(&a_sock), addr(&b_sock));
     let a = spawn_with_sockets(
         config(
             "a",
@@ -424,6 +405,37 @@ async fn replayed_captured_packets_do_not_resurrect_a_dead_peer() {
     )
     .await
     .expect("spawn b");
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_captured_packets_do_not_resurrect_a_dead_peer() {
+    // b -> proxy -> a. The proxy records what it forwards, like an attacker
+    // on the network, and replays it once b is dead.
+    let a_sock = bind("127.0.0.1").await;
+    let b_sock = bind("127.0.0.1").await;
+    let proxy = Arc::new(bind("127.0.0.1").await);
+    let (a_addr, proxy_addr) = (addr(&a_sock), addr(&proxy));
+
+    let captured: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let forwarding = Arc::new(AtomicBool::new(true));
+    let proxy_task = {
+        let (proxy, captured, forwarding) = (proxy.clone(), captured.clone(), forwarding.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let Ok((n, _)) = proxy.recv_from(&mut buf).await else {
+                    return;
+                };
+                if forwarding.load(Ordering::SeqCst) {
+                    let _ = proxy.send_to(&buf[..n], a_addr).await;
+                    captured.lock().expect("lock").push(buf[..n].to_vec());
+                }
+            }
+        })
+    };
+
+    let (a, b) = spawn_through_proxy(a_sock, b_sock, proxy_addr).await;
 
     wait_for(&a, "a sees b through the proxy", |s| {
         peer_state(s, "b") == Some(PeerState::Up) && packets_from(s, "b") >= 3
@@ -548,7 +560,7 @@ async fn a_withheld_heartbeat_delivered_late_does_not_resurrect_a_dead_peer() {
     let a_sock = bind("127.0.0.1").await;
     let b_sock = bind("127.0.0.1").await;
     let proxy = Arc::new(bind("127.0.0.1").await);
-    let (a_addr, b_addr, proxy_addr) = (addr(&a_sock), addr(&b_sock), addr(&proxy));
+    let (a_addr, proxy_addr) = (addr(&a_sock), addr(&proxy));
     let withheld: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
     let forwarded = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let proxy_task = {
@@ -575,30 +587,7 @@ async fn a_withheld_heartbeat_delivered_late_does_not_resurrect_a_dead_peer() {
             }
         })
     };
-    let a = spawn_with_sockets(
-        config(
-            "a",
-            &[("private", a_addr)],
-            vec![peer("b", &[("private", b_addr)])],
-            100,
-            500,
-        ),
-        vec![a_sock],
-    )
-    .await
-    .expect("spawn a");
-    let b = spawn_with_sockets(
-        config(
-            "b",
-            &[("private", b_addr)],
-            vec![peer("a", &[("private", proxy_addr)])],
-            100,
-            500,
-        ),
-        vec![b_sock],
-    )
-    .await
-    .expect("spawn b");
+    let (a, b) = spawn_through_proxy(a_sock, b_sock, proxy_addr).await;
     wait_for(&a, "b up and a packet withheld", |s| {
         peer_state(s, "b") == Some(PeerState::Up) && packets_from(s, "b") >= 6
     })
