@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,9 @@ pub struct ConsensusParams {
     pub timing: Timing,
     /// Address to listen on; defaults to this node's `addr` in `voters`.
     pub listen: Option<SocketAddr>,
+    /// Boot id of this process for the transport's envelopes (the agent
+    /// passes its persisted, always increasing one); `None`: from the clock.
+    pub boot: Option<haoscar_net::BootId>,
 }
 
 impl ConsensusParams {
@@ -95,6 +99,7 @@ impl ConsensusParams {
             key,
             timing: config.cluster.timing,
             listen: None,
+            boot: None,
         })
     }
 }
@@ -165,6 +170,8 @@ pub struct Consensus {
     timing: RaftTiming,
     local_addr: SocketAddr,
     quorum_ack: Arc<Mutex<Option<(Instant, u64)>>>,
+    may_campaign: Arc<AtomicBool>,
+    lease: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -294,7 +301,7 @@ impl Consensus {
             &params.cluster,
             &me,
             params.key.clone(),
-            haoscar_net::heartbeat::new_boot_id(),
+            params.boot.unwrap_or_else(haoscar_net::heartbeat::new_boot_id),
             peers,
         ));
         let backoff = Duration::from_millis(timing.heartbeat_ms.saturating_mul(4).max(100));
@@ -309,6 +316,7 @@ impl Consensus {
         .await
         .map_err(|e| Error::Stopped(e.to_string()))?;
 
+        let may_campaign = Arc::new(AtomicBool::new(role == VoterRole::Head));
         let server = tokio::spawn(server::serve(
             listener,
             transport.clone(),
@@ -316,6 +324,7 @@ impl Consensus {
                 raft: raft.clone(),
                 log: log_reader,
                 client: client.clone(),
+                may_campaign: may_campaign.clone(),
             },
         ));
         let quorum_ack = Arc::new(Mutex::new(None));
@@ -325,6 +334,7 @@ impl Consensus {
             tasks.push(tokio::spawn(election::drive(
                 raft.clone(),
                 client.clone(),
+                may_campaign.clone(),
                 id,
                 window,
                 Duration::from_millis(timing.heartbeat_ms),
@@ -354,6 +364,8 @@ impl Consensus {
             timing,
             local_addr,
             quorum_ack,
+            may_campaign,
+            lease: params.timing.lease,
             tasks,
         })
     }
@@ -465,7 +477,7 @@ impl Consensus {
         if self.role == VoterRole::Witness {
             return Err(Error::Witness);
         }
-        if self.metrics().is_leader {
+        if self.metrics().is_leader || !self.may_campaign() {
             return Ok(false);
         }
         let ttl = Duration::from_millis(self.timing.election_min_ms);
@@ -478,6 +490,173 @@ impl Consensus {
             .await
             .map_err(|e| Error::Stopped(e.to_string()))?;
         Ok(true)
+    }
+
+    /// Allows or forbids this head to campaign (and to accept a hand-over):
+    /// a head in maintenance mode must never become active. Always false on
+    /// a witness.
+    pub fn set_may_campaign(&self, on: bool) {
+        self.may_campaign
+            .store(on && self.role == VoterRole::Head, Ordering::SeqCst);
+    }
+
+    /// Whether this node may campaign now (see [`Self::set_may_campaign`]).
+    pub fn may_campaign(&self) -> bool {
+        self.may_campaign.load(Ordering::SeqCst)
+    }
+
+    /// How long the active head may act on one quorum confirmation
+    /// (`timing.lease`).
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Confirms this node's leadership with a quorum *now* and returns the
+    /// deadline of the lease it earns: `t0 + lease`, where `t0` is taken
+    /// before the confirming heartbeats are sent. Every voter that
+    /// acknowledged them received them after `t0`, and refuses votes until
+    /// at least `t0 + vote_floor` (`vote_floor = lease + heartbeat/2`), so no
+    /// other head can be elected before the returned deadline plus half a
+    /// heartbeat. A process stall anywhere in here only makes the deadline
+    /// more conservative. Fails (within about one heartbeat interval) when
+    /// this node is not the leader or no quorum answered.
+    pub async fn confirm_lease(&self) -> Result<Instant, Error> {
+        let t0 = Instant::now();
+        let ttl = Duration::from_millis(self.timing.heartbeat_ms.saturating_mul(2).max(20));
+        match tokio::time::timeout(ttl, self.raft.get_read_log_id()).await {
+            Err(_) => Err(Error::Raft("no quorum answered in time".into())),
+            Ok(Err(RaftError::APIError(e))) => Err(Error::NotLeader {
+                leader: match e {
+                    openraft::error::CheckIsLeaderError::ForwardToLeader(f) => {
+                        f.leader_node.map(|n| n.name)
+                    }
+                    openraft::error::CheckIsLeaderError::QuorumNotEnough(_) => None,
+                },
+            }),
+            Ok(Err(e)) => Err(Error::Stopped(e.to_string())),
+            Ok(Ok(_)) => Ok(t0 + self.lease),
+        }
+    }
+
+    /// How long since this node last heard from a leader (its vote was last
+    /// refreshed); `None` while it is the leader itself. `Some(MAX)` when it
+    /// never heard from one.
+    pub async fn leader_silence(&self) -> Option<Duration> {
+        self.raft
+            .with_raft_state(|st| {
+                if st.server_state == ServerState::Leader {
+                    None
+                } else {
+                    Some(
+                        st.vote_last_modified()
+                            .map(|t| t.elapsed())
+                            .unwrap_or(Duration::MAX),
+                    )
+                }
+            })
+            .await
+            .unwrap_or(Some(Duration::MAX))
+    }
+
+    /// How long this node has been leader of its current term (`None` when
+    /// it is not the leader).
+    async fn leading_for(&self) -> Option<Duration> {
+        self.raft
+            .with_raft_state(|st| {
+                (st.server_state == ServerState::Leader)
+                    .then(|| st.vote_last_modified().map(|t| t.elapsed()))
+                    .flatten()
+            })
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Hands leadership to head `to` (a switchover): waits (up to `timeout`)
+    /// until `to` has every log entry and this leader's own vote is older
+    /// than its election lease (openraft refuses to vote otherwise), then
+    /// asks `to` to campaign at once. This node grants `to` its vote and
+    /// steps down, so with three voters `to` wins at once. The caller must
+    /// already have stopped acting as active. Returns when `to` is the
+    /// leader this node follows.
+    pub async fn hand_over(&self, to: &str, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        let target = self
+            .members
+            .iter()
+            .find(|(_, n)| n.name == to)
+            .map(|(id, n)| (*id, n.clone()))
+            .ok_or_else(|| Error::Params(format!("{to} is not a voter")))?;
+        if target.1.role != VoterRole::Head {
+            return Err(Error::Params(format!("{to} is a witness; only heads lead")));
+        }
+        if target.0 == self.id {
+            return Err(Error::Params(format!("{to} is this node")));
+        }
+        let election_max = Duration::from_millis(self.timing.election_max_ms);
+        let step = Duration::from_millis(self.timing.heartbeat_ms.clamp(5, 50));
+        // Preconditions: still the leader, target caught up, own vote old enough.
+        loop {
+            let m = self.raft.metrics().borrow().clone();
+            if m.current_leader != Some(self.id) {
+                return Err(Error::NotLeader {
+                    leader: m.current_leader.and_then(|l| self.name_of(l)),
+                });
+            }
+            let caught_up = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target.0).cloned())
+                .flatten()
+                .map(|l| l.index)
+                >= m.last_log_index;
+            let old_enough = self
+                .leading_for()
+                .await
+                .is_none_or(|d| d > election_max + step);
+            if caught_up && old_enough {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Raft(format!(
+                    "{to} cannot take over yet ({})",
+                    if caught_up {
+                        "this head was elected too recently"
+                    } else {
+                        "its log is behind"
+                    }
+                )));
+            }
+            tokio::time::sleep(step).await;
+        }
+        let ttl = Duration::from_millis(self.timing.election_min_ms);
+        match self
+            .client
+            .call(target.0, Some(&target.1), &RpcRequest::TimeoutNow, ttl, false)
+            .await
+        {
+            Ok(RpcResponse::TimeoutNow(Ok(()))) => {}
+            Ok(RpcResponse::TimeoutNow(Err(why))) => {
+                return Err(Error::Raft(format!("{to} refused to take over: {why}")))
+            }
+            Ok(_) => return Err(Error::Raft(format!("{to} answered with another RPC"))),
+            Err(e) => return Err(Error::Raft(format!("cannot reach {to}: {e}"))),
+        }
+        loop {
+            let m = self.raft.metrics().borrow().clone();
+            if m.current_leader == Some(target.0) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Raft(format!(
+                    "{to} did not become the leader in time (leader now: {})",
+                    m.current_leader
+                        .and_then(|l| self.name_of(l))
+                        .unwrap_or_else(|| "none".into())
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Fault injection for tests and the lab: exchange no Raft traffic with

@@ -31,6 +31,7 @@
 //! initialize the cluster; nothing else makes an openraft node campaign,
 //! so a witness never leads.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -240,6 +241,7 @@ pub async fn pre_vote(raft: &HaRaft, client: &Arc<Client>, me: NodeId, ttl: Dura
 pub async fn drive(
     raft: HaRaft,
     client: Arc<Client>,
+    may_campaign: Arc<AtomicBool>,
     me: NodeId,
     window: (Duration, Duration),
     tick: Duration,
@@ -270,6 +272,9 @@ pub async fn drive(
             Ok(None) => continue, // Leader.
             Ok(Some(s)) => s.unwrap_or(Duration::MAX),
         };
+        if !may_campaign.load(Ordering::SeqCst) {
+            continue;
+        }
         if silent < timeout || last_attempt.is_some_and(|t| t.elapsed() < timeout) {
             continue;
         }

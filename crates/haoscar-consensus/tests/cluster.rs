@@ -106,6 +106,7 @@ impl Cluster {
             key: key(),
             timing: TimingPreset::Fast.timing(),
             listen: None,
+            boot: None,
         }
     }
 
@@ -635,5 +636,46 @@ async fn campaign_respects_the_candidates_own_vote_floor() {
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_confirmation_and_hand_over() {
+    common::init_tracing();
+    let (mut c, listeners) = Cluster::new("handover").await;
+    c.start_all(listeners, &[0, 1, 2]).await;
+    let mut leader = c.wait_leader().await;
+    let lease = TimingPreset::Fast.timing().lease;
+    for round in 0..4 {
+        let li = c.index_of(&leader);
+        let other = if leader == "h1" { "h2" } else { "h1" };
+        let oi = c.index_of(other);
+        // The leader earns a lease from a quorum, bounded by `lease`.
+        let before = Instant::now();
+        let deadline = c.node(li).confirm_lease().await.expect("lease on the leader");
+        assert!(deadline > before && deadline <= Instant::now() + lease, "round {round}");
+        // Followers and witnesses cannot.
+        assert!(c.node(oi).confirm_lease().await.is_err(), "round {round}");
+        assert!(c.node(c.index_of("w1")).confirm_lease().await.is_err());
+        // A head that may not campaign (maintenance) refuses a hand-over.
+        c.node(oi).set_may_campaign(false);
+        assert!(c.node(li).hand_over(other, DEADLINE).await.is_err());
+        assert_eq!(c.wait_leader().await, leader, "round {round}");
+        c.node(oi).set_may_campaign(true);
+        // A witness can never be handed the role.
+        assert!(c.node(li).hand_over("w1", DEADLINE).await.is_err());
+        // The hand-over itself: the other head leads, much faster than an
+        // election timeout would allow.
+        let t0 = Instant::now();
+        c.node(li).hand_over(other, DEADLINE).await.expect("hand over");
+        let took = t0.elapsed();
+        tracing::info!(round, from = %leader, to = other, ?took, "hand-over");
+        assert_eq!(c.wait_leader().await, other, "round {round}");
+        // The old leader lost every means to confirm a lease.
+        assert!(c.node(li).confirm_lease().await.is_err(), "round {round}");
+        assert!(c.node(oi).confirm_lease().await.is_ok(), "round {round}");
+        leader = other.to_string();
+    }
+    c.check_safety();
     c.shutdown().await;
 }

@@ -101,6 +101,7 @@ async fn forged_replayed_and_malformed_frames_are_rejected_and_counted() {
         key: ClusterKey::new(SECRET).expect("key"),
         timing: TimingPreset::Fast.timing(),
         listen: None,
+        boot: None,
     };
     let node = Consensus::start_with_listener(params, listener)
         .await

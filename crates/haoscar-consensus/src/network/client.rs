@@ -258,6 +258,7 @@ impl PeerClient {
             RpcResponse::Propose(_) => "propose",
             RpcResponse::PreVote(_) => "pre_vote",
             RpcResponse::Pong => "pong",
+            RpcResponse::TimeoutNow(_) => "timeout_now",
         };
         RPCError::Network(NetworkError::new(&io::Error::other(format!(
             "{} answered with a {kind} response",

@@ -83,6 +83,10 @@ pub enum RpcRequest {
     PreVote(PreVoteRequest),
     /// Liveness/authentication probe; touches no Raft state.
     Ping,
+    /// From the leader handing its role over (switchover): campaign now,
+    /// without waiting for an election timeout or a pre-vote. Only obeyed
+    /// when the sender is the leader the receiver follows.
+    TimeoutNow,
 }
 
 /// Why a forwarded proposal failed.
@@ -105,6 +109,8 @@ pub enum RpcResponse {
     Propose(Result<Response, ProposeFailure>),
     PreVote(PreVoteResponse),
     Pong,
+    /// Whether the receiver started an election (and if not, why).
+    TimeoutNow(Result<(), String>),
 }
 
 /// A response with the request it answers.

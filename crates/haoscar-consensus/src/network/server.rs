@@ -3,6 +3,7 @@
 //! the local `Raft`. A frame that fails any check closes its connection.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ pub struct ServerCtx {
     /// This node's log, read to relay entries to a lagging head.
     pub log: LogStore,
     pub client: Arc<Client>,
+    /// Whether this node may campaign (a head not in maintenance).
+    pub may_campaign: Arc<AtomicBool>,
 }
 
 /// Accepts connections until the task is aborted (which also aborts every
@@ -91,7 +94,7 @@ async fn serve_connection(
                 return;
             }
         };
-        let body = dispatch(&ctx, req).await;
+        let body = dispatch(&ctx, &m.from, req).await;
         let frame = ResponseFrame {
             re: m.last_seq,
             body,
@@ -115,7 +118,7 @@ async fn serve_connection(
     }
 }
 
-async fn dispatch(ctx: &ServerCtx, req: RpcRequest) -> RpcResponse {
+async fn dispatch(ctx: &ServerCtx, from: &str, req: RpcRequest) -> RpcResponse {
     let raft = &ctx.raft;
     match req {
         RpcRequest::AppendEntries(r) => RpcResponse::AppendEntries(raft.append_entries(r).await),
@@ -134,5 +137,25 @@ async fn dispatch(ctx: &ServerCtx, req: RpcRequest) -> RpcResponse {
         }),
         RpcRequest::PreVote(r) => RpcResponse::PreVote(election::answer_pre_vote(ctx, &r).await),
         RpcRequest::Ping => RpcResponse::Pong,
+        RpcRequest::TimeoutNow => RpcResponse::TimeoutNow(timeout_now(ctx, from).await),
     }
+}
+
+/// Starts an election at once on behalf of the leader handing over.
+async fn timeout_now(ctx: &ServerCtx, from: &str) -> Result<(), String> {
+    if !ctx.may_campaign.load(Ordering::SeqCst) {
+        return Err("this node may not become active (witness or maintenance)".into());
+    }
+    let m = ctx.raft.metrics().borrow().clone();
+    let leader = m
+        .current_leader
+        .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+    if leader.as_ref().map(|n| n.name.as_str()) != Some(from) {
+        return Err(format!(
+            "{from} is not the leader this node follows ({})",
+            leader.map(|n| n.name).unwrap_or_else(|| "none".into())
+        ));
+    }
+    tracing::info!(from, "the active head hands over: campaigning now");
+    ctx.raft.trigger().elect().await.map_err(|e| e.to_string())
 }
