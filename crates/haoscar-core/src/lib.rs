@@ -2,4 +2,5 @@
 //! current state and an event and return the actions to perform. No sockets,
 //! clocks or files: time is passed in as a `Duration` since an arbitrary epoch.
 
+pub mod active;
 pub mod membership;
