@@ -2,7 +2,7 @@
 //! (hyper, one connection per request), decoding the JSON shapes of
 //! `haoscar_types::api`.
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
@@ -86,9 +86,30 @@ impl Client {
         })
     }
 
+    /// POSTs `body` as JSON to `path` and decodes the JSON answer.
+    pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let data = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            endpoint: self.endpoint.to_string(),
+            message: e.to_string(),
+        })?;
+        let answer = self.send(path, Some(Bytes::from(data))).await?;
+        serde_json::from_slice(&answer).map_err(|e| ClientError::Decode {
+            endpoint: self.endpoint.to_string(),
+            message: e.to_string(),
+        })
+    }
+
     /// GETs `path`; non-2xx answers become [`ClientError::Status`].
     pub async fn get(&self, path: &str) -> Result<Bytes, ClientError> {
-        let fut = self.request(path);
+        self.send(path, None).await
+    }
+
+    async fn send(&self, path: &str, body: Option<Bytes>) -> Result<Bytes, ClientError> {
+        let fut = self.request(path, body);
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout {
@@ -98,7 +119,7 @@ impl Client {
         }
     }
 
-    async fn request(&self, path: &str) -> Result<Bytes, ClientError> {
+    async fn request(&self, path: &str, body: Option<Bytes>) -> Result<Bytes, ClientError> {
         let ep = self.endpoint.to_string();
         let connect = |source| ClientError::Connect {
             endpoint: ep.clone(),
@@ -107,16 +128,22 @@ impl Client {
         match &self.endpoint {
             Endpoint::Unix(p) => {
                 let s = tokio::net::UnixStream::connect(p).await.map_err(connect)?;
-                self.exchange(s, "localhost", path).await
+                self.exchange(s, "localhost", path, body).await
             }
             Endpoint::Tcp(a) => {
                 let s = tokio::net::TcpStream::connect(a).await.map_err(connect)?;
-                self.exchange(s, &a.to_string(), path).await
+                self.exchange(s, &a.to_string(), path, body).await
             }
         }
     }
 
-    async fn exchange<S>(&self, stream: S, host: &str, path: &str) -> Result<Bytes, ClientError>
+    async fn exchange<S>(
+        &self,
+        stream: S,
+        host: &str,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Bytes, ClientError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -131,10 +158,14 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let req = Request::get(path)
+        let builder = match &body {
+            Some(_) => Request::post(path).header(hyper::header::CONTENT_TYPE, "application/json"),
+            None => Request::get(path),
+        };
+        let req = builder
             .header(hyper::header::HOST, host)
             .header(hyper::header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| ClientError::Http {
                 endpoint: ep.clone(),
                 message: e.to_string(),

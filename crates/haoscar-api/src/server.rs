@@ -2,13 +2,16 @@
 //! (what the agent exposes), bound to a TCP address and/or a Unix socket,
 //! with graceful shutdown.
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use haoscar_types::api::{ApiError, Event, Health, Status};
+use haoscar_types::api::{
+    Action, ActionReply, ApiError, Event, Health, StandbyRequest, Status, SwitchoverRequest,
+};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -27,7 +30,17 @@ pub trait AgentView: Send + Sync + 'static {
     fn config(&self) -> serde_json::Value;
     /// Prometheus text exposition of the agent's metrics.
     fn metrics(&self) -> String;
+    /// Carries out an operator action (served on the Unix socket only);
+    /// `Err((http status, message))` when it is refused or fails.
+    fn action(&self, action: Action) -> ActionFuture {
+        let _ = action;
+        Box::pin(async { Err((501, "this agent takes no actions".to_string())) })
+    }
 }
+
+/// What [`AgentView::action`] returns.
+pub type ActionFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ActionReply, (u16, String)>> + Send>>;
 
 /// Why the API could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -48,10 +61,18 @@ pub enum ServeError {
 
 type Shared = Arc<dyn AgentView>;
 
-/// Builds the routes. Unknown paths answer 404 with a JSON error.
-pub fn router(view: Shared) -> Router {
-    Router::new()
-        .route("/v1/status", get(status))
+/// Builds the routes. Unknown paths answer 404 with a JSON error. With
+/// `actions`, the operator actions (`POST /v1/switchover`, `/v1/standby`)
+/// are served too: only on the Unix socket (mode 0600), never on TCP.
+pub fn router(view: Shared, actions: bool) -> Router {
+    let r = Router::new();
+    let r = if actions {
+        r.route("/v1/switchover", post(switchover))
+            .route("/v1/standby", post(standby))
+    } else {
+        r
+    };
+    r.route("/v1/status", get(status))
         .route("/v1/health", get(health))
         .route("/v1/events", get(events))
         .route("/v1/config", get(config))
@@ -91,6 +112,48 @@ async fn events(
     }
 }
 
+async fn run_action(v: Shared, action: Action) -> Response {
+    match v.action(action).await {
+        Ok(reply) => Json(reply).into_response(),
+        Err((code, message)) => error(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message,
+        ),
+    }
+}
+
+async fn switchover(
+    State(v): State<Shared>,
+    body: Result<Json<SwitchoverRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => run_action(v, Action::Switchover(req)).await,
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad body: {} (expected {{\"to\": \"NODE\"}} or {{}})",
+                e.body_text()
+            ),
+        ),
+    }
+}
+
+async fn standby(
+    State(v): State<Shared>,
+    body: Result<Json<StandbyRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => run_action(v, Action::Standby(req)).await,
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad body: {} (expected {{\"node\": \"NODE\", \"on\": true|false}})",
+                e.body_text()
+            ),
+        ),
+    }
+}
+
 async fn config(State(v): State<Shared>) -> Json<serde_json::Value> {
     Json(v.config())
 }
@@ -117,7 +180,7 @@ async fn not_found() -> Response {
 async fn method_not_allowed() -> Response {
     error(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed: these paths answer GET".into(),
+        "method not allowed: /v1/switchover and /v1/standby answer POST (on the Unix socket), the other paths GET".into(),
     )
 }
 
@@ -153,7 +216,8 @@ impl Server {
             None => None,
         };
         let (tx, rx) = watch::channel(false);
-        let app = router(view);
+        let app = router(view.clone(), false);
+        let unix_app = router(view, true);
         let mut tasks = Vec::new();
         let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = tcp_listener {
@@ -169,7 +233,7 @@ impl Server {
         }
         if let Some(listener) = unix_listener {
             tasks.push(tokio::spawn(async move {
-                let served = axum::serve(listener, app)
+                let served = axum::serve(listener, unix_app)
                     .with_graceful_shutdown(wait_for(rx))
                     .await;
                 if let Err(e) = served {

@@ -27,6 +27,7 @@ impl AgentView for View {
                 dead_after_ms: 600.0,
             },
             active: None,
+            failover: None,
             channels: vec![],
             peers: vec![],
             counters: NetCounters::default(),

@@ -41,6 +41,10 @@ pub struct VoterSpec {
     pub priority: u32,
     /// Raft endpoint of the node.
     pub addr: SocketAddr,
+    /// The same endpoint on the node's other networks: RPCs move to the
+    /// next address when one fails, so losing one network does not cost
+    /// the active head its lease.
+    pub alt_addrs: Vec<SocketAddr>,
 }
 
 /// What [`Consensus::start`] needs.
@@ -65,8 +69,9 @@ pub struct ConsensusParams {
 impl ConsensusParams {
     /// Parameters for `node` from the cluster configuration: the voters are
     /// the heads and witnesses, each reached on `port` at its address on
-    /// the first channel (in configuration order) it is attached to; the
-    /// data directory is `<state_dir>/raft`.
+    /// the first channel (in configuration order) it is attached to, and on
+    /// its other channels as alternatives; the data directory is
+    /// `<state_dir>/raft`.
     pub fn from_config(
         config: &Config,
         node: &str,
@@ -75,12 +80,16 @@ impl ConsensusParams {
     ) -> Result<Self, Error> {
         let mut voters = Vec::new();
         for n in config.voters() {
-            let ip = config
+            let mut ips = config
                 .channels
                 .iter()
-                .find_map(|c| n.address.get(&c.name))
+                .filter_map(|c| n.address.get(&c.name));
+            let ip = ips
+                .next()
                 .ok_or_else(|| Error::Params(format!("voter {} has no address", n.name)))?;
+            let alt_addrs = ips.map(|ip| SocketAddr::new(*ip, port)).collect();
             voters.push(VoterSpec {
+                alt_addrs,
                 name: n.name.clone(),
                 role: if n.role == Role::Witness {
                     VoterRole::Witness
@@ -171,6 +180,9 @@ pub struct Consensus {
     local_addr: SocketAddr,
     quorum_ack: Arc<Mutex<Option<(Instant, u64)>>>,
     may_campaign: Arc<AtomicBool>,
+    /// Set during a hand-over: no new entries, so the target's log stays
+    /// complete and it can win the election.
+    frozen: Arc<AtomicBool>,
     lease: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -290,6 +302,7 @@ impl Consensus {
                     Peer {
                         name: v.name.clone(),
                         addr: v.addr,
+                        alt: v.alt_addrs.clone(),
                     },
                 );
             }
@@ -301,7 +314,9 @@ impl Consensus {
             &params.cluster,
             &me,
             params.key.clone(),
-            params.boot.unwrap_or_else(haoscar_net::heartbeat::new_boot_id),
+            params
+                .boot
+                .unwrap_or_else(haoscar_net::heartbeat::new_boot_id),
             peers,
         ));
         let backoff = Duration::from_millis(timing.heartbeat_ms.saturating_mul(4).max(100));
@@ -317,19 +332,48 @@ impl Consensus {
         .map_err(|e| Error::Stopped(e.to_string()))?;
 
         let may_campaign = Arc::new(AtomicBool::new(role == VoterRole::Head));
+        let frozen = Arc::new(AtomicBool::new(false));
         let server = tokio::spawn(server::serve(
             listener,
             transport.clone(),
             server::ServerCtx {
                 raft: raft.clone(),
-                log: log_reader,
+                log: log_reader.clone(),
                 client: client.clone(),
                 may_campaign: may_campaign.clone(),
+                frozen: frozen.clone(),
             },
         ));
+        // The same endpoint on this node's other networks.
+        let mut extra = Vec::new();
+        if params.listen.is_none() {
+            for a in params
+                .voters
+                .iter()
+                .find(|v| v.name == me)
+                .map(|v| v.alt_addrs.clone())
+                .unwrap_or_default()
+            {
+                let l = TcpListener::bind(a)
+                    .await
+                    .map_err(|source| Error::Listen { addr: a, source })?;
+                extra.push(tokio::spawn(server::serve(
+                    l,
+                    transport.clone(),
+                    server::ServerCtx {
+                        raft: raft.clone(),
+                        log: log_reader.clone(),
+                        client: client.clone(),
+                        may_campaign: may_campaign.clone(),
+                        frozen: frozen.clone(),
+                    },
+                )));
+            }
+        }
         let quorum_ack = Arc::new(Mutex::new(None));
         let watcher = tokio::spawn(watch_quorum_ack(raft.clone(), quorum_ack.clone()));
         let mut tasks = vec![server, watcher];
+        tasks.extend(extra);
         if let Some(window) = timing.self_campaign_window() {
             tasks.push(tokio::spawn(election::drive(
                 raft.clone(),
@@ -365,6 +409,7 @@ impl Consensus {
             local_addr,
             quorum_ack,
             may_campaign,
+            frozen,
             lease: params.timing.lease,
             tasks,
         })
@@ -431,6 +476,9 @@ impl Consensus {
     /// Commits a command. On a follower the command is forwarded once to
     /// the leader it knows of.
     pub async fn propose(&self, cmd: Command) -> Result<Response, Error> {
+        if self.frozen.load(Ordering::SeqCst) {
+            return Err(Error::Raft("handing over: try again shortly".into()));
+        }
         match self.raft.client_write(cmd.clone()).await {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -465,6 +513,12 @@ impl Consensus {
     /// The replicated state as applied on this node.
     pub fn state(&self) -> ClusterState {
         self.sm.state()
+    }
+
+    /// Runs `f` on the replicated state without copying it (the event
+    /// history can be long).
+    pub fn with_state<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        self.sm.with_state(f)
     }
 
     /// Tries to start an election now, without waiting for the election
@@ -593,6 +647,19 @@ impl Consensus {
         if target.0 == self.id {
             return Err(Error::Params(format!("{to} is this node")));
         }
+        // No new entries from here on (the target must have all of ours).
+        self.frozen.store(true, Ordering::SeqCst);
+        let res = self.hand_over_frozen(target, to, deadline).await;
+        self.frozen.store(false, Ordering::SeqCst);
+        res
+    }
+
+    async fn hand_over_frozen(
+        &self,
+        target: (NodeId, RaftNode),
+        to: &str,
+        deadline: Instant,
+    ) -> Result<(), Error> {
         let election_max = Duration::from_millis(self.timing.election_max_ms);
         let step = Duration::from_millis(self.timing.heartbeat_ms.clamp(5, 50));
         // Preconditions: still the leader, target caught up, own vote old enough.
@@ -609,7 +676,8 @@ impl Consensus {
                 .and_then(|r| r.get(&target.0).cloned())
                 .flatten()
                 .map(|l| l.index)
-                >= m.last_log_index;
+                >= m.last_log_index
+                && m.last_applied.map(|l| l.index) >= m.last_log_index;
             let old_enough = self
                 .leading_for()
                 .await
@@ -632,7 +700,13 @@ impl Consensus {
         let ttl = Duration::from_millis(self.timing.election_min_ms);
         match self
             .client
-            .call(target.0, Some(&target.1), &RpcRequest::TimeoutNow, ttl, false)
+            .call(
+                target.0,
+                Some(&target.1),
+                &RpcRequest::TimeoutNow,
+                ttl,
+                false,
+            )
             .await
         {
             Ok(RpcResponse::TimeoutNow(Ok(()))) => {}
@@ -696,6 +770,16 @@ impl Consensus {
     /// The underlying openraft handle.
     pub fn raft(&self) -> &HaRaft {
         &self.raft
+    }
+
+    /// Stops the Raft node and its endpoint through a shared reference (for
+    /// owners that cannot give up the value).
+    pub async fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.raft.shutdown().await;
+        tracing::info!(node = %self.me, "consensus stopped");
     }
 
     /// Stops the Raft node and its endpoint (the listener is closed when
@@ -794,6 +878,11 @@ address = { private = "10.0.1.1" }
                 ("wit", VoterRole::Witness, "192.168.1.13:7947".to_string()),
             ]
         );
+        assert_eq!(
+            p.voters[0].alt_addrs,
+            vec!["192.168.1.11:7947".parse().expect("addr")]
+        );
+        assert!(p.voters[2].alt_addrs.is_empty());
         assert_eq!(p.data_dir, config.paths.state_dir.join("raft"));
         assert!(validate(&p).is_ok());
         let heads = head_order(&p.voters);

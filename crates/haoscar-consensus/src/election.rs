@@ -223,14 +223,23 @@ pub async fn pre_vote(raft: &HaRaft, client: &Arc<Client>, me: NodeId, ttl: Dura
     // this, one other voter's grant would make a majority while the
     // current leader still holds its lease through a third node.
     let mut granted = usize::from(self_may_vote(raft).await);
-    while let Some(r) = calls.join_next().await {
+    let mut pending = voters.len() - 1;
+    let majority = voters.len() / 2 + 1;
+    // Decide as soon as the answers settle it: a hung voter (SIGSTOPped
+    // leader) must not hold the round up until its RPC times out.
+    while granted < majority && granted + pending >= majority {
+        let Some(r) = calls.join_next().await else {
+            break;
+        };
+        pending -= 1;
         if let Ok(Ok(RpcResponse::PreVote(resp))) = r {
             if resp.granted {
                 granted += 1;
             }
         }
     }
-    let ok = granted * 2 > voters.len();
+    calls.detach_all();
+    let ok = granted >= majority;
     tracing::debug!(granted, voters = voters.len(), ok, "pre-vote round");
     ok
 }

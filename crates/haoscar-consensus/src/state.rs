@@ -27,6 +27,22 @@ pub struct ClusterState {
     pub maintenance: BTreeMap<String, bool>,
     /// Replicated event history, oldest first, at most [`MAX_EVENTS`].
     pub events: VecDeque<Event>,
+    /// A switchover the active head has yet to carry out; cleared when a
+    /// new leader is established or the active head gives up on it.
+    #[serde(default)]
+    pub pending_switchover: Option<PendingSwitchover>,
+}
+
+/// A switchover request waiting for the active head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSwitchover {
+    pub id: u64,
+    /// Target head; `None` = the best other head.
+    pub to: Option<String>,
+    /// Node whose operator asked.
+    pub by: String,
+    /// Term in which it was requested.
+    pub term: u64,
 }
 
 impl ClusterState {
@@ -53,6 +69,27 @@ impl ClusterState {
                 let old = self.config_digest.replace(*digest);
                 old != Some(*digest)
             }
+            Command::RequestSwitchover { id, to, by } => {
+                self.pending_switchover = Some(PendingSwitchover {
+                    id: *id,
+                    to: to.clone(),
+                    by: by.clone(),
+                    term: self.term,
+                });
+                true
+            }
+            Command::SwitchoverFailed { id } => {
+                if self
+                    .pending_switchover
+                    .as_ref()
+                    .is_some_and(|p| p.id == *id)
+                {
+                    self.pending_switchover = None;
+                    true
+                } else {
+                    false
+                }
+            }
             Command::Noop => false,
         }
     }
@@ -62,6 +99,10 @@ impl ClusterState {
     /// not in the membership (which openraft does not allow; kept total).
     pub fn leader_established(&mut self, leader: Option<String>, term: u64) -> bool {
         let changed = self.active != leader || self.term != term;
+        if self.term != term {
+            // A request made to the previous leader is settled either way.
+            self.pending_switchover = None;
+        }
         self.active = leader;
         self.term = term;
         changed
@@ -121,5 +162,28 @@ mod tests {
         assert!(s.leader_established(Some("head2".into()), 4));
         assert_eq!(s.active.as_deref(), Some("head2"));
         assert_eq!(s.term, 4);
+    }
+
+    #[test]
+    fn switchover_requests_are_settled_by_a_new_term_or_a_failure() {
+        let mut s = ClusterState::default();
+        s.leader_established(Some("head1".into()), 3);
+        let req = |id| Command::RequestSwitchover {
+            id,
+            to: Some("head2".into()),
+            by: "head2".into(),
+        };
+        assert!(s.apply(&req(1)));
+        assert_eq!(s.pending_switchover.as_ref().map(|p| p.term), Some(3));
+        // Failure of another request changes nothing.
+        assert!(!s.apply(&Command::SwitchoverFailed { id: 2 }));
+        assert!(s.apply(&Command::SwitchoverFailed { id: 1 }));
+        assert!(s.pending_switchover.is_none());
+        assert!(s.apply(&req(3)));
+        // The same leader re-established (restart in the same term) keeps it.
+        s.leader_established(Some("head1".into()), 3);
+        assert!(s.pending_switchover.is_some());
+        s.leader_established(Some("head2".into()), 4);
+        assert!(s.pending_switchover.is_none());
     }
 }

@@ -25,16 +25,18 @@
 //!   role without a quorum ack (counted from the send time of the
 //!   acknowledged heartbeat). So the old active has stepped down at least
 //!   half a heartbeat before any other head can collect a vote.
-//! * Heads are ranked by priority (highest first, ties by name). Head `k`
-//!   gets `max_k = vote_floor + k * w` and `min_k = max_k - w`, with
-//!   `w = clamp((T.election_timeout_max - T.election_timeout_min) / heads,
-//!   1, vote_floor - T.heartbeat_interval - 1)`. Head `k` campaigns after a
-//!   silence drawn from `[max_k + min_k, 2 * max_k)`
+//! * Every voter uses `max = vote_floor` (the lease it enforces) and
+//!   `min = vote_floor - w`, with `w = clamp((T.election_timeout_max -
+//!   T.election_timeout_min) / heads, 1, vote_floor - T.heartbeat_interval
+//!   - 1)`.
+//! * Heads are ranked by priority (highest first, ties by name). Head `k`,
+//!   with `max_k = vote_floor + k * w`, campaigns by itself after a silence
+//!   drawn from `[2 * max_k - w, 2 * max_k)`
 //!   ([`RaftTiming::self_campaign_window`]): the windows of two heads never
 //!   overlap, so they cannot keep timing out together, and the preferred
-//!   head times out first.
-//! * Witnesses use `max = vote_floor`, `min = vote_floor - w` (only the
-//!   lease matters for them) and never campaign.
+//!   head times out first. (The agent starts failovers sooner, see
+//!   `haoscar_core::active::campaign_due`; this timer is the fallback.)
+//! * Witnesses never campaign.
 //! * RPC timeouts: openraft bounds AppendEntries by `heartbeat_interval` and
 //!   RequestVote by `election_timeout_min`; pre-votes use
 //!   `election_timeout_min` too, and the transport obeys those bounds for
@@ -66,6 +68,9 @@ pub struct RaftTiming {
     pub vote_floor_ms: u64,
     /// Whether this node campaigns (heads) or never does (witnesses).
     pub campaigns: bool,
+    /// `[lo, hi)` (ms) of leader silence after which this head campaigns by
+    /// itself; disjoint between heads, earliest for the preferred head.
+    pub campaign_window_ms: (u64, u64),
 }
 
 fn ms(d: Duration) -> u64 {
@@ -87,13 +92,21 @@ impl RaftTiming {
         match role {
             VoterRole::Head => {
                 let rank = u64::try_from(head_rank).unwrap_or(u64::MAX);
-                let max = vote_floor.saturating_add(rank.saturating_mul(w));
+                // The lease every voter enforces is the same (the vote
+                // floor); heads differ only in when they campaign by
+                // themselves, so a standby is never slower to vote for
+                // itself than the witness is.
+                let max_k = vote_floor.saturating_add(rank.saturating_mul(w));
                 Self {
                     heartbeat_ms: hb,
-                    election_min_ms: max - w,
-                    election_max_ms: max,
+                    election_min_ms: vote_floor - w,
+                    election_max_ms: vote_floor,
                     vote_floor_ms: vote_floor,
                     campaigns: true,
+                    campaign_window_ms: (
+                        max_k.saturating_mul(2).saturating_sub(w),
+                        max_k.saturating_mul(2),
+                    ),
                 }
             }
             VoterRole::Witness => Self {
@@ -102,6 +115,7 @@ impl RaftTiming {
                 election_max_ms: vote_floor,
                 vote_floor_ms: vote_floor,
                 campaigns: false,
+                campaign_window_ms: (0, 0),
             },
         }
     }
@@ -136,8 +150,8 @@ impl RaftTiming {
     pub fn self_campaign_window(&self) -> Option<(Duration, Duration)> {
         self.campaigns.then(|| {
             (
-                Duration::from_millis(self.election_max_ms + self.election_min_ms),
-                Duration::from_millis(2 * self.election_max_ms),
+                Duration::from_millis(self.campaign_window_ms.0),
+                Duration::from_millis(self.campaign_window_ms.1),
             )
         })
     }
@@ -170,8 +184,8 @@ mod tests {
                     let a = pair[0].self_campaign_window().expect("head");
                     let b = pair[1].self_campaign_window().expect("head");
                     assert!(a.1 <= b.0, "{name}: {a:?} overlaps {b:?}");
-                    // The sampled timeouts themselves are disjoint too.
-                    assert!(pair[0].election_max_ms <= pair[1].election_min_ms);
+                    // Every voter enforces the same lease.
+                    assert_eq!(pair[0].election_max_ms, pair[1].election_max_ms);
                 }
             }
         }
@@ -183,7 +197,9 @@ mod tests {
         let h0 = RaftTiming::derive(&t, VoterRole::Head, 0, 2);
         let h1 = RaftTiming::derive(&t, VoterRole::Head, 1, 2);
         assert_eq!((h0.election_min_ms, h0.election_max_ms), (150, 225));
-        assert_eq!((h1.election_min_ms, h1.election_max_ms), (225, 300));
+        assert_eq!((h1.election_min_ms, h1.election_max_ms), (150, 225));
+        assert_eq!(h0.campaign_window_ms, (375, 450));
+        assert_eq!(h1.campaign_window_ms, (525, 600));
         assert_eq!(h0.vote_floor_ms, 225);
     }
 

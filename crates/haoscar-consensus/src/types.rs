@@ -89,6 +89,15 @@ pub enum Command {
     RecordEvent { event: Event },
     /// Record the digest of the configuration the cluster runs.
     SetConfigVersion { digest: u64 },
+    /// Ask the active head to hand its role over (`to`: a head, or `None`
+    /// for the best other head). `id` identifies the request.
+    RequestSwitchover {
+        id: u64,
+        to: Option<String>,
+        by: String,
+    },
+    /// The active head gave up on switchover request `id` (it stays active).
+    SwitchoverFailed { id: u64 },
     /// Changes nothing; commits an entry (e.g. to confirm leadership).
     Noop,
 }

@@ -77,6 +77,7 @@ impl Cluster {
                 role,
                 priority,
                 addr,
+                alt_addrs: Vec::new(),
             });
         }
         let slots = voters
@@ -652,8 +653,15 @@ async fn lease_confirmation_and_hand_over() {
         let oi = c.index_of(other);
         // The leader earns a lease from a quorum, bounded by `lease`.
         let before = Instant::now();
-        let deadline = c.node(li).confirm_lease().await.expect("lease on the leader");
-        assert!(deadline > before && deadline <= Instant::now() + lease, "round {round}");
+        let deadline = c
+            .node(li)
+            .confirm_lease()
+            .await
+            .expect("lease on the leader");
+        assert!(
+            deadline > before && deadline <= Instant::now() + lease,
+            "round {round}"
+        );
         // Followers and witnesses cannot.
         assert!(c.node(oi).confirm_lease().await.is_err(), "round {round}");
         assert!(c.node(c.index_of("w1")).confirm_lease().await.is_err());
@@ -667,7 +675,10 @@ async fn lease_confirmation_and_hand_over() {
         // The hand-over itself: the other head leads, much faster than an
         // election timeout would allow.
         let t0 = Instant::now();
-        c.node(li).hand_over(other, DEADLINE).await.expect("hand over");
+        c.node(li)
+            .hand_over(other, DEADLINE)
+            .await
+            .expect("hand over");
         let took = t0.elapsed();
         tracing::info!(round, from = %leader, to = other, ?took, "hand-over");
         assert_eq!(c.wait_leader().await, other, "round {round}");

@@ -85,6 +85,7 @@ async fn forged_replayed_and_malformed_frames_are_rejected_and_counted() {
         role,
         priority: 0,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        alt_addrs: Vec::new(),
     };
     let params = ConsensusParams {
         cluster: "testc".into(),

@@ -54,9 +54,13 @@ impl std::fmt::Display for Reason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// A quorum confirmed leadership; the lease runs until `deadline`.
-    LeaseConfirmed { deadline: Duration },
+    LeaseConfirmed {
+        deadline: Duration,
+    },
     /// Confirmation failed: not the leader (or no quorum).
-    NotLeader { why: String },
+    NotLeader {
+        why: String,
+    },
     /// Time passed (the caller wakes at [`ActiveRole::next_wake`] or sooner).
     Tick,
     GuardUp,
@@ -174,8 +178,7 @@ impl ActiveRole {
             self.deadline = None;
             lost.get_or_insert(Reason::LeaseExpired);
         }
-        let may_act =
-            self.lease_valid(now) && self.guard_up && !self.handing_over && !self.stopped;
+        let may_act = self.lease_valid(now) && self.guard_up && !self.handing_over && !self.stopped;
         let mut out = Vec::new();
         match (self.active, may_act) {
             (true, false) => {
@@ -337,13 +340,21 @@ mod tests {
             ),
             (
                 "shutdown: demote for good",
-                vec![(0, confirmed(600)), (10, Input::Shutdown), (20, confirmed(620))],
+                vec![
+                    (0, confirmed(600)),
+                    (10, Input::Shutdown),
+                    (20, confirmed(620)),
+                ],
                 vec![],
                 false,
             ),
             (
                 "after expiry a fresh lease promotes again",
-                vec![(0, confirmed(600)), (700, Input::Tick), (710, confirmed(1310))],
+                vec![
+                    (0, confirmed(600)),
+                    (700, Input::Tick),
+                    (710, confirmed(1310)),
+                ],
                 vec![GuardHold { until: ms(1310) }, AcquireVips],
                 true,
             ),
@@ -362,22 +373,14 @@ mod tests {
     #[test]
     fn never_active_without_the_guard() {
         let mut r = ActiveRole::new(ms(50));
-        let got = r.step(
-            ms(0),
-            Input::LeaseConfirmed {
-                deadline: ms(600),
-            },
-        );
+        let got = r.step(ms(0), Input::LeaseConfirmed { deadline: ms(600) });
         assert_eq!(got, vec![]);
         assert!(!r.is_active());
         // The guard coming up with a lease still valid promotes.
         let got = r.step(ms(10), Input::GuardUp);
         assert_eq!(
             got,
-            vec![
-                Action::GuardHold { until: ms(600) },
-                Action::AcquireVips
-            ]
+            vec![Action::GuardHold { until: ms(600) }, Action::AcquireVips]
         );
         assert_eq!(r.active_since(), Some(ms(10)));
         assert_eq!(r.next_wake(), Some(ms(550)));

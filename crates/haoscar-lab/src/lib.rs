@@ -20,6 +20,7 @@ pub mod faults;
 pub mod lab;
 pub mod netns;
 pub mod nodefs;
+pub mod probe;
 pub mod procs;
 pub mod spec;
 pub mod state;

@@ -26,6 +26,10 @@ pub struct Status {
     pub timing: TimingStatus,
     /// The active head, once the failover logic has elected one.
     pub active: Option<String>,
+    /// Election, lease and VIPs (heads and witnesses; `None` on compute
+    /// nodes).
+    #[serde(default)]
+    pub failover: Option<FailoverStatus>,
     pub channels: Vec<LocalChannel>,
     pub peers: Vec<PeerStatus>,
     pub counters: NetCounters,
@@ -151,4 +155,71 @@ pub struct Health {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// `/v1/status` `failover`: who is active and why, as seen by this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailoverStatus {
+    /// This node's part: `active`, `standby`, `maintenance` or `witness`.
+    pub this_node: String,
+    /// Raft term.
+    pub term: u64,
+    /// The leader this node knows of (the active head, or the head about
+    /// to become it).
+    pub leader: Option<String>,
+    /// The active head recorded in the replicated state.
+    pub active: Option<String>,
+    /// On the active head: how long its current lease still runs.
+    pub lease_remaining_ms: Option<f64>,
+    /// Nodes in maintenance (standby) mode: never made active.
+    pub maintenance: Vec<String>,
+    pub vips: Vec<VipStatus>,
+    /// The most recent change of active head (kind `failover` or
+    /// `switchover`), with its cause and duration in the message.
+    pub last_failover: Option<Event>,
+    /// Pid of this head's VIP guard process (heads only).
+    pub guard_pid: Option<u32>,
+    /// Index of the last replicated entry applied on this node.
+    pub applied_index: Option<u64>,
+}
+
+/// One virtual IP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub name: String,
+    /// `address/prefix`.
+    pub address: String,
+    pub interface: String,
+    /// Whether this node holds it now (read from the kernel).
+    pub held_here: bool,
+    /// The node that should hold it: the active head.
+    pub holder: Option<String>,
+}
+
+/// `POST /v1/switchover` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverRequest {
+    /// The head to hand over to; `None`: the best other head.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// `POST /v1/standby` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyRequest {
+    pub node: String,
+    pub on: bool,
+}
+
+/// An operator action the API passes to the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Switchover(SwitchoverRequest),
+    Standby(StandbyRequest),
+}
+
+/// The answer to an action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionReply {
+    pub message: String,
 }

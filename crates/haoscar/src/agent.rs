@@ -5,13 +5,14 @@
 //! cleanly on SIGTERM/SIGINT. Later capabilities (election, VIPs, resources)
 //! plug into this runtime.
 
+use crate::failover::{self, Failover, HeadCtx};
 use crate::ConfigArgs;
 use anyhow::{bail, Context, Result};
-use haoscar_api::{AgentView, Server};
+use haoscar_api::{ActionFuture, AgentView, Server};
 use haoscar_core::membership::{BootId, LinkState, MembershipEvent, PeerState};
 use haoscar_net::heartbeat::{self, HeartbeatConfig, HeartbeatHandle, LocalChannel, PeerAddrs};
 use haoscar_net::wire::ClusterKey;
-use haoscar_types::api::{self, Event, Liveness, NetCounters, Status};
+use haoscar_types::api::{self, ActionReply, Event, Liveness, NetCounters, Status};
 use haoscar_types::config::{self, Config, Role};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -19,7 +20,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -171,6 +172,10 @@ struct Agent {
     heartbeat: HeartbeatHandle,
     channels: Vec<api::LocalChannel>,
     events: Mutex<EventLog>,
+    /// Consensus and active role (heads and witnesses).
+    failover: OnceLock<Arc<Failover>>,
+    /// Events to commit to the replicated history.
+    replicate: OnceLock<tokio::sync::mpsc::Sender<Event>>,
 }
 
 struct EventLog {
@@ -184,18 +189,25 @@ impl Agent {
             return;
         };
         log.next_id += 1;
-        let ev = Event {
-            id: log.next_id,
-            at_unix_ms: unix_ms(SystemTime::now()),
-            node: self.node.clone(),
-            kind: kind.to_string(),
-            subject: subject.map(str::to_string),
-            message,
-        };
+        let ev = failover::make_event(log.next_id, &self.node, kind, subject, message);
         if log.items.len() >= EVENT_HISTORY {
             log.items.pop_front();
         }
+        if let Some(tx) = self.replicate.get() {
+            // Best effort: a full queue or no quorum keeps it local only.
+            let _ = tx.try_send(ev.clone());
+        }
         log.items.push_back(ev);
+    }
+
+    fn local_events(&self, limit: usize) -> Vec<Event> {
+        match self.events.lock() {
+            Ok(log) => {
+                let skip = log.items.len().saturating_sub(limit);
+                log.items.iter().skip(skip).cloned().collect()
+            }
+            Err(_) => Vec::new(),
+        }
     }
 
     fn on_membership(&self, ev: &MembershipEvent) {
@@ -326,7 +338,8 @@ impl AgentView for Agent {
                 heartbeat_interval_ms: t.heartbeat_interval.as_secs_f64() * 1000.0,
                 dead_after_ms: t.dead_after.as_secs_f64() * 1000.0,
             },
-            active: None,
+            active: self.failover.get().and_then(|f| f.consensus.state().active),
+            failover: self.failover.get().map(|f| f.status()),
             channels: self.channels.clone(),
             peers,
             counters: self.counters(),
@@ -334,14 +347,77 @@ impl AgentView for Agent {
         }
     }
 
+    /// The replicated history (on heads and witnesses) merged with this
+    /// node's own events that did not reach it (no quorum at the time),
+    /// oldest first.
     fn events(&self, limit: usize) -> Vec<Event> {
-        match self.events.lock() {
-            Ok(log) => {
-                let skip = log.items.len().saturating_sub(limit);
-                log.items.iter().skip(skip).cloned().collect()
-            }
-            Err(_) => Vec::new(),
-        }
+        let local = self.local_events(EVENT_HISTORY);
+        let Some(fo) = self.failover.get() else {
+            let skip = local.len().saturating_sub(limit);
+            return local.into_iter().skip(skip).collect();
+        };
+        let mut all = fo.events();
+        let seen: std::collections::HashSet<(String, u64, String)> = all
+            .iter()
+            .map(|e| (e.node.clone(), e.id, e.kind.clone()))
+            .collect();
+        all.extend(
+            local
+                .into_iter()
+                .filter(|e| !seen.contains(&(e.node.clone(), e.id, e.kind.clone()))),
+        );
+        all.sort_by_key(|e| e.at_unix_ms);
+        let skip = all.len().saturating_sub(limit);
+        all.into_iter().skip(skip).collect()
+    }
+
+    fn action(&self, action: api::Action) -> ActionFuture {
+        let fo = self.failover.get().cloned();
+        let node = self.node.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            let Some(fo) = fo else {
+                return Err((
+                    409,
+                    format!("{node} is a compute node: run this on a head or a witness"),
+                ));
+            };
+            let message = match action {
+                api::Action::Switchover(req) => {
+                    if let Some(t) = &req.to {
+                        match config.node(t).map(|n| n.role) {
+                            Some(Role::Head) => {}
+                            Some(r) => {
+                                return Err((
+                                    400,
+                                    format!("{t} is a {r}: only heads can be active"),
+                                ))
+                            }
+                            None => {
+                                return Err((
+                                    400,
+                                    format!("no node named {t:?} in the configuration"),
+                                ))
+                            }
+                        }
+                    }
+                    fo.switchover(req.to, &node).await?
+                }
+                api::Action::Standby(req) => {
+                    match config.node(&req.node).map(|n| n.role) {
+                        Some(_) => {}
+                        None => {
+                            return Err((
+                                400,
+                                format!("no node named {:?} in the configuration", req.node),
+                            ))
+                        }
+                    }
+                    fo.standby(&req.node, req.on).await?
+                }
+            };
+            Ok(ActionReply { message })
+        })
     }
 
     fn config(&self) -> serde_json::Value {
@@ -492,6 +568,7 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
         })
         .collect();
     let t = config.cluster.timing;
+    let key_for_consensus = key.clone();
     let hb = heartbeat::spawn(HeartbeatConfig {
         cluster: config.cluster.name.clone(),
         local: node.clone(),
@@ -527,7 +604,64 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
             next_id: 0,
             items: VecDeque::new(),
         }),
+        failover: OnceLock::new(),
+        replicate: OnceLock::new(),
     });
+    // Heads and witnesses: the consensus node, and on heads the active role.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut side_tasks = Vec::new();
+    let mut head_task = None;
+    if me.role.votes() {
+        let fo = Arc::new(
+            Failover::start(&config, &node, key_for_consensus, boot)
+                .await
+                .context("cannot start failover")?,
+        );
+        let _ = agent.failover.set(fo.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(256);
+        let _ = agent.replicate.set(tx);
+        let c = fo.consensus.clone();
+        side_tasks.push(tokio::spawn(async move {
+            // In order; each retried for a few seconds (a hand-over or an
+            // election in progress), then kept local only.
+            while let Some(event) = rx.recv().await {
+                let cmd = haoscar_consensus::Command::RecordEvent { event };
+                let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(2), c.propose(cmd.clone())).await
+                    {
+                        Ok(Ok(_)) => break,
+                        Ok(Err(e)) if tokio::time::Instant::now() >= give_up => {
+                            tracing::debug!(error = %e, "event kept local only");
+                            break;
+                        }
+                        Err(_) if tokio::time::Instant::now() >= give_up => {
+                            tracing::debug!("event kept local only (no quorum in time)");
+                            break;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+        }));
+        if me.role == Role::Head {
+            let a = agent.clone();
+            let rec = agent.clone();
+            let ctx = HeadCtx {
+                config: config.clone(),
+                node: node.clone(),
+                failover: fo,
+                membership: Arc::new(move || a.heartbeat.snapshot()),
+                record: Arc::new(move |k, s, m| rec.record(k, s, m)),
+            };
+            let rx = stop_rx.clone();
+            head_task = Some(tokio::spawn(async move {
+                if let Err(e) = failover::head_loop(ctx, rx).await {
+                    tracing::error!(error = %format!("{e:#}"), "the active-role loop stopped");
+                }
+            }));
+        }
+    }
     let socket = config.socket_path(&node);
     let server = Server::start(agent.clone(), config.api.listen, Some(&socket))
         .await
@@ -577,9 +711,20 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
         format!("agent on {node} stopping ({sig})"),
     );
     let shutdown = async {
+        // The active role first: VIPs released (or handed over), guard closed.
+        let _ = stop_tx.send(true);
+        if let Some(h) = head_task {
+            let _ = h.await;
+        }
+        for t in side_tasks {
+            t.abort();
+        }
         server.stop().await;
         events_task.abort();
         let _ = events_task.await;
+        if let Some(fo) = agent.failover.get() {
+            fo.shutdown().await;
+        }
         // The API tasks and the event task are gone: this is the last reference.
         match Arc::try_unwrap(agent) {
             Ok(agent) => agent.heartbeat.shutdown().await,

@@ -5,7 +5,7 @@
 use crate::ConfigArgs;
 use anyhow::{Context, Result};
 use haoscar_api::{Client, Endpoint};
-use haoscar_types::api::{Liveness, Status};
+use haoscar_types::api::{FailoverStatus, Liveness, Status};
 use haoscar_types::config;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
@@ -159,13 +159,16 @@ pub fn render(s: &Status) -> String {
         ms(s.timing.dead_after_ms),
         s.config_digest
     );
-    let _ = writeln!(
-        o,
-        "active head: {}",
-        s.active
-            .as_deref()
-            .unwrap_or("none elected (head election is not enabled in this version)")
-    );
+    match &s.failover {
+        Some(f) => render_failover(&mut o, s, f),
+        None => {
+            let _ = writeln!(
+                o,
+                "active head: {} (as reported by the heads)",
+                s.active.as_deref().unwrap_or("unknown")
+            );
+        }
+    }
     let chans: Vec<&str> = s.channels.iter().map(|c| c.name.as_str()).collect();
     let _ = writeln!(o);
     let mut header = format!(
@@ -232,10 +235,69 @@ pub fn render(s: &Status) -> String {
     if !s.recent_events.is_empty() {
         let _ = writeln!(o, "\nrecent events (UTC):");
         for e in &s.recent_events {
-            let _ = writeln!(o, "  {}  {:<16} {}", clock(e.at_unix_ms), e.kind, e.message);
+            let _ = writeln!(
+                o,
+                "  {}  {:<10} {:<16} {}",
+                clock(e.at_unix_ms),
+                e.node,
+                e.kind,
+                e.message
+            );
         }
     }
     o
+}
+
+fn render_failover(o: &mut String, s: &Status, f: &FailoverStatus) {
+    let lease = match f.lease_remaining_ms {
+        Some(l) => format!(", lease {} left", ms(l)),
+        None => String::new(),
+    };
+    let _ = writeln!(
+        o,
+        "active head: {}  (term {}, this node: {}{lease})",
+        f.active.as_deref().unwrap_or("none (no quorum yet)"),
+        f.term,
+        f.this_node
+    );
+    if f.leader.is_some() && f.leader != f.active {
+        let _ = writeln!(
+            o,
+            "  taking over: {}",
+            f.leader.as_deref().unwrap_or_default()
+        );
+    }
+    if !f.maintenance.is_empty() {
+        let _ = writeln!(
+            o,
+            "in standby (maintenance) mode: {}",
+            f.maintenance.join(", ")
+        );
+    }
+    for v in &f.vips {
+        let _ = writeln!(
+            o,
+            "VIP {:<16} {} on {}: holder {}{}",
+            v.name,
+            v.address,
+            v.interface,
+            v.holder.as_deref().unwrap_or("none"),
+            if v.held_here {
+                format!(" (held here, by {})", s.node)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(e) = &f.last_failover {
+        let _ = writeln!(
+            o,
+            "last {} at {} UTC: {}",
+            e.kind,
+            clock(e.at_unix_ms),
+            e.message
+        );
+    }
 }
 
 fn now_unix_ms() -> u64 {
@@ -246,7 +308,7 @@ fn now_unix_ms() -> u64 {
 }
 
 /// `HH:MM:SS.mmm` in UTC.
-fn clock(unix_ms: u64) -> String {
+pub fn clock(unix_ms: u64) -> String {
     let ms = unix_ms % 1000;
     let s = unix_ms / 1000;
     format!(

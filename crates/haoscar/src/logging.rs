@@ -15,7 +15,7 @@ fn filter(default: &str) -> EnvFilter {
 /// Logging for the agent: timestamps, targets, `info` by default.
 pub fn init_agent(json: bool) {
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter("info"))
+        .with_env_filter(filter("info,openraft=warn"))
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if json {

@@ -7,8 +7,11 @@ mod bench;
 mod cmd_config;
 mod cmd_keygen;
 mod cmd_nodeset;
+mod cmd_ops;
 mod cmd_status;
 mod demo;
+mod failover;
+mod guard;
 mod lab_cmd;
 mod labwatch;
 mod logging;
@@ -50,6 +53,12 @@ enum Command {
     Config(cmd_config::ConfigCommand),
     /// Show the cluster as seen by this node's agent.
     Status(cmd_status::StatusArgs),
+    /// Hand the active role to another head (planned, fast).
+    Switchover(cmd_ops::SwitchoverArgs),
+    /// Put a node in (on) or out of (off) standby (maintenance) mode: a node in standby is never made active.
+    Standby(cmd_ops::StandbyArgs),
+    /// Show the replicated event history (role changes, channels, VIPs).
+    Events(cmd_ops::EventsArgs),
     /// Write a new random cluster key (mode 0600).
     Keygen(cmd_keygen::KeygenArgs),
     /// Fold, expand or count node sets (`node[01-16]`), like ClusterShell's cluset.
@@ -64,6 +73,9 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Print the version.
     Version,
+    /// The VIP guard process (started by the agent; not for direct use).
+    #[command(hide = true)]
+    Guard,
 }
 
 fn main() -> std::process::ExitCode {
@@ -75,11 +87,14 @@ fn main() -> std::process::ExitCode {
     let quiet_on_sigpipe = match &cli.command {
         Command::Config(_)
         | Command::Status(_)
+        | Command::Switchover(_)
+        | Command::Standby(_)
+        | Command::Events(_)
         | Command::Keygen(_)
         | Command::Nodeset(_)
         | Command::Version => true,
         Command::Lab(cmd) => !matches!(cmd, lab_cmd::LabCommand::Supervisor { .. }),
-        Command::Agent(_) | Command::Demo(_) | Command::Bench(_) => false,
+        Command::Agent(_) | Command::Demo(_) | Command::Bench(_) | Command::Guard => false,
     };
     if quiet_on_sigpipe {
         // SAFETY: setting a signal disposition to its default is async-signal-safe
@@ -92,6 +107,9 @@ fn main() -> std::process::ExitCode {
         Command::Agent(args) => agent::run(args),
         Command::Config(cmd) => cmd_config::run(cmd),
         Command::Status(args) => cmd_status::run(args),
+        Command::Switchover(args) => cmd_ops::switchover(args),
+        Command::Standby(args) => cmd_ops::standby(args),
+        Command::Events(args) => cmd_ops::events(args),
         Command::Keygen(args) => cmd_keygen::run(args),
         Command::Nodeset(args) => cmd_nodeset::run(args),
         Command::Lab(cmd) => {
@@ -105,6 +123,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Guard => guard::run(),
         Command::Version => {
             println!("haoscar {}", env!("CARGO_PKG_VERSION"));
             Ok(std::process::ExitCode::SUCCESS)

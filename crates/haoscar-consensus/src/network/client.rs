@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub enum CallError {
 pub struct Client {
     transport: Arc<Transport>,
     pool: Mutex<HashMap<NodeId, Vec<TcpStream>>>,
+    /// Index (into the peer's addresses) of the address in use per peer.
+    current: Mutex<HashMap<NodeId, usize>>,
     backoff: Duration,
 }
 
@@ -50,6 +53,7 @@ impl Client {
         Self {
             transport,
             pool: Mutex::new(HashMap::new()),
+            current: Mutex::new(HashMap::new()),
             backoff,
         }
     }
@@ -91,7 +95,36 @@ impl Client {
         Ok(Peer {
             name: node.name.clone(),
             addr,
+            alt: Vec::new(),
         })
+    }
+
+    /// The address to use for `peer` now.
+    fn address(&self, target: NodeId, peer: &Peer) -> SocketAddr {
+        let i = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&target)
+            .copied()
+            .unwrap_or(0);
+        match i {
+            0 => peer.addr,
+            i => peer.alt.get(i - 1).copied().unwrap_or(peer.addr),
+        }
+    }
+
+    /// After a failure: the next RPC to `target` uses its next address
+    /// (a network may be down), on a fresh connection.
+    fn fail_over(&self, target: NodeId, peer: &Peer) {
+        if peer.alt.is_empty() {
+            return;
+        }
+        let mut cur = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = cur.entry(target).or_insert(0);
+        *i = (*i + 1) % (peer.alt.len() + 1);
+        drop(cur);
+        self.drop_connections(target);
     }
 
     /// Sends `req` to `target` and waits for the answer, all within `ttl`.
@@ -104,7 +137,25 @@ impl Client {
         ttl: Duration,
         idempotent: bool,
     ) -> Result<RpcResponse, CallError> {
-        let peer = self.resolve(target, node)?;
+        let mut peer = self.resolve(target, node)?;
+        let res = self
+            .call_once(target, &mut peer, req, ttl, idempotent)
+            .await;
+        if res.is_err() {
+            self.fail_over(target, &peer);
+        }
+        res
+    }
+
+    async fn call_once(
+        &self,
+        target: NodeId,
+        peer: &mut Peer,
+        req: &RpcRequest,
+        ttl: Duration,
+        idempotent: bool,
+    ) -> Result<RpcResponse, CallError> {
+        let addr = self.address(target, peer);
         if self.transport.is_blocked(&peer.name) {
             return Err(CallError::Unreachable(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
@@ -118,11 +169,10 @@ impl Client {
         loop {
             let (mut stream, pooled) = match self.take(target) {
                 Some(s) => (s, true),
-                None => (connect(&peer, deadline, ttl).await?, false),
+                None => (connect(&peer.name, addr, deadline, ttl).await?, false),
             };
             let res =
-                tokio::time::timeout_at(deadline, self.exchange(&mut stream, &peer, &payload))
-                    .await;
+                tokio::time::timeout_at(deadline, self.exchange(&mut stream, peer, &payload)).await;
             match res {
                 Err(_) => return Err(CallError::Timeout(ttl)),
                 Ok(Ok(resp)) => {
@@ -141,11 +191,8 @@ impl Client {
                         retried = true;
                         continue;
                     }
-                    self.transport.reject(&e, Some(peer.addr));
-                    return Err(CallError::Network(format!(
-                        "{} ({}): {e}",
-                        peer.name, peer.addr
-                    )));
+                    self.transport.reject(&e, Some(addr));
+                    return Err(CallError::Network(format!("{} ({addr}): {e}", peer.name)));
                 }
             }
         }
@@ -177,14 +224,16 @@ impl Client {
     }
 }
 
-async fn connect(peer: &Peer, deadline: Instant, ttl: Duration) -> Result<TcpStream, CallError> {
-    match tokio::time::timeout_at(deadline, TcpStream::connect(peer.addr)).await {
+async fn connect(
+    name: &str,
+    addr: SocketAddr,
+    deadline: Instant,
+    ttl: Duration,
+) -> Result<TcpStream, CallError> {
+    match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Err(_) => Err(CallError::Unreachable(io::Error::new(
             io::ErrorKind::TimedOut,
-            format!(
-                "connecting to {} ({}) took more than {ttl:?}",
-                peer.name, peer.addr
-            ),
+            format!("connecting to {name} ({addr}) took more than {ttl:?}"),
         ))),
         Ok(Err(e)) => Err(CallError::Unreachable(e)),
         Ok(Ok(s)) => {

@@ -174,6 +174,9 @@ pub enum FrameError {
 pub struct Peer {
     pub name: String,
     pub addr: SocketAddr,
+    /// The peer's endpoint on its other networks, tried in turn after a
+    /// failure on the current one.
+    pub alt: Vec<SocketAddr>,
 }
 
 /// Identity, key and replay state of this node's transport, shared by its
@@ -483,6 +486,7 @@ mod tests {
                 Peer {
                     name: name.into(),
                     addr,
+                    alt: Vec::new(),
                 },
             )])
         };

@@ -33,6 +33,8 @@ pub struct ServerCtx {
     pub client: Arc<Client>,
     /// Whether this node may campaign (a head not in maintenance).
     pub may_campaign: Arc<AtomicBool>,
+    /// Set while this leader hands over: forwarded proposals are refused.
+    pub frozen: Arc<AtomicBool>,
 }
 
 /// Accepts connections until the task is aborted (which also aborts every
@@ -126,6 +128,9 @@ async fn dispatch(ctx: &ServerCtx, from: &str, req: RpcRequest) -> RpcResponse {
         RpcRequest::InstallSnapshot(r) => {
             RpcResponse::InstallSnapshot(raft.install_snapshot(r).await)
         }
+        RpcRequest::Propose(_) if ctx.frozen.load(Ordering::SeqCst) => RpcResponse::Propose(Err(
+            ProposeFailure::Failed("the leader is handing over: try again shortly".into()),
+        )),
         RpcRequest::Propose(cmd) => RpcResponse::Propose(match raft.client_write(cmd).await {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {

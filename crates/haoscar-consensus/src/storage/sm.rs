@@ -98,6 +98,15 @@ impl StateMachineStore {
             .clone()
     }
 
+    /// Runs `f` on the current replicated state without copying it.
+    pub fn with_state<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(&self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state)
+    }
+
     /// Log id of the last applied entry.
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         self.inner

@@ -36,6 +36,7 @@ pub(super) struct RawCluster {
     pub secret_file: Option<Sp<String>>,
     pub auto_failback: Option<bool>,
     pub failback_after: Option<Sp<Duration>>,
+    pub consensus_port: Option<Sp<u16>>,
     pub timing: Timing,
     pub timing_span: Range<usize>,
     /// Where each explicitly set timing value is, to point errors at it.
@@ -108,6 +109,7 @@ const CLUSTER_KEYS: &[&str] = &[
     "timing",
     "auto_failback",
     "failback_after",
+    "consensus_port",
 ];
 const API_KEYS: &[&str] = &["listen", "socket_dir"];
 const PATHS_KEYS: &[&str] = &["state_dir", "log_dir"];
@@ -241,6 +243,12 @@ impl<'a> Cx<'a> {
             secret_file: self.string(t, p, "secret_file"),
             auto_failback: self.boolean(t, p, "auto_failback"),
             failback_after: self.duration(t, p, "failback_after"),
+            consensus_port: self
+                .uint(t, p, "consensus_port", 1, u64::from(u16::MAX))
+                .map(|s| Sp {
+                    v: s.v as u16,
+                    span: s.span,
+                }),
             timing: Timing::default(),
             timing_span: span,
             timing_fields: Vec::new(),

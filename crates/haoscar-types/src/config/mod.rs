@@ -24,6 +24,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/haoscar/cluster.toml";
 pub const DEFAULT_SECRET_FILE: &str = "/etc/haoscar/cluster.key";
 /// Default UDP port of a detection channel.
 pub const DEFAULT_CHANNEL_PORT: u16 = 7946;
+/// Default TCP port of the consensus endpoint (heads and witnesses).
+pub const DEFAULT_CONSENSUS_PORT: u16 = 7947;
 /// Default TCP address of the control API.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7950";
 /// Default directory of the control API's Unix sockets (`<dir>/<node>.sock`).
@@ -55,6 +57,9 @@ pub struct ClusterSection {
     /// before the active role is handed back to it.
     #[serde(with = "crate::duration::serde_text")]
     pub failback_after: Duration,
+    /// TCP port of the consensus (Raft) endpoint of heads and witnesses, on
+    /// their address on the first channel they are attached to.
+    pub consensus_port: u16,
     pub timing: Timing,
 }
 

@@ -4,6 +4,7 @@
 //! every channel, at least two heads, a quorum that survives one failure).
 
 use super::decode::{Cx, RawConfig, RawNode, RawResource, Sp};
+use super::DEFAULT_CONSENSUS_PORT;
 use super::*;
 use crate::nodeset::NodeSet;
 use std::collections::{BTreeMap, HashMap};
@@ -119,6 +120,11 @@ fn cluster(cx: &mut Cx<'_>, raw: &RawConfig) -> Option<ClusterSection> {
             .as_ref()
             .map(|d| d.v)
             .unwrap_or(Duration::from_secs(60)),
+        consensus_port: c
+            .consensus_port
+            .as_ref()
+            .map(|p| p.v)
+            .unwrap_or(DEFAULT_CONSENSUS_PORT),
         timing: c.timing,
     })
 }
