@@ -71,7 +71,7 @@ impl ConsensusParams {
     /// the heads and witnesses, each reached on `port` at its address on
     /// the first channel (in configuration order) it is attached to, and on
     /// its other channels as alternatives; the data directory is
-    /// `<state_dir>/raft`.
+    /// `<state_dir>/raft/<node>`.
     pub fn from_config(
         config: &Config,
         node: &str,
@@ -104,7 +104,7 @@ impl ConsensusParams {
             cluster: config.cluster.name.clone(),
             node: node.to_string(),
             voters,
-            data_dir: config.paths.state_dir.join("raft"),
+            data_dir: config.paths.state_dir.join("raft").join(node),
             key,
             timing: config.cluster.timing,
             listen: None,
@@ -183,6 +183,7 @@ pub struct Consensus {
     /// Set during a hand-over: no new entries, so the target's log stays
     /// complete and it can win the election.
     frozen: Arc<AtomicBool>,
+    started: Instant,
     lease: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -319,7 +320,9 @@ impl Consensus {
                 .unwrap_or_else(haoscar_net::heartbeat::new_boot_id),
             peers,
         ));
-        let backoff = Duration::from_millis(timing.heartbeat_ms.saturating_mul(4).max(100));
+        // Retry an unreachable peer every heartbeat: a restarted peer must
+        // hear from the leader before its election timer runs out.
+        let backoff = Duration::from_millis(timing.heartbeat_ms.max(20));
         let client = Arc::new(Client::new(transport.clone(), backoff));
         let raft = Raft::new(
             id,
@@ -333,6 +336,7 @@ impl Consensus {
 
         let may_campaign = Arc::new(AtomicBool::new(role == VoterRole::Head));
         let frozen = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
         let server = tokio::spawn(server::serve(
             listener,
             transport.clone(),
@@ -342,6 +346,7 @@ impl Consensus {
                 client: client.clone(),
                 may_campaign: may_campaign.clone(),
                 frozen: frozen.clone(),
+                started,
             },
         ));
         // The same endpoint on this node's other networks.
@@ -366,6 +371,7 @@ impl Consensus {
                         client: client.clone(),
                         may_campaign: may_campaign.clone(),
                         frozen: frozen.clone(),
+                        started,
                     },
                 )));
             }
@@ -383,6 +389,7 @@ impl Consensus {
                 window,
                 Duration::from_millis(timing.heartbeat_ms),
                 Duration::from_millis(timing.election_min_ms),
+                started,
             )));
         }
         tracing::info!(
@@ -410,6 +417,7 @@ impl Consensus {
             quorum_ack,
             may_campaign,
             frozen,
+            started,
             lease: params.timing.lease,
             tasks,
         })
@@ -535,7 +543,7 @@ impl Consensus {
             return Ok(false);
         }
         let ttl = Duration::from_millis(self.timing.election_min_ms);
-        if !election::pre_vote(&self.raft, &self.client, self.id, ttl).await {
+        if !election::pre_vote(&self.raft, &self.client, self.id, ttl, self.started).await {
             return Ok(false);
         }
         self.raft
@@ -593,18 +601,19 @@ impl Consensus {
     }
 
     /// How long since this node last heard from a leader (its vote was last
-    /// refreshed); `None` while it is the leader itself. `Some(MAX)` when it
-    /// never heard from one.
+    /// refreshed); `None` while it is the leader itself. Since the start of
+    /// this node when it never heard from one.
     pub async fn leader_silence(&self) -> Option<Duration> {
+        let started = self.started;
         self.raft
-            .with_raft_state(|st| {
+            .with_raft_state(move |st| {
                 if st.server_state == ServerState::Leader {
                     None
                 } else {
                     Some(
                         st.vote_last_modified()
                             .map(|t| t.elapsed())
-                            .unwrap_or(Duration::MAX),
+                            .unwrap_or_else(|| started.elapsed()),
                     )
                 }
             })
@@ -883,7 +892,7 @@ address = { private = "10.0.1.1" }
             vec!["192.168.1.11:7947".parse().expect("addr")]
         );
         assert!(p.voters[2].alt_addrs.is_empty());
-        assert_eq!(p.data_dir, config.paths.state_dir.join("raft"));
+        assert_eq!(p.data_dir, config.paths.state_dir.join("raft/head2"));
         assert!(validate(&p).is_ok());
         let heads = head_order(&p.voters);
         assert_eq!(heads[0].name, "head1");

@@ -33,9 +33,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use openraft::raft::AppendEntriesRequest;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use openraft::{LogId, RaftLogReader, ServerState};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -77,14 +77,14 @@ const RELAY_MAX_ENTRIES: u64 = 64;
 pub async fn answer_pre_vote(ctx: &ServerCtx, req: &PreVoteRequest) -> PreVoteResponse {
     let raft = &ctx.raft;
     let lease = Duration::from_millis(raft.config().election_timeout_max);
-    let Ok((state, term, committed, silent)) = raft
-        .with_raft_state(|st| {
+    let started = ctx.started;
+    let Ok((state, term, recent)) = raft
+        .with_raft_state(move |st| {
             let vote = st.vote_ref();
             (
                 st.server_state,
                 vote.leader_id().term,
-                vote.is_committed(),
-                st.vote_last_modified().map(|t| t.elapsed()),
+                heard_recently(st, started, lease),
             )
         })
         .await
@@ -95,8 +95,11 @@ pub async fn answer_pre_vote(ctx: &ServerCtx, req: &PreVoteRequest) -> PreVoteRe
         };
     };
     let my_last = raft.data_metrics().borrow().last_log;
-    let leader_alive =
-        state == ServerState::Leader || (committed && silent.is_some_and(|s| s <= lease));
+    let committed = raft
+        .with_raft_state(|st| st.vote_ref().is_committed())
+        .await
+        .unwrap_or(false);
+    let leader_alive = state == ServerState::Leader || recent;
     let log_ok = req.last_log_id >= my_last;
     let granted = !leader_alive && log_ok;
     tracing::debug!(
@@ -121,8 +124,8 @@ pub async fn answer_pre_vote(ctx: &ServerCtx, req: &PreVoteRequest) -> PreVoteRe
 /// committed index, our log is a prefix of that leader's log (the leader
 /// only commits what it has, and log matching holds up to the point the
 /// leader checked), so the request is one the leader itself could have
-/// sent; the target checks `prev_log_id` as usual. Only done when `from` is
-/// in our log (the target's log is not divergent). Entries beyond our
+/// sent; the target checks `prev_log_id` as usual, and a divergent target
+/// is walked back to the last entry it shares with us. Entries beyond our
 /// committed index are never relayed: a follower can hold a stale suffix
 /// of an older term behind a newer vote.
 async fn relay_log(ctx: &ServerCtx, target: NodeId, from: Option<LogId<NodeId>>) {
@@ -136,13 +139,6 @@ async fn relay_log(ctx: &ServerCtx, target: NodeId, from: Option<LogId<NodeId>>)
     if !vote.is_committed() {
         return;
     }
-    let mut log = ctx.log.clone();
-    if let Some(prev) = from {
-        match log.try_get_log_entries(prev.index..=prev.index).await {
-            Ok(e) if e.first().map(|e| e.log_id) == Some(prev) => {}
-            _ => return,
-        }
-    }
     // Only the committed prefix: entries beyond it may be a stale suffix
     // from an older term that the leader of our vote never sent (a follower
     // adopts a vote from a heartbeat without its log being checked beyond
@@ -150,56 +146,112 @@ async fn relay_log(ctx: &ServerCtx, target: NodeId, from: Option<LogId<NodeId>>)
     let Some(committed_id) = committed else {
         return;
     };
-    let start = from.map_or(0, |l| l.index.saturating_add(1));
-    let end = start
-        .saturating_add(RELAY_MAX_ENTRIES)
-        .min(committed_id.index.saturating_add(1));
-    if start >= end {
-        return;
+    let mut log = ctx.log.clone();
+    // Start right after the candidate's last entry when it is ours. When it
+    // is not (the candidate holds an uncommitted suffix of an older term,
+    // e.g. appended while it led alone behind a partition), start from our
+    // committed entry at that index and step back until the candidate's
+    // log matches: its conflicting suffix is then replaced, as the leader
+    // of our vote would have done.
+    let mut prev_idx = from.map(|f| f.index.min(committed_id.index));
+    let mut step = 1u64;
+    for _ in 0..8 {
+        let prev_log_id = match prev_idx {
+            None => None,
+            Some(i) => match log.try_get_log_entries(i..=i).await {
+                Ok(e) if !e.is_empty() => e.first().map(|e| e.log_id),
+                // Purged: a snapshot would be needed; the leader's own
+                // replication handles that case.
+                _ => return,
+            },
+        };
+        let start = prev_idx.map_or(0, |i| i.saturating_add(1));
+        let end = start
+            .saturating_add(RELAY_MAX_ENTRIES)
+            .min(committed_id.index.saturating_add(1));
+        let entries = if start < end {
+            match log.try_get_log_entries(start..end).await {
+                Ok(e) => e,
+                Err(_) => return,
+            }
+        } else {
+            Vec::new()
+        };
+        if entries.is_empty() && prev_log_id == from {
+            return;
+        }
+        let n = entries.len();
+        let req = AppendEntriesRequest {
+            vote,
+            prev_log_id,
+            entries,
+            leader_commit: committed,
+        };
+        let ttl = Duration::from_millis(ctx.raft.config().heartbeat_interval.max(1) * 4);
+        let res = ctx
+            .client
+            .call(target, None, &RpcRequest::AppendEntries(req), ttl, true)
+            .await;
+        let conflict = matches!(
+            res,
+            Ok(RpcResponse::AppendEntries(Ok(AppendEntriesResponse::Conflict)))
+        );
+        tracing::info!(
+            target,
+            entries = n,
+            prev = ?prev_log_id,
+            ok = res.is_ok() && !conflict,
+            "relayed log entries to a lagging head"
+        );
+        if !conflict {
+            return;
+        }
+        prev_idx = match prev_idx {
+            None | Some(0) => return,
+            Some(i) => i.checked_sub(step),
+        };
+        step = step.saturating_mul(4);
     }
-    let Ok(entries) = log.try_get_log_entries(start..end).await else {
-        return;
-    };
-    if entries.is_empty() {
-        return;
-    }
-    let n = entries.len();
-    let req = AppendEntriesRequest {
-        vote,
-        prev_log_id: from,
-        entries,
-        leader_commit: committed,
-    };
-    let ttl = Duration::from_millis(ctx.raft.config().heartbeat_interval.max(1) * 4);
-    let res = ctx
-        .client
-        .call(target, None, &RpcRequest::AppendEntries(req), ttl, true)
-        .await;
-    tracing::info!(
-        target,
-        entries = n,
-        ok = res.is_ok(),
-        "relayed log entries to a lagging head"
-    );
 }
 
 /// Whether this node would grant itself a pre-vote: the same test as
 /// [`answer_pre_vote`] applies to a candidate (its log is trivially
 /// up to date).
-async fn self_may_vote(raft: &HaRaft) -> bool {
+async fn self_may_vote(raft: &HaRaft, started: Instant) -> bool {
     let lease = Duration::from_millis(raft.config().election_timeout_max);
     raft.with_raft_state(move |st| {
-        let silent = st.vote_last_modified().map(|t| t.elapsed());
-        let leader_alive = st.server_state == ServerState::Leader
-            || (st.vote_ref().is_committed() && silent.is_some_and(|s| s <= lease));
+        let leader_alive =
+            st.server_state == ServerState::Leader || heard_recently(st, started, lease);
         !leader_alive
     })
     .await
     .unwrap_or(false)
 }
 
+/// Whether a leader may still hold its lease as far as this voter knows:
+/// it heard from one (a committed vote) within `lease`, or it started less
+/// than `lease` ago and has heard from none yet (a restarted voter gives
+/// the existing leader, possibly restored as leader from disk, time to
+/// reach it before it supports an election).
+fn heard_recently(
+    st: &openraft::RaftState<NodeId, crate::types::RaftNode, openraft::TokioInstant>,
+    started: Instant,
+    lease: Duration,
+) -> bool {
+    match st.vote_last_modified() {
+        Some(t) => st.vote_ref().is_committed() && t.elapsed() <= lease,
+        None => started.elapsed() <= lease,
+    }
+}
+
 /// Runs one pre-vote round; returns whether a majority granted it.
-pub async fn pre_vote(raft: &HaRaft, client: &Arc<Client>, me: NodeId, ttl: Duration) -> bool {
+pub async fn pre_vote(
+    raft: &HaRaft,
+    client: &Arc<Client>,
+    me: NodeId,
+    ttl: Duration,
+    started: Instant,
+) -> bool {
     let m = raft.metrics().borrow().clone();
     let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
     if !voters.contains(&me) {
@@ -222,7 +274,7 @@ pub async fn pre_vote(raft: &HaRaft, client: &Arc<Client>, me: NodeId, ttl: Dura
     // for longer than the lease since the last leader contact). Without
     // this, one other voter's grant would make a majority while the
     // current leader still holds its lease through a third node.
-    let mut granted = usize::from(self_may_vote(raft).await);
+    let mut granted = usize::from(self_may_vote(raft, started).await);
     let mut pending = voters.len() - 1;
     let majority = voters.len() / 2 + 1;
     // Decide as soon as the answers settle it: a hung voter (SIGSTOPped
@@ -255,6 +307,7 @@ pub async fn drive(
     window: (Duration, Duration),
     tick: Duration,
     rpc_ttl: Duration,
+    started: Instant,
 ) {
     let draw = |(lo, hi): (Duration, Duration)| {
         if hi > lo {
@@ -279,7 +332,7 @@ pub async fn drive(
         {
             Err(_) => return,     // Raft stopped.
             Ok(None) => continue, // Leader.
-            Ok(Some(s)) => s.unwrap_or(Duration::MAX),
+            Ok(Some(s)) => s.unwrap_or_else(|| started.elapsed()),
         };
         if !may_campaign.load(Ordering::SeqCst) {
             continue;
@@ -289,7 +342,7 @@ pub async fn drive(
         }
         last_attempt = Some(tokio::time::Instant::now());
         timeout = draw(window);
-        if !pre_vote(&raft, &client, me, rpc_ttl).await {
+        if !pre_vote(&raft, &client, me, rpc_ttl, started).await {
             continue;
         }
         tracing::info!(

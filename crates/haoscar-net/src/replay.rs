@@ -2,8 +2,9 @@
 //! of which `(boot, seq)` pairs were already accepted. Pure, no I/O.
 //!
 //! Like IPsec's anti-replay window: for the current boot of the sender the
-//! guard remembers the highest accepted seq and a 64-bit bitmap of the 64
-//! seqs ending at it (bit 0 = highest). A seq above the highest slides the
+//! guard remembers the highest accepted seq and a bitmap of the `width` seqs
+//! ending at it (64 by default; wider for senders whose messages travel on
+//! several connections at once). A seq above the highest slides the
 //! window; one inside the window is accepted once; one below it is
 //! `TooOld`. A lower boot id than the current one is an old incarnation's
 //! packet (`StaleBoot`); a higher one means the peer restarted and resets
@@ -31,34 +32,83 @@ pub enum Rejected {
     StaleBoot,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Window {
     boot: BootId,
     highest: u64,
-    /// Bit `i` set = `highest - i` accepted.
-    seen: u64,
+    /// Ring bitmap: bit `seq % width` set = `seq` accepted (for the `width`
+    /// seqs ending at `highest`).
+    seen: Vec<u64>,
+}
+
+impl Window {
+    fn bit(&self, seq: u64) -> (usize, u64) {
+        let width = self.seen.len() as u64 * 64;
+        let i = seq % width;
+        ((i / 64) as usize, 1u64 << (i % 64))
+    }
+
+    fn set(&mut self, seq: u64) {
+        let (w, m) = self.bit(seq);
+        self.seen[w] |= m;
+    }
+
+    fn clear(&mut self, seq: u64) {
+        let (w, m) = self.bit(seq);
+        self.seen[w] &= !m;
+    }
+
+    fn is_set(&self, seq: u64) -> bool {
+        let (w, m) = self.bit(seq);
+        self.seen[w] & m != 0
+    }
 }
 
 /// Anti-replay state for one sender on one channel.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayGuard {
     window: Option<Window>,
+    /// Window width in 64-bit words.
+    words: usize,
+}
+
+impl Default for ReplayGuard {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ReplayGuard {
-    /// An empty guard: accepts the first packet of any boot.
+    /// An empty guard with a [`WINDOW`]-wide window: accepts the first
+    /// packet of any boot.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_width(WINDOW)
+    }
+
+    /// An empty guard whose window is `width` sequence numbers (rounded up
+    /// to a multiple of 64). A sender whose messages travel on several
+    /// connections at once (the Raft transport) needs a wide window: its
+    /// sequence numbers arrive interleaved, far from sorted.
+    pub fn with_width(width: u64) -> Self {
+        ReplayGuard {
+            window: None,
+            words: width.div_ceil(64).max(1) as usize,
+        }
+    }
+
+    /// Width of the window, in sequence numbers.
+    pub fn width(&self) -> u64 {
+        self.words as u64 * 64
     }
 
     /// The sender incarnation currently tracked.
     pub fn current_boot(&self) -> Option<BootId> {
-        self.window.map(|w| w.boot)
+        self.window.as_ref().map(|w| w.boot)
     }
 
     /// Whether `(boot, seq)` would be accepted, without recording it.
     pub fn check(&self, boot: BootId, seq: u64) -> Result<(), Rejected> {
-        let Some(w) = self.window else {
+        let Some(w) = &self.window else {
             return Ok(());
         };
         if boot < w.boot {
@@ -67,10 +117,9 @@ impl ReplayGuard {
         if boot > w.boot || seq > w.highest {
             return Ok(());
         }
-        let back = w.highest - seq;
-        if back >= WINDOW {
+        if w.highest - seq >= self.width() {
             Err(Rejected::TooOld)
-        } else if w.seen & (1u64 << back) != 0 {
+        } else if w.is_set(seq) {
             Err(Rejected::Replayed)
         } else {
             Ok(())
@@ -80,30 +129,32 @@ impl ReplayGuard {
     /// Checks and, if new, records `(boot, seq)`.
     pub fn accept(&mut self, boot: BootId, seq: u64) -> Result<(), Rejected> {
         self.check(boot, seq)?;
-        self.window = Some(match self.window {
+        let width = self.width();
+        match &mut self.window {
             Some(w) if w.boot == boot => {
                 if seq > w.highest {
-                    let shift = seq - w.highest;
-                    let seen = if shift >= WINDOW { 0 } else { w.seen << shift };
-                    Window {
-                        boot,
-                        highest: seq,
-                        seen: seen | 1,
+                    if seq - w.highest >= width {
+                        w.seen.iter_mut().for_each(|b| *b = 0);
+                    } else {
+                        for s in w.highest + 1..seq {
+                            w.clear(s);
+                        }
                     }
-                } else {
-                    Window {
-                        seen: w.seen | (1u64 << (w.highest - seq)),
-                        ..w
-                    }
+                    w.highest = seq;
                 }
+                w.set(seq);
             }
             // First packet, or the sender restarted.
-            _ => Window {
-                boot,
-                highest: seq,
-                seen: 1,
-            },
-        });
+            _ => {
+                let mut w = Window {
+                    boot,
+                    highest: seq,
+                    seen: vec![0; self.words],
+                };
+                w.set(seq);
+                self.window = Some(w);
+            }
+        }
         Ok(())
     }
 }
@@ -218,14 +269,26 @@ mod tests {
         /// duplicate, and accepts every new seq within the window.
         #[test]
         fn matches_model(seqs in proptest::collection::vec(0u64..300, 1..200)) {
-            let mut g = ReplayGuard::new();
+            check_model(ReplayGuard::new(), seqs)?;
+        }
+
+        /// The same with a wide window (the Raft transport's).
+        #[test]
+        fn wide_window_matches_model(seqs in proptest::collection::vec(0u64..3000, 1..400)) {
+            check_model(ReplayGuard::with_width(1024), seqs)?;
+        }
+    }
+
+    fn check_model(mut g: ReplayGuard, seqs: Vec<u64>) -> Result<(), TestCaseError> {
+        {
+            let width = g.width();
             let mut seen = std::collections::BTreeSet::new();
             let mut highest: Option<u64> = None;
             for s in seqs {
                 let res = g.accept(b(1), s);
                 if seen.contains(&s) {
                     prop_assert!(res.is_err());
-                } else if highest.is_none_or(|h| s + WINDOW > h) {
+                } else if highest.is_none_or(|h| s + width > h) {
                     prop_assert_eq!(res, Ok(()));
                 } else {
                     prop_assert_eq!(res, Err(TooOld));
@@ -236,5 +299,6 @@ mod tests {
                 }
             }
         }
+        Ok(())
     }
 }

@@ -190,7 +190,8 @@ pub struct VipStatus {
     /// `address/prefix`.
     pub address: String,
     pub interface: String,
-    /// Whether this node holds it now (read from the kernel).
+    /// Whether this node holds it now (as its active-role loop last took
+    /// or released it).
     pub held_here: bool,
     /// The node that should hold it: the active head.
     pub holder: Option<String>,

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 pub enum BenchCommand {
     /// Failure-detection latency of a head (kill and isolation), idle CPU, heartbeat bytes/s.
     Detect(DetectArgs),
+    /// Client-seen outage of node-loss failovers and switchovers, dual VIP holders, idle CPU; optionally against keepalived.
+    Failover(crate::bench_failover::FailoverArgs),
     /// Node-set parsing, expansion and folding speed (no root needed).
     Nodeset {
         /// Repetitions of each measurement (the fastest is reported).
@@ -44,13 +46,13 @@ pub struct DetectArgs {
 }
 
 #[derive(Debug, Serialize)]
-struct Summary {
-    runs: usize,
-    p50_ms: f64,
-    p90_ms: f64,
-    max_ms: f64,
-    mean_ms: f64,
-    samples_ms: Vec<f64>,
+pub(crate) struct Summary {
+    pub runs: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+    pub samples_ms: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,7 +74,7 @@ struct DetectReport {
     wire_bytes_per_s_per_peer_channel: f64,
 }
 
-fn summarize(mut samples: Vec<f64>) -> Summary {
+pub(crate) fn summarize(mut samples: Vec<f64>) -> Summary {
     samples.sort_by(f64::total_cmp);
     let n = samples.len();
     let rank = |q: f64| -> f64 {
@@ -103,6 +105,11 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             crate::labwatch::require_root("haoscar bench detect")?;
             crate::labwatch::install_interrupt_handler()?;
             detect(args)
+        }
+        BenchCommand::Failover(args) => {
+            crate::labwatch::require_root("haoscar bench failover")?;
+            crate::labwatch::install_interrupt_handler()?;
+            crate::bench_failover::run(args)
         }
         BenchCommand::Nodeset { runs } => nodeset(runs.max(1)),
     }
@@ -160,7 +167,7 @@ fn nodeset(runs: usize) -> Result<ExitCode> {
 }
 
 /// Removes the benchmark lab however the benchmark ends.
-struct Teardown(String);
+pub(crate) struct Teardown(pub String);
 
 impl Drop for Teardown {
     fn drop(&mut self) {
@@ -178,7 +185,7 @@ fn all_up(s: &Status) -> bool {
 }
 
 /// CPU time (user + system) of a process, from /proc.
-fn cpu_time(pid: i32) -> Result<Duration> {
+pub(crate) fn cpu_time(pid: i32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     let after_comm = stat

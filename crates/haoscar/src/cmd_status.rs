@@ -164,8 +164,10 @@ pub fn render(s: &Status) -> String {
         None => {
             let _ = writeln!(
                 o,
-                "active head: {} (as reported by the heads)",
-                s.active.as_deref().unwrap_or("unknown")
+                "active head: {}",
+                s.active
+                    .as_deref()
+                    .unwrap_or("not known here (a compute node takes no part in elections; ask a head)")
             );
         }
     }

@@ -1,17 +1,38 @@
 //! `haoscar demo`: the first README command. Builds a real cluster in network
 //! namespaces (two heads, a witness, two compute nodes, a client), starts
 //! the agents, shows `status`, then injects failures and shows, timed, what
-//! the cluster noticed: a cut network (channel down, peer stays up), forged
-//! heartbeats from the client (dropped and counted), and a SIGKILLed head
-//! agent (peer down, then restarted). Cleans up on exit, error and Ctrl-C.
+//! the cluster did: a cut network (channel down, nothing moves), forged
+//! heartbeats from the client (dropped and counted), the active head's
+//! node lost (failover of the VIP), the active agent SIGKILLed (failover),
+//! and a planned switchover; each with the outage a client saw on the VIP
+//! and a check that no two nodes ever held it. Cleans up on exit, error and
+//! Ctrl-C.
 
 use crate::cmd_status::render;
 use crate::labwatch::{channel_state, peer_state, LabWatch as Demo};
 use anyhow::{Context, Result};
+use haoscar_lab::probe::{ClientProbe, NameService, VipSampler};
 use haoscar_lab::{Channel, Lab, LabSpec};
 use haoscar_types::api::Liveness;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+/// Probe period of the VIP sampler and the client.
+const TICK: Duration = Duration::from_millis(10);
+/// Port of the demo's TCP service on the heads.
+const PORT: u16 = 8080;
+
+/// Waits until `to` answers the client after `t`; the longest gap (ms).
+fn outage(client: &ClientProbe, to: &str, t: Instant, limit: Duration) -> Result<f64> {
+    let answered = client
+        .wait_answer(to, t, limit)
+        .with_context(|| format!("{to} never answered on the VIP"))?;
+    std::thread::sleep(Duration::from_millis(30));
+    let o = client
+        .longest_outage(t, answered)
+        .context("no answer around the event")?;
+    Ok(o.duration().as_secs_f64() * 1000.0)
+}
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -243,36 +264,95 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
         peer_state(&s, "head2").map(Liveness::as_str).unwrap_or("?")
     );
 
-    step(5, "SIGKILL head2's agent (its kernel and network stay up)");
-    demo.lab.set_supervision("head2", false)?;
-    let killed_at = Instant::now();
-    let pid = demo.lab.fault_kill("head2", false)?;
-    let (_, took) = demo.wait("head1", "head2 down", dead_after * 10, |s| {
-        peer_state(s, "head2") == Some(Liveness::Down)
-    })?;
-    println!(
-        "killed pid {pid}; head1 declared head2 DOWN (silent on every channel) {} ms after the kill (dead_after {} ms)",
-        took.as_millis(),
-        dead_after.as_millis()
+    // The failover part: a client probes a TCP service on the VIP every
+    // 10 ms, and every node's kernel is asked every 10 ms whether it holds it.
+    let vip = std::net::IpAddr::V4(demo.lab.spec().vip());
+    let sampler = VipSampler::start(&demo.lab, &["head1", "head2", "witness1"], vip, TICK)?;
+    let _service = NameService::start(&demo.lab, &["head1", "head2"], PORT)?;
+    let client = ClientProbe::start(
+        &demo.lab,
+        "client",
+        std::net::SocketAddr::new(vip, PORT),
+        TICK,
+        Duration::from_millis(50),
+    )?;
+    let mut results: Vec<(String, f64)> = Vec::new();
+    let limit = Duration::from_secs(30);
+
+    step(
+        5,
+        "head1 is the active head: it holds the virtual IP, a client uses it",
     );
-    demo.wait("witness1", "head2 down", dead_after * 10, |s| {
-        peer_state(s, "head2") == Some(Liveness::Down)
-    })?;
+    client
+        .wait_answer("head1", Instant::now(), limit)
+        .context("the client never reached head1 through the VIP")?;
     println!(
-        "witness1 agrees {} ms after the kill",
-        killed_at.elapsed().as_millis()
+        "public-ip {vip} is held by {:?}; the client's TCP service answers from head1",
+        sampler.holders_now()
     );
-    println!("(moving the virtual IP public-ip to head1 is the failover capability, not part of this version)");
 
     step(
         6,
-        "the supervisor restarts head2's agent: back up, as a new incarnation",
+        "node loss: both of head1's cables pulled (nftables drops everything)",
     );
-    demo.lab.set_supervision("head2", true)?;
-    let (s, took) = demo.wait("head1", "head2 up again", Duration::from_secs(30), |s| {
-        peer_state(s, "head2") == Some(Liveness::Up)
+    let t = Instant::now();
+    demo.lab.fault_isolate("head1")?;
+    let ms = outage(&client, "head2", t, limit)?;
+    println!(
+        "head1 lost its quorum and dropped the VIP; head2 was elected and took it over: the client saw {ms:.0} ms without an answer"
+    );
+    results.push(("node loss (head1 isolated)".into(), ms));
+    demo.lab.fault_heal()?;
+    demo.wait("head1", "head1 back as standby", limit, |s| {
+        s.failover
+            .as_ref()
+            .is_some_and(|f| f.this_node == "standby" && f.active.as_deref() == Some("head2"))
     })?;
-    println!("head2 is up again after {:.2}s\n", took.as_secs_f64());
+    println!("cables back: head1 rejoined as the standby (auto_failback is off: nothing moves back)");
+
+    step(7, "SIGKILL the active head's agent (head2; its kernel stays up)");
+    demo.lab.set_supervision("head2", false)?;
+    let t = Instant::now();
+    let pid = demo.lab.fault_kill("head2", false)?;
+    let ms = outage(&client, "head1", t, limit)?;
+    println!(
+        "killed pid {pid}: its guard process removed the VIP at once, head1 took over: {ms:.0} ms without an answer"
+    );
+    results.push(("active agent SIGKILLed".into(), ms));
+    demo.lab.set_supervision("head2", true)?;
+    demo.wait("head2", "head2 back as standby", limit, |s| {
+        s.failover
+            .as_ref()
+            .is_some_and(|f| f.this_node == "standby" && f.active.as_deref() == Some("head1"))
+    })?;
+    println!("the supervisor restarted head2's agent: it is the standby now");
+
+    step(8, "planned switchover back to head2 (`haoscar switchover`)");
+    std::thread::sleep(Duration::from_millis(1000));
+    let t = Instant::now();
+    let out = demo.lab.exec_output(
+        "head1",
+        &["haoscar".into(), "switchover".into(), "--to".into(), "head2".into()],
+    )?;
+    print!("$ haoscar switchover --to head2\n{}", String::from_utf8_lossy(&out.stdout));
+    let ms = outage(&client, "head2", t, limit)?;
+    results.push(("switchover".into(), ms));
+
+    step(9, "what every node agrees on");
+    let s = demo.status("witness1")?;
     print!("{}", render(&s));
+    let dual = sampler.dual_holders();
+    println!("\nmeasured (client-seen outage on the VIP, probes every 10 ms):");
+    for (what, ms) in &results {
+        println!("  {what:<30} {ms:>6.0} ms");
+    }
+    println!(
+        "  samples with two VIP holders: {} (of {} kernel samples)",
+        dual.len(),
+        sampler.samples()
+    );
+    if !dual.is_empty() {
+        anyhow::bail!("two nodes held the VIP at once: {dual:?}");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -26,8 +26,12 @@ use tokio::sync::{mpsc, watch};
 /// guard are gone. Renewed every [`VIP_RENEW`].
 pub const VIP_LIFETIME: Duration = Duration::from_secs(2);
 const VIP_RENEW: Duration = Duration::from_millis(500);
-/// How long a switchover may take before the active head gives up.
-const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a switchover may take before the active head gives up: long
+/// enough to wait out a vote floor (a leader elected less than one vote
+/// floor ago cannot hand over yet) and then some.
+fn hand_over_timeout(vote_floor: Duration) -> Duration {
+    (vote_floor * 2 + Duration::from_secs(1)).max(Duration::from_secs(3))
+}
 
 /// What the rest of the agent needs from the head loop (read by `status`).
 #[derive(Debug, Default, Clone)]
@@ -45,6 +49,9 @@ pub struct Failover {
     role: Role,
     vips: Vec<(String, VipSpec)>,
     view: Mutex<RoleView>,
+    /// The operator asked, on this head, to take it out of standby while
+    /// no leader could commit that: it may campaign meanwhile.
+    leave_standby: std::sync::atomic::AtomicBool,
 }
 
 impl Failover {
@@ -76,6 +83,7 @@ impl Failover {
             role,
             vips,
             view: Mutex::new(RoleView::default()),
+            leave_standby: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -149,8 +157,16 @@ impl Failover {
     /// `haoscar switchover`: asks the active head (through the replicated
     /// state) to hand over, and waits until another head is active.
     pub async fn switchover(&self, to: Option<String>, by: &str) -> Result<String, (u16, String)> {
-        let before = self.consensus.state();
-        let Some(old) = before.active.clone() else {
+        // A follower learns the active head with the next heartbeat.
+        let mut old = None;
+        let wait = Instant::now() + Duration::from_secs(2);
+        while old.is_none() && Instant::now() < wait {
+            old = self.consensus.with_state(|s| s.active.clone());
+            if old.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let Some(old) = old else {
             return Err((409, "no head is active: nothing to switch over".into()));
         };
         if let Some(t) = &to {
@@ -167,7 +183,8 @@ impl Failover {
             })
             .await
             .map_err(|e| (503, format!("cannot reach the active head: {e}")))?;
-        let deadline = Instant::now() + HAND_OVER_TIMEOUT + Duration::from_secs(2);
+        let floor = Duration::from_millis(self.consensus.timing().vote_floor_ms);
+        let deadline = Instant::now() + hand_over_timeout(floor) + Duration::from_secs(2);
         let mut seen = false;
         loop {
             let st = self.consensus.state();
@@ -194,15 +211,53 @@ impl Failover {
         }
     }
 
-    /// `haoscar standby NODE on|off`.
+    /// Whether this head may campaign: not in maintenance, or asked here to
+    /// leave it.
+    pub fn may_lead(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let in_maint = self.consensus.with_state(|s| s.in_maintenance(&self.node));
+        if !in_maint {
+            self.leave_standby.store(false, Ordering::SeqCst);
+        }
+        !in_maint || self.leave_standby.load(Ordering::SeqCst)
+    }
+
+    /// `haoscar standby NODE on|off`. Taking this very head out of standby
+    /// works without a leader too (every head in standby, the active one
+    /// gone): it campaigns, and commits the change once elected.
     pub async fn standby(&self, node: &str, on: bool) -> Result<String, (u16, String)> {
-        self.consensus
-            .propose(Command::SetMaintenance {
-                node: node.to_string(),
-                on,
-            })
-            .await
-            .map_err(|e| (503, format!("cannot commit the change: {e}")))?;
+        use std::sync::atomic::Ordering;
+        let here = node == self.node && !on && self.role == Role::Head;
+        if here {
+            self.leave_standby.store(true, Ordering::SeqCst);
+        }
+        let give_up = Instant::now() + Duration::from_secs(if here { 10 } else { 0 });
+        loop {
+            let res = self
+                .consensus
+                .propose(Command::SetMaintenance {
+                    node: node.to_string(),
+                    on,
+                })
+                .await;
+            match res {
+                Ok(_) => break,
+                Err(_) if Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    if here {
+                        self.leave_standby.store(false, Ordering::SeqCst);
+                    }
+                    let hint = if !on && node != self.node {
+                        format!(" (with no active head, run `haoscar standby {node} off` on {node} itself)")
+                    } else {
+                        String::new()
+                    };
+                    return Err((503, format!("cannot commit the change: {e}{hint}")));
+                }
+            }
+        }
         Ok(if on {
             format!("{node} is in standby (maintenance) mode: it will not be made active")
         } else {
@@ -619,7 +674,21 @@ impl Shell {
 
     async fn give_up(&mut self, id: u64, why: &str) {
         tracing::warn!("{why}");
-        self.record("switchover_failed", None, why.to_string());
+        // Committed before the request is settled, so the operator who
+        // waits for it reads the reason.
+        let _ = self
+            .fo()
+            .consensus
+            .propose(Command::RecordEvent {
+                event: make_event(
+                    rand::random::<u32>() as u64,
+                    &self.ctx.node,
+                    "switchover_failed",
+                    None,
+                    why.to_string(),
+                ),
+            })
+            .await;
         let _ = self
             .fo()
             .consensus
@@ -650,7 +719,7 @@ impl Shell {
         let res = self
             .fo()
             .consensus
-            .hand_over(target, HAND_OVER_TIMEOUT)
+            .hand_over(target, hand_over_timeout(self.vote_floor))
             .await;
         match res {
             Ok(()) => {
@@ -781,8 +850,7 @@ pub async fn head_loop(ctx: HeadCtx, mut stop: watch::Receiver<bool>) -> Result<
             _ = raft_metrics.changed() => {}
         }
         let m = consensus.metrics();
-        let me = sh.ctx.node.clone();
-        consensus.set_may_campaign(!consensus.with_state(|s| s.in_maintenance(&me)));
+        consensus.set_may_campaign(sh.fo().may_lead());
         // A new leader confirms its lease at once; then every heartbeat.
         let fresh = m.is_leader && !was_leader;
         was_leader = m.is_leader;

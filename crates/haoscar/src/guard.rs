@@ -13,9 +13,9 @@
 //! * end of file: the agent is gone; remove everything now and exit.
 //!
 //! While nothing is held (at start, after `release`, after a deadline), the
-//! guard also removes any HA-OSCAR address that *appears*: an agent that
-//! resumes after a SIGSTOP and re-adds a VIP before noticing that its lease
-//! ran out is corrected at once. The guard answers `ready` on stdout once
+//! guard also removes any HA-OSCAR address that *appears* (20 ms later,
+//! unless a `hold` arrived meanwhile): an agent that resumes after a SIGSTOP
+//! and re-adds a VIP before noticing that its lease ran out is corrected. The guard answers `ready` on stdout once
 //! its netlink sockets are open.
 
 use anyhow::{Context, Result};
@@ -24,6 +24,9 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
+
+/// Grace before removing a VIP that appeared while nothing is held.
+const RECHECK: Duration = Duration::from_millis(20);
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds.
 pub fn mono_now_ns() -> u64 {
@@ -169,9 +172,14 @@ async fn guard_main() -> Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     // Deadline on CLOCK_MONOTONIC (ns) while the agent holds the VIPs.
     let mut until: Option<u64> = None;
+    // A VIP appeared while nothing was held: removed at this time unless a
+    // `hold` arrives first (the agent arms the guard before it adds a VIP,
+    // but the pipe and the netlink notification may be read in either order).
+    let mut recheck: Option<tokio::time::Instant> = None;
     loop {
         let wait = until.map(|u| Duration::from_nanos(u.saturating_sub(mono_now_ns())));
         tokio::select! {
+            biased;
             line = lines.next_line() => match line {
                 Ok(Some(l)) => {
                     let l = l.trim();
@@ -197,12 +205,15 @@ async fn guard_main() -> Result<()> {
                 until = None;
                 tear_down(&vips, "the agent's lease deadline passed without renewal").await;
             }
+            _ = sleep_until_opt(recheck) => {
+                recheck = None;
+                if until.is_none() {
+                    tear_down(&vips, "added while nothing is held").await;
+                }
+            }
             ev = watch.recv() => match ev {
                 Some(AddressEvent::Added(a)) if a.ours && until.is_none() => {
-                    if let Some(spec) = spec_of(&a) {
-                        let _ = vips.release(&spec).await;
-                        tracing::warn!(vip = %spec, "guard removed a VIP added while nothing is held");
-                    }
+                    recheck.get_or_insert(tokio::time::Instant::now() + RECHECK);
                 }
                 Some(AddressEvent::Lost { .. }) if until.is_none() => {
                     tear_down(&vips, "address notifications lost while nothing is held").await;
@@ -211,6 +222,13 @@ async fn guard_main() -> Result<()> {
                 None => return Ok(()),
             },
         }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

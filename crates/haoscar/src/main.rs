@@ -4,6 +4,7 @@
 
 mod agent;
 mod bench;
+mod bench_failover;
 mod cmd_config;
 mod cmd_keygen;
 mod cmd_nodeset;

@@ -189,6 +189,7 @@ impl Cluster {
 name = "{name}"
 secret_file = "{key}"
 timing = "fast"
+consensus_port = {p3}
 [api]
 listen = "off"
 socket_dir = "{dir}/run"
@@ -220,6 +221,7 @@ address = {{ private = "127.0.10.3" }}
             dir = dir.display(),
             p1 = base_port,
             p2 = base_port + 1,
+            p3 = base_port + 2,
         );
         let cfg = dir.join("cluster.toml");
         std::fs::write(&cfg, config).expect("write config");

@@ -70,6 +70,11 @@ const FLAG_MORE: u8 = 1;
 const FLAG_RESPONSE: u8 = 2;
 const CHUNK_LEN: usize = MAX_BODY_LEN - 1;
 const WARN_EVERY: Duration = Duration::from_secs(5);
+/// Replay window per sender, in frames. A sender's frames travel on several
+/// pooled connections at once (replication, heartbeats, lease rounds,
+/// pre-votes), so they arrive far from sorted: after a partition heals,
+/// frames queued for seconds may arrive behind thousands of newer ones.
+const REPLAY_WINDOW: u64 = 1 << 16;
 
 /// An RPC request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -432,7 +437,7 @@ impl Transport {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .entry(env.from.clone())
-                .or_default()
+                .or_insert_with(|| ReplayGuard::with_width(REPLAY_WINDOW))
                 .accept(env.boot, env.seq)
                 .map_err(|why| FrameError::Replay {
                     from: env.from.clone(),

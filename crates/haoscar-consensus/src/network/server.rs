@@ -35,6 +35,8 @@ pub struct ServerCtx {
     pub may_campaign: Arc<AtomicBool>,
     /// Set while this leader hands over: forwarded proposals are refused.
     pub frozen: Arc<AtomicBool>,
+    /// When this consensus node started.
+    pub started: std::time::Instant,
 }
 
 /// Accepts connections until the task is aborted (which also aborts every

@@ -58,7 +58,8 @@ pub struct ClusterSection {
     #[serde(with = "crate::duration::serde_text")]
     pub failback_after: Duration,
     /// TCP port of the consensus (Raft) endpoint of heads and witnesses, on
-    /// their address on the first channel they are attached to.
+    /// their address on every channel they are attached to (the first
+    /// channel's is the primary).
     pub consensus_port: u16,
     pub timing: Timing,
 }
