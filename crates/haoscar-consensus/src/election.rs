@@ -118,16 +118,13 @@ pub async fn answer_pre_vote(ctx: &ServerCtx, req: &PreVoteRequest) -> PreVoteRe
     PreVoteResponse { granted, term }
 }
 
-/// Sends the committed entries after `from` from this node's log to
-/// `target`, as an AppendEntries of the leader this node last followed (its
-/// committed vote). Only the committed prefix is relayed: up to our
-/// committed index, our log is a prefix of that leader's log (the leader
-/// only commits what it has, and log matching holds up to the point the
-/// leader checked), so the request is one the leader itself could have
-/// sent; the target checks `prev_log_id` as usual, and a divergent target
-/// is walked back to the last entry it shares with us. Entries beyond our
-/// committed index are never relayed: a follower can hold a stale suffix
-/// of an older term behind a newer vote.
+/// Sends the entries after `from` from this node's log to `target`, as an
+/// AppendEntries of the leader this node last followed (its committed
+/// vote): only entries that leader itself sent us (see the comment inside),
+/// so the request is one the leader itself could have sent; the target
+/// checks `prev_log_id` as usual, and a divergent target is walked back to
+/// the last entry it shares with us. A stale suffix of an older term behind
+/// a newer vote is never relayed.
 async fn relay_log(ctx: &ServerCtx, target: NodeId, from: Option<LogId<NodeId>>) {
     let Ok((vote, committed)) = ctx
         .raft
@@ -136,16 +133,25 @@ async fn relay_log(ctx: &ServerCtx, target: NodeId, from: Option<LogId<NodeId>>)
     else {
         return;
     };
+    let last = ctx.raft.data_metrics().borrow().last_log;
     if !vote.is_committed() {
         return;
     }
-    // Only the committed prefix: entries beyond it may be a stale suffix
-    // from an older term that the leader of our vote never sent (a follower
-    // adopts a vote from a heartbeat without its log being checked beyond
+    // What may be relayed: entries the leader of our vote itself sent us.
+    // When our last entry is of that leader's term, our whole log is a
+    // prefix of that leader's log (log matching), committed or not (the
+    // leader may have committed entries we do not know to be committed;
+    // without them a head could never win our vote). Otherwise only the
+    // committed prefix: entries beyond it may be a stale suffix from an
+    // older term that the leader of our vote never sent (a follower adopts
+    // a vote from a heartbeat without its log being checked beyond
     // prev_log_id), and relaying them could overwrite committed entries.
-    let Some(committed_id) = committed else {
-        return;
+    let upto = match (last, committed) {
+        (Some(l), _) if l.leader_id == *vote.leader_id() => l,
+        (_, Some(c)) => c,
+        _ => return,
     };
+    let committed_id = upto;
     let mut log = ctx.log.clone();
     // Start right after the candidate's last entry when it is ours. When it
     // is not (the candidate holds an uncommitted suffix of an older term,
@@ -194,7 +200,9 @@ async fn relay_log(ctx: &ServerCtx, target: NodeId, from: Option<LogId<NodeId>>)
             .await;
         let conflict = matches!(
             res,
-            Ok(RpcResponse::AppendEntries(Ok(AppendEntriesResponse::Conflict)))
+            Ok(RpcResponse::AppendEntries(Ok(
+                AppendEntriesResponse::Conflict
+            )))
         );
         tracing::info!(
             target,

@@ -690,3 +690,76 @@ async fn lease_confirmation_and_hand_over() {
     c.check_safety();
     c.shutdown().await;
 }
+
+/// A leader cut off from everyone keeps appending entries it can never
+/// commit; meanwhile the others elect h2 and commit more. If h2 is then cut
+/// off and h1 returns, h1's log ends in an uncommitted suffix of its old
+/// term that the witness does not have: the witness must walk h1 back to
+/// the entries they share (relay with backtracking) so that h1 can be
+/// elected. Without it h1's pre-votes fail forever (no leader at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divergent_head_is_walked_back_and_elected() {
+    common::init_tracing();
+    let (mut c, listeners) = Cluster::new("diverge").await;
+    c.start_all(listeners, &[0, 1, 2]).await;
+    assert_eq!(c.wait_leader().await, "h1");
+    // h1 alone: it appends, nothing commits.
+    c.node(0).set_blocked_peers(&["h2", "w1"]);
+    c.node(1).set_blocked_peers(&["h1"]);
+    c.node(2).set_blocked_peers(&["h1"]);
+    for i in 0..3 {
+        let r = tokio::time::timeout(
+            Duration::from_millis(100),
+            c.node(0).propose(Command::RecordEvent {
+                event: event(100 + i, "uncommitted on the isolated leader"),
+            }),
+        )
+        .await;
+        assert!(r.is_err() || r.is_ok_and(|r| r.is_err()), "committed alone");
+    }
+    // h2 is elected through the witness and commits more.
+    let t0 = Instant::now();
+    while !c.node(1).metrics().is_leader {
+        assert!(t0.elapsed() < DEADLINE, "h2 not elected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..3 {
+        c.node(1)
+            .propose(Command::RecordEvent {
+                event: event(200 + i, "committed by h2"),
+            })
+            .await
+            .expect("commit on h2");
+    }
+    // Now h2 is cut off and h1 comes back (to the witness only).
+    c.node(1).set_blocked_peers(&["h1", "w1"]);
+    c.node(2).set_blocked_peers(&["h2"]);
+    c.node(0).set_blocked_peers(&["h2"]);
+    let t0 = Instant::now();
+    loop {
+        let m = c.node(0).metrics();
+        if m.is_leader && c.node(2).metrics().leader.as_deref() == Some("h1") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "h1 was never elected after returning: {m:?} / {:?}",
+            c.node(2).metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // h1's log now holds h2's committed entries, not its own stale ones.
+    let ids: Vec<u64> = loop {
+        let ids: Vec<u64> = c.node(0).state().events.iter().map(|e| e.id).collect();
+        if ids.len() >= 3 || t0.elapsed() > DEADLINE {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(ids, vec![200, 201, 202]);
+    for i in 0..3 {
+        c.node(i).set_blocked_peers(&[]);
+    }
+    c.check_safety();
+    c.shutdown().await;
+}

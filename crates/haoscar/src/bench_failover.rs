@@ -177,7 +177,9 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
     std::thread::sleep(Duration::from_secs(args.idle_secs.max(1)));
     check_interrupt()?;
     let cpu = (cpu_time(pid)? - c0).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
-    say(format!("idle: active agent on {active}: {cpu:.2}% of one core"));
+    say(format!(
+        "idle: active agent on {active}: {cpu:.2}% of one core"
+    ));
 
     let mut loss = Vec::new();
     for run in 0..args.runs {
@@ -209,7 +211,12 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
         let t = Instant::now();
         let out = w.lab.exec_output(
             &from,
-            &["haoscar".into(), "switchover".into(), "--to".into(), to.into()],
+            &[
+                "haoscar".into(),
+                "switchover".into(),
+                "--to".into(),
+                to.into(),
+            ],
         )?;
         if !out.status.success() {
             bail!(

@@ -165,9 +165,9 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(
                 o,
                 "active head: {}",
-                s.active
-                    .as_deref()
-                    .unwrap_or("not known here (a compute node takes no part in elections; ask a head)")
+                s.active.as_deref().unwrap_or(
+                    "not known here (a compute node takes no part in elections; ask a head)"
+                )
             );
         }
     }

@@ -308,9 +308,14 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
             .as_ref()
             .is_some_and(|f| f.this_node == "standby" && f.active.as_deref() == Some("head2"))
     })?;
-    println!("cables back: head1 rejoined as the standby (auto_failback is off: nothing moves back)");
+    println!(
+        "cables back: head1 rejoined as the standby (auto_failback is off: nothing moves back)"
+    );
 
-    step(7, "SIGKILL the active head's agent (head2; its kernel stays up)");
+    step(
+        7,
+        "SIGKILL the active head's agent (head2; its kernel stays up)",
+    );
     demo.lab.set_supervision("head2", false)?;
     let t = Instant::now();
     let pid = demo.lab.fault_kill("head2", false)?;
@@ -332,9 +337,17 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
     let t = Instant::now();
     let out = demo.lab.exec_output(
         "head1",
-        &["haoscar".into(), "switchover".into(), "--to".into(), "head2".into()],
+        &[
+            "haoscar".into(),
+            "switchover".into(),
+            "--to".into(),
+            "head2".into(),
+        ],
     )?;
-    print!("$ haoscar switchover --to head2\n{}", String::from_utf8_lossy(&out.stdout));
+    print!(
+        "$ haoscar switchover --to head2\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let ms = outage(&client, "head2", t, limit)?;
     results.push(("switchover".into(), ms));
 

@@ -16,6 +16,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const PORT: u16 = 8080;
+
+/// The scenarios measure timing on a 2-core machine (one of them saturates
+/// every core on purpose): they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 const HEADS: [&str; 2] = ["head1", "head2"];
 const SAMPLE: Duration = Duration::from_millis(10);
 
@@ -168,11 +178,7 @@ impl Harness {
         let before = self.sampler.holdings().len();
         let t0 = Instant::now();
         while t0.elapsed() < d {
-            assert_eq!(
-                self.sampler.holders_now(),
-                [node],
-                "{what}: the VIP moved"
-            );
+            assert_eq!(self.sampler.holders_now(), [node], "{what}: the VIP moved");
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(
@@ -224,6 +230,7 @@ fn sigkill_sigstop_and_restart_of_the_active_agent() {
     if !lab_tests_enabled("sigkill_sigstop_and_restart_of_the_active_agent") {
         return;
     }
+    let _serial = serial();
     let h = Harness::up('f', "default");
 
     // 1. SIGKILL the active head's agent, no restart: its guard drops the
@@ -273,7 +280,10 @@ fn sigkill_sigstop_and_restart_of_the_active_agent() {
             (_, [one]) => Some((one.clone(), Instant::now())),
             _ => None,
         };
-        if holder.as_ref().is_some_and(|(_, since)| since.elapsed() > Duration::from_secs(3)) {
+        if holder
+            .as_ref()
+            .is_some_and(|(_, since)| since.elapsed() > Duration::from_secs(3))
+        {
             break;
         }
         assert!(
@@ -300,6 +310,7 @@ fn channels_partitions_and_quorum() {
     if !lab_tests_enabled("channels_partitions_and_quorum") {
         return;
     }
+    let _serial = serial();
     let h = Harness::up('p', "default");
 
     // 3. One channel of the active head cut: no failover, a channel_down.
@@ -354,6 +365,7 @@ fn switchovers_standby_and_a_failover_loop() {
     if !lab_tests_enabled("switchovers_standby_and_a_failover_loop") {
         return;
     }
+    let _serial = serial();
     let h = Harness::up('s', "fast");
 
     // 7a. Switchover there and back 20 times.
@@ -366,6 +378,14 @@ fn switchovers_standby_and_a_failover_loop() {
         assert!(out.contains(&format!("-> {to}")), "switchover {i}: {out}");
         h.assert_taken_over(to, t, &format!("switchover {i}"));
         active = to;
+        if i == 19 {
+            let last = h
+                .status("witness1")
+                .failover
+                .and_then(|f| f.last_failover)
+                .expect("last switchover");
+            assert_eq!(last.kind, "switchover", "{last:?}");
+        }
     }
     h.assert_single_holder("20 switchovers");
 
@@ -409,20 +429,27 @@ fn switchovers_standby_and_a_failover_loop() {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let f = h.status(active).failover.expect("failover");
-            if f.this_node == "standby" && f.active.as_deref() == Some(to) {
+            // Rejoined as standby, and the replicated history explains the move.
+            let explained = f.last_failover.as_ref().is_some_and(|e| {
+                e.kind == "failover" && e.message.contains(&format!("{active} -> {to}"))
+            });
+            if f.this_node == "standby" && f.active.as_deref() == Some(to) && explained {
                 break;
             }
-            assert!(Instant::now() < deadline, "round {i}: {active} did not rejoin: {f:?}");
+            assert!(
+                Instant::now() < deadline,
+                "round {i}: {active} did not rejoin: {f:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         active = to;
     }
     h.assert_single_holder("failover loop");
+    // The history (the newest 1000 events) still holds failovers and the
+    // demotions that went with them.
     let ev = h.events(active);
-    let failovers = ev.iter().filter(|e| e.kind == "failover").count();
-    let switchovers = ev.iter().filter(|e| e.kind == "switchover").count();
-    assert!(failovers >= 20, "{failovers} failover events");
-    assert!(switchovers >= 20, "{switchovers} switchover events");
+    assert!(ev.iter().any(|e| e.kind == "failover"), "{ev:?}");
+    assert!(ev.iter().any(|e| e.kind == "demoted"), "{ev:?}");
 }
 
 #[test]
@@ -430,6 +457,7 @@ fn cpu_stress_and_forged_heartbeats_move_nothing() {
     if !lab_tests_enabled("cpu_stress_and_forged_heartbeats_move_nothing") {
         return;
     }
+    let _serial = serial();
     let h = Harness::up('c', "default");
 
     // 8. Every core busy on both heads for 60 s (default preset): no failover.
@@ -461,8 +489,8 @@ fn cpu_stress_and_forged_heartbeats_move_nothing() {
         .address("head1", Channel::Public)
         .expect("head1 public address");
     let key_hex = std::fs::read_to_string(lab(&h).dir().join("cluster.key")).expect("lab key");
-    let key = haoscar_net::wire::ClusterKey::new(hex::decode(key_hex.trim()).expect("hex"))
-        .expect("key");
+    let key =
+        haoscar_net::wire::ClusterKey::new(hex::decode(key_hex.trim()).expect("hex")).expect("key");
     let wrong = haoscar_net::wire::ClusterKey::new([9u8; 32]).expect("key");
     let body = haoscar_net::wire::Heartbeat {
         channel: "public".into(),
@@ -519,8 +547,14 @@ fn cpu_stress_and_forged_heartbeats_move_nothing() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(after.dropped_bad_mac >= before.dropped_bad_mac + 20, "{after:?}");
-    assert!(after.dropped_malformed >= before.dropped_malformed + 20, "{after:?}");
+    assert!(
+        after.dropped_bad_mac >= before.dropped_bad_mac + 20,
+        "{after:?}"
+    );
+    assert!(
+        after.dropped_malformed >= before.dropped_malformed + 20,
+        "{after:?}"
+    );
     assert!(
         after.dropped_wrong_address >= before.dropped_wrong_address + 40,
         "{after:?}"
