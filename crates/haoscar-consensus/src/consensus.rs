@@ -386,10 +386,12 @@ impl Consensus {
                 client.clone(),
                 may_campaign.clone(),
                 id,
-                window,
-                Duration::from_millis(timing.heartbeat_ms),
-                Duration::from_millis(timing.election_min_ms),
-                started,
+                election::ElectionTimer {
+                    window,
+                    tick: Duration::from_millis(timing.heartbeat_ms),
+                    rpc_ttl: Duration::from_millis(timing.election_min_ms),
+                    started,
+                },
             )));
         }
         tracing::info!(

@@ -304,19 +304,34 @@ pub async fn pre_vote(
     ok
 }
 
+/// When a head's election timer fires.
+#[derive(Debug, Clone, Copy)]
+pub struct ElectionTimer {
+    /// Where each attempt's timeout is drawn from.
+    pub window: (Duration, Duration),
+    /// How often the silence is checked.
+    pub tick: Duration,
+    /// Bound of pre-vote RPCs.
+    pub rpc_ttl: Duration,
+    /// When the node started (the silence before any leader was heard).
+    pub started: Instant,
+}
+
 /// The election timer of a head; runs until the task is aborted or Raft
-/// stops. `window` is where each attempt's timeout is drawn from; `tick`
-/// is how often the silence is checked; `rpc_ttl` bounds pre-vote RPCs.
+/// stops.
 pub async fn drive(
     raft: HaRaft,
     client: Arc<Client>,
     may_campaign: Arc<AtomicBool>,
     me: NodeId,
-    window: (Duration, Duration),
-    tick: Duration,
-    rpc_ttl: Duration,
-    started: Instant,
+    timer: ElectionTimer,
 ) {
+    let ElectionTimer {
+        window,
+        tick,
+        rpc_ttl,
+        started,
+    } = timer;
     let draw = |(lo, hi): (Duration, Duration)| {
         if hi > lo {
             rand::rng().random_range(lo..hi)
