@@ -563,4 +563,56 @@ fn cpu_stress_and_forged_heartbeats_move_nothing() {
     let f = h.status("head2").failover.expect("failover");
     assert_eq!(f.active.as_deref(), Some("head1"));
     h.assert_single_holder("forged heartbeats");
+
+    // Someone deletes the VIP on the active head: re-added, and recorded.
+    let vip = format!("{}/24", lab(&h).spec().vip());
+    let (ok, out) = ip(&h, "head1", &["addr", "del", &vip, "dev", "eth1"]);
+    assert!(ok, "{out}");
+    assert!(
+        h.sampler
+            .wait_holder("head1", Duration::from_secs(2))
+            .is_some(),
+        "the VIP was not re-added"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || h
+            .events("head1")
+            .iter()
+            .any(|e| e.kind == "vip_readded")),
+        "no vip_readded event"
+    );
+
+    // An HA-OSCAR address appearing on the standby (a stale VIP, or one
+    // added by hand) is removed by its guard.
+    let stale = "10.232.0.101/24";
+    let (ok, out) = ip(
+        &h,
+        "head2",
+        &["addr", "add", stale, "dev", "eth1", "label", "eth1:ha"],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            !ip(&h, "head2", &["-br", "addr", "show", "eth1"])
+                .1
+                .contains("10.232.0.101")
+        }),
+        "the standby kept a stray HA-OSCAR address"
+    );
+    h.assert_single_holder("VIP removed by hand");
+}
+
+/// Runs `ip ARGS` in a node; (success, output).
+fn ip(h: &Harness, node: &str, args: &[&str]) -> (bool, String) {
+    let mut argv = vec!["ip".to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let out = h.lab.exec_output(node, &argv).expect("ip");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
