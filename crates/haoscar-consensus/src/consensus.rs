@@ -646,6 +646,24 @@ impl Consensus {
     /// leader this node follows.
     pub async fn hand_over(&self, to: &str, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
+        let target = self.hand_over_target(to)?;
+        // No new entries from here on (the target must have all of ours).
+        self.frozen.store(true, Ordering::SeqCst);
+        let res = self.hand_over_frozen(target, to, deadline).await;
+        self.frozen.store(false, Ordering::SeqCst);
+        res
+    }
+
+    /// Waits until `to` could take over at once (see [`Self::hand_over`]),
+    /// without changing anything: call it before giving up the active role
+    /// so that the gap without an active head stays short.
+    pub async fn prepare_hand_over(&self, to: &str, timeout: Duration) -> Result<(), Error> {
+        let target = self.hand_over_target(to)?;
+        self.hand_over_ready(&target, to, Instant::now() + timeout)
+            .await
+    }
+
+    fn hand_over_target(&self, to: &str) -> Result<(NodeId, RaftNode), Error> {
         let target = self
             .members
             .iter()
@@ -658,22 +676,19 @@ impl Consensus {
         if target.0 == self.id {
             return Err(Error::Params(format!("{to} is this node")));
         }
-        // No new entries from here on (the target must have all of ours).
-        self.frozen.store(true, Ordering::SeqCst);
-        let res = self.hand_over_frozen(target, to, deadline).await;
-        self.frozen.store(false, Ordering::SeqCst);
-        res
+        Ok(target)
     }
 
-    async fn hand_over_frozen(
+    /// Preconditions of a hand-over: still the leader, the target has every
+    /// entry, and this leader's own vote is older than its election lease.
+    async fn hand_over_ready(
         &self,
-        target: (NodeId, RaftNode),
+        target: &(NodeId, RaftNode),
         to: &str,
         deadline: Instant,
     ) -> Result<(), Error> {
         let election_max = Duration::from_millis(self.timing.election_max_ms);
-        let step = Duration::from_millis(self.timing.heartbeat_ms.clamp(5, 50));
-        // Preconditions: still the leader, target caught up, own vote old enough.
+        let margin = Duration::from_millis(self.timing.heartbeat_ms.clamp(5, 50));
         loop {
             let m = self.raft.metrics().borrow().clone();
             if m.current_leader != Some(self.id) {
@@ -689,12 +704,13 @@ impl Consensus {
                 .map(|l| l.index)
                 >= m.last_log_index
                 && m.last_applied.map(|l| l.index) >= m.last_log_index;
-            let old_enough = self
+            let too_young = self
                 .leading_for()
                 .await
-                .is_none_or(|d| d > election_max + step);
-            if caught_up && old_enough {
-                break;
+                .map(|d| (election_max + margin).saturating_sub(d))
+                .unwrap_or_default();
+            if caught_up && too_young.is_zero() {
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(Error::Raft(format!(
@@ -706,8 +722,22 @@ impl Consensus {
                     }
                 )));
             }
-            tokio::time::sleep(step).await;
+            let wait = if caught_up {
+                too_young
+            } else {
+                Duration::from_millis(2)
+            };
+            tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
+    }
+
+    async fn hand_over_frozen(
+        &self,
+        target: (NodeId, RaftNode),
+        to: &str,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        self.hand_over_ready(&target, to, deadline).await?;
         let ttl = Duration::from_millis(self.timing.election_min_ms);
         match self
             .client

@@ -714,6 +714,23 @@ impl Shell {
                 },
             })
             .await;
+        // Wait (still active) until the target can take over at once.
+        if let Err(e) = self
+            .fo()
+            .consensus
+            .prepare_hand_over(target, hand_over_timeout(self.vote_floor))
+            .await
+        {
+            let why = format!("switchover {me} -> {target} refused: {e}; {me} stays active");
+            match request {
+                Some(id) => self.give_up(id, &why).await,
+                None => {
+                    tracing::warn!("{why}");
+                    self.record("switchover_failed", None, why);
+                }
+            }
+            return;
+        }
         self.step(Input::HandOverStarted).await;
         let t0 = Instant::now();
         let res = self
