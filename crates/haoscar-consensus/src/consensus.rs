@@ -337,18 +337,15 @@ impl Consensus {
         let may_campaign = Arc::new(AtomicBool::new(role == VoterRole::Head));
         let frozen = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
-        let server = tokio::spawn(server::serve(
-            listener,
-            transport.clone(),
-            server::ServerCtx {
-                raft: raft.clone(),
-                log: log_reader.clone(),
-                client: client.clone(),
-                may_campaign: may_campaign.clone(),
-                frozen: frozen.clone(),
-                started,
-            },
-        ));
+        let ctx = server::ServerCtx {
+            raft: raft.clone(),
+            log: log_reader,
+            client: client.clone(),
+            may_campaign: may_campaign.clone(),
+            frozen: frozen.clone(),
+            started,
+        };
+        let server = tokio::spawn(server::serve(listener, transport.clone(), ctx.clone()));
         // The same endpoint on this node's other networks.
         let mut extra = Vec::new();
         if params.listen.is_none() {
@@ -365,14 +362,7 @@ impl Consensus {
                 extra.push(tokio::spawn(server::serve(
                     l,
                     transport.clone(),
-                    server::ServerCtx {
-                        raft: raft.clone(),
-                        log: log_reader.clone(),
-                        client: client.clone(),
-                        may_campaign: may_campaign.clone(),
-                        frozen: frozen.clone(),
-                        started,
-                    },
+                    ctx.clone(),
                 )));
             }
         }

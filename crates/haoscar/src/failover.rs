@@ -696,6 +696,18 @@ impl Shell {
             .await;
     }
 
+    /// Records why a hand-over did not happen (and settles the operator's
+    /// request, if it was one).
+    async fn hand_over_failed(&mut self, request: Option<u64>, why: String) {
+        match request {
+            Some(id) => self.give_up(id, &why).await,
+            None => {
+                tracing::warn!("{why}");
+                self.record("switchover_failed", None, why);
+            }
+        }
+    }
+
     async fn hand_over(&mut self, target: &str, cause: &str, request: Option<u64>) {
         let me = self.ctx.node.clone();
         // The event first (while we still lead, so it commits), then the
@@ -722,13 +734,7 @@ impl Shell {
             .await
         {
             let why = format!("switchover {me} -> {target} refused: {e}; {me} stays active");
-            match request {
-                Some(id) => self.give_up(id, &why).await,
-                None => {
-                    tracing::warn!("{why}");
-                    self.record("switchover_failed", None, why);
-                }
-            }
+            self.hand_over_failed(request, why).await;
             return;
         }
         self.step(Input::HandOverStarted).await;
@@ -749,13 +755,7 @@ impl Shell {
             Err(e) => {
                 let why = format!("switchover {me} -> {target} failed: {e}; {me} stays active");
                 self.step(Input::HandOverEnded).await;
-                match request {
-                    Some(id) => self.give_up(id, &why).await,
-                    None => {
-                        tracing::warn!("{why}");
-                        self.record("switchover_failed", None, why);
-                    }
-                }
+                self.hand_over_failed(request, why).await;
                 return;
             }
         }
