@@ -572,21 +572,25 @@ impl Consensus {
     /// at least `t0 + vote_floor` (`vote_floor = lease + heartbeat/2`), so no
     /// other head can be elected before the returned deadline plus half a
     /// heartbeat. A process stall anywhere in here only makes the deadline
-    /// more conservative. Fails (within about one heartbeat interval) when
-    /// this node is not the leader or no quorum answered.
+    /// more conservative. Fails (within about two heartbeat intervals) with
+    /// [`Error::NotLeader`] when this node is not the leader, or with
+    /// another error when no quorum answered this round (an earlier lease
+    /// is then still good until its own deadline).
     pub async fn confirm_lease(&self) -> Result<Instant, Error> {
         let t0 = Instant::now();
         let ttl = Duration::from_millis(self.timing.heartbeat_ms.saturating_mul(2).max(20));
         match tokio::time::timeout(ttl, self.raft.get_read_log_id()).await {
             Err(_) => Err(Error::Raft("no quorum answered in time".into())),
-            Ok(Err(RaftError::APIError(e))) => Err(Error::NotLeader {
-                leader: match e {
-                    openraft::error::CheckIsLeaderError::ForwardToLeader(f) => {
-                        f.leader_node.map(|n| n.name)
-                    }
-                    openraft::error::CheckIsLeaderError::QuorumNotEnough(_) => None,
-                },
-            }),
+            Ok(Err(RaftError::APIError(e))) => match e {
+                openraft::error::CheckIsLeaderError::ForwardToLeader(f) => Err(Error::NotLeader {
+                    leader: f.leader_node.map(|n| n.name),
+                }),
+                // Not a verdict: this round failed, an earlier lease may
+                // still run (slow peers, a lost packet, a busy CPU).
+                openraft::error::CheckIsLeaderError::QuorumNotEnough(q) => {
+                    Err(Error::Raft(format!("no quorum answered in time: {q}")))
+                }
+            },
             Ok(Err(e)) => Err(Error::Stopped(e.to_string())),
             Ok(Ok(_)) => Ok(t0 + self.lease),
         }

@@ -448,6 +448,8 @@ impl Shell {
     async fn on_promoted(&mut self, t_start: Instant) {
         let node = self.ctx.node.clone();
         let st = self.fo().consensus.state();
+        // The Raft term now (the applied state may not have caught up).
+        let term = self.fo().consensus.metrics().term;
         let snap = (self.ctx.membership)();
         let took = t_start.elapsed();
         let vips: Vec<String> = self
@@ -461,14 +463,13 @@ impl Shell {
             None => (
                 "active",
                 format!(
-                    "{node} is the active head (term {}), holding {}",
-                    st.term,
+                    "{node} is the active head (term {term}), holding {}",
                     vips.join(", ")
                 ),
             ),
             Some(prev) if prev == node => (
                 "active",
-                format!("{node} is the active head again (term {})", st.term),
+                format!("{node} is the active head again (term {term})"),
             ),
             Some(prev) => {
                 let handed = st
@@ -791,7 +792,9 @@ pub async fn head_loop(ctx: HeadCtx, mut stop: watch::Receiver<bool>) -> Result<
         last_renew: Instant::now(),
         ctx,
     };
-    let (conf_tx, mut conf_rx) = mpsc::channel::<Result<Instant, String>>(4);
+    // Ok(deadline), Err(Some(why)): not the leader, Err(None): this round
+    // failed (the current lease still runs until its deadline).
+    let (conf_tx, mut conf_rx) = mpsc::channel::<Result<Instant, Option<String>>>(4);
     let mut confirm_in_flight = false;
     let mut last_confirm = Instant::now() - hb;
     let mut campaign_in_flight: Option<tokio::task::JoinHandle<()>> = None;
@@ -848,7 +851,8 @@ pub async fn head_loop(ctx: HeadCtx, mut stop: watch::Receiver<bool>) -> Result<
                         let d = deadline.saturating_duration_since(sh.epoch);
                         sh.step(Input::LeaseConfirmed { deadline: d }).await;
                     }
-                    Err(why) => sh.step(Input::NotLeader { why }).await,
+                    Err(Some(why)) => sh.step(Input::NotLeader { why }).await,
+                    Err(None) => sh.step(Input::Tick).await,
                 }
                 continue;
             }
@@ -877,7 +881,14 @@ pub async fn head_loop(ctx: HeadCtx, mut stop: watch::Receiver<bool>) -> Result<
                 last_confirm = Instant::now();
                 let (c, tx) = (consensus.clone(), conf_tx.clone());
                 tokio::spawn(async move {
-                    let r = c.confirm_lease().await.map_err(|e| e.to_string());
+                    let r = c.confirm_lease().await.map_err(|e| match e {
+                        haoscar_consensus::Error::NotLeader { .. }
+                        | haoscar_consensus::Error::Stopped(_) => Some(e.to_string()),
+                        other => {
+                            tracing::debug!(error = %other, "lease round failed");
+                            None
+                        }
+                    });
                     let _ = tx.send(r).await;
                 });
             }
