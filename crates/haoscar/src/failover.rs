@@ -973,3 +973,56 @@ pub fn make_event(
         message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_over_waits_out_a_vote_floor() {
+        for floor_ms in [225u64, 650, 3250] {
+            let floor = Duration::from_millis(floor_ms);
+            let t = hand_over_timeout(floor);
+            assert!(t > floor * 2, "{floor_ms}");
+            assert!(t >= Duration::from_secs(3));
+        }
+    }
+
+    #[test]
+    fn heads_are_ordered_by_priority_then_name() {
+        let text = r#"
+[cluster]
+name = "c"
+[[channel]]
+name = "private"
+[[node]]
+name = "hb"
+role = "head"
+priority = 50
+address = { private = "10.0.0.2" }
+[[node]]
+name = "ha"
+role = "head"
+priority = 50
+address = { private = "10.0.0.1" }
+[[node]]
+name = "hc"
+role = "head"
+priority = 90
+address = { private = "10.0.0.3" }
+[[node]]
+name = "w"
+role = "witness"
+address = { private = "10.0.0.4" }
+"#;
+        let config = haoscar_types::config::parse(text, std::path::Path::new("t.toml"))
+            .map_err(|d| d.to_string())
+            .expect("config")
+            .config;
+        let order: Vec<String> = heads_by_preference(&config)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(order, ["hc", "ha", "hb"]);
+    }
+}

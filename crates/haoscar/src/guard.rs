@@ -238,3 +238,29 @@ async fn sleep_opt(d: Option<Duration>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_convert_to_the_monotonic_clock_never_late() {
+        for ahead_ms in [0u64, 1, 50, 600, 3_000] {
+            let before = mono_now_ns();
+            let deadline = Instant::now() + Duration::from_millis(ahead_ms);
+            let ns = instant_to_mono_ns(deadline);
+            let after = mono_now_ns();
+            let ahead = ahead_ms * 1_000_000;
+            // Not later than the true instant (read after), not earlier than
+            // the clock before the deadline was made.
+            assert!(ns <= after + ahead, "{ahead_ms} ms: late");
+            assert!(
+                ns + 5_000_000 >= before + ahead,
+                "{ahead_ms} ms: far too early"
+            );
+        }
+        // A deadline in the past is now.
+        let past = Instant::now() - Duration::from_millis(5);
+        assert!(instant_to_mono_ns(past) <= mono_now_ns());
+    }
+}
