@@ -63,16 +63,26 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
 /// their timing when the head's CPUs are saturated by its workload.
 const AGENT_NICE: libc::c_int = -10;
 
-/// Raises the agent's scheduling priority (needs root or CAP_SYS_NICE; the
-/// guard process inherits it). Failing is not fatal: logged.
-fn raise_priority() {
+/// Raises the scheduling priority of this process (the agent, and the
+/// guard in its own session): the thread's nice level (threads started
+/// later inherit it) and, where the kernel groups sessions
+/// (`sched_autogroup`), the session group's nice level, without which a
+/// nice level only counts against processes of the same session. Needs
+/// root or CAP_SYS_NICE. Failing is not fatal: logged.
+pub(crate) fn raise_priority() {
     // SAFETY: setpriority only reads its arguments.
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) };
     if rc != 0 {
         tracing::warn!(
             error = %std::io::Error::last_os_error(),
-            "cannot raise the agent's priority (nice {AGENT_NICE}); under heavy CPU load failover timing may suffer"
+            "cannot raise the process priority (nice {AGENT_NICE}); under heavy CPU load failover timing may suffer"
         );
+    }
+    let autogroup = std::path::Path::new("/proc/self/autogroup");
+    if autogroup.exists() {
+        if let Err(e) = std::fs::write(autogroup, AGENT_NICE.to_string()) {
+            tracing::warn!(error = %e, "cannot raise the session's scheduling group priority (/proc/self/autogroup)");
+        }
     }
 }
 

@@ -124,6 +124,8 @@ impl GuardLink {
 /// `haoscar guard`: see the module docs.
 pub fn run() -> Result<ExitCode> {
     crate::logging::init_agent(false);
+    // Its own session: its own scheduling group where sessions are grouped.
+    crate::agent::raise_priority();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
