@@ -314,6 +314,9 @@ fn spawn_agent(argv: &[String], log_path: &Path, start: u64) -> Result<Child, La
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // Its own session, as under systemd: the agent then has its
+            // own scheduling group (sched_autogroup) to raise.
+            libc::setsid();
             Ok(())
         });
     }

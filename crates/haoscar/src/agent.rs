@@ -66,9 +66,10 @@ const AGENT_NICE: libc::c_int = -10;
 /// Raises the scheduling priority of this process (the agent, and the
 /// guard in its own session): the thread's nice level (threads started
 /// later inherit it) and, where the kernel groups sessions
-/// (`sched_autogroup`), the session group's nice level, without which a
-/// nice level only counts against processes of the same session. Needs
-/// root or CAP_SYS_NICE. Failing is not fatal: logged.
+/// (`sched_autogroup`) and this process leads its session (a service, the
+/// guard), the session group's nice level, without which a nice level only
+/// counts against processes of the same session. Needs root or
+/// CAP_SYS_NICE. Failing is not fatal: logged.
 pub(crate) fn raise_priority() {
     // SAFETY: setpriority only reads its arguments.
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) };
@@ -78,8 +79,12 @@ pub(crate) fn raise_priority() {
             "cannot raise the process priority (nice {AGENT_NICE}); under heavy CPU load failover timing may suffer"
         );
     }
+    // Only a session leader owns its group: raising the group of a shell or
+    // a test runner would raise every process of that session.
+    // SAFETY: getsid and getpid have no preconditions.
+    let leader = unsafe { libc::getsid(0) == libc::getpid() };
     let autogroup = std::path::Path::new("/proc/self/autogroup");
-    if autogroup.exists() {
+    if leader && autogroup.exists() {
         if let Err(e) = std::fs::write(autogroup, AGENT_NICE.to_string()) {
             tracing::warn!(error = %e, "cannot raise the session's scheduling group priority (/proc/self/autogroup)");
         }
