@@ -802,6 +802,10 @@ pub async fn head_loop(ctx: HeadCtx, mut stop: watch::Receiver<bool>) -> Result<
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut guard_retry = tokio::time::Instant::now();
     let mut raft_metrics = consensus.raft().metrics();
+    let mut last_seen = {
+        let m = raft_metrics.borrow_and_update();
+        (m.state, m.current_leader, m.current_term)
+    };
     let mut was_leader = false;
     loop {
         // Keep a guard running; never act without one.
@@ -868,7 +872,19 @@ pub async fn head_loop(ctx: HeadCtx, mut stop: watch::Receiver<bool>) -> Result<
                 continue;
             }
             _ = tick.tick() => {}
-            _ = raft_metrics.changed() => {}
+            _ = raft_metrics.changed() => {
+                // Only a change of role, leader or term needs an answer
+                // before the next tick (acks and log progress change the
+                // metrics many times a second on the leader).
+                let (role_now, leader_now, term_now) = {
+                    let m = raft_metrics.borrow_and_update();
+                    (m.state, m.current_leader, m.current_term)
+                };
+                if (role_now, leader_now, term_now) == last_seen {
+                    continue;
+                }
+                last_seen = (role_now, leader_now, term_now);
+            }
         }
         let m = consensus.metrics();
         consensus.set_may_campaign(sh.fo().may_lead());
