@@ -807,6 +807,7 @@ pub async fn head_loop(ctx: HeadCtx, mut stop: watch::Receiver<bool>) -> Result<
         (m.state, m.current_leader, m.current_term)
     };
     let mut was_leader = false;
+    let mut retry_confirm = false;
     loop {
         // Keep a guard running; never act without one.
         if sh.guard.is_none() && tokio::time::Instant::now() >= guard_retry {
@@ -856,9 +857,19 @@ pub async fn head_loop(ctx: HeadCtx, mut stop: watch::Receiver<bool>) -> Result<
                         sh.step(Input::LeaseConfirmed { deadline: d }).await;
                     }
                     Err(Some(why)) => sh.step(Input::NotLeader { why }).await,
-                    Err(None) => sh.step(Input::Tick).await,
+                    Err(None) => {
+                        sh.step(Input::Tick).await;
+                        // A leader that is not active yet (just elected: the
+                        // old leader may not have answered this term yet)
+                        // retries at once rather than a heartbeat later.
+                        if !sh.role.is_active() {
+                            retry_confirm = true;
+                        }
+                    }
                 }
-                continue;
+                if !retry_confirm {
+                    continue;
+                }
             }
             ev = watch.recv() => {
                 if let Some(AddressEvent::Removed(a)) = ev {
@@ -892,7 +903,12 @@ pub async fn head_loop(ctx: HeadCtx, mut stop: watch::Receiver<bool>) -> Result<
         let fresh = m.is_leader && !was_leader;
         was_leader = m.is_leader;
         if m.is_leader {
-            if !confirm_in_flight && (fresh || last_confirm.elapsed() >= sh.hb) {
+            if !confirm_in_flight
+                && (fresh
+                    || (std::mem::take(&mut retry_confirm)
+                        && last_confirm.elapsed() >= Duration::from_millis(10))
+                    || last_confirm.elapsed() >= sh.hb)
+            {
                 confirm_in_flight = true;
                 last_confirm = Instant::now();
                 let (c, tx) = (consensus.clone(), conf_tx.clone());
