@@ -53,8 +53,11 @@ impl std::fmt::Display for Reason {
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
-    /// A quorum confirmed leadership; the lease runs until `deadline`.
+    /// A quorum confirmed leadership in a round that started at `started`;
+    /// the lease runs until `deadline`. A round that started before the
+    /// last hand-over or loss of leadership is void.
     LeaseConfirmed {
+        started: Duration,
         deadline: Duration,
     },
     /// Confirmation failed: not the leader (or no quorum).
@@ -97,6 +100,9 @@ pub struct ActiveRole {
     stopped: bool,
     /// When this head last became active.
     since: Option<Duration>,
+    /// Confirmation rounds started before this are void: a hand-over
+    /// began or leadership was lost after they started.
+    void_before: Duration,
 }
 
 impl ActiveRole {
@@ -111,6 +117,7 @@ impl ActiveRole {
             handing_over: false,
             stopped: false,
             since: None,
+            void_before: Duration::ZERO,
         }
     }
 
@@ -144,13 +151,16 @@ impl ActiveRole {
         let mut lost = None;
         let confirmation = matches!(input, Input::LeaseConfirmed { .. });
         match input {
-            Input::LeaseConfirmed { deadline } => {
-                // Never shorten a lease already earned (confirmations can
-                // complete out of order).
-                self.deadline = Some(self.deadline.map_or(deadline, |d| d.max(deadline)));
+            Input::LeaseConfirmed { started, deadline } => {
+                if started >= self.void_before {
+                    // Never shorten a lease already earned (confirmations
+                    // can complete out of order).
+                    self.deadline = Some(self.deadline.map_or(deadline, |d| d.max(deadline)));
+                }
             }
             Input::NotLeader { why } => {
                 self.deadline = None;
+                self.void_before = self.void_before.max(now);
                 lost = Some(Reason::NotLeader(why));
             }
             Input::Tick => {}
@@ -165,6 +175,8 @@ impl ActiveRole {
                 // backs the lease. Only a confirmation after the hand-over
                 // ends (if it failed) makes this head active again.
                 self.deadline = None;
+                // A round already in flight must not bring the lease back.
+                self.void_before = self.void_before.max(now);
                 self.handing_over = true;
                 lost = Some(Reason::HandingOver);
             }
@@ -243,7 +255,11 @@ mod tests {
         use Action::*;
         // (description, inputs at times, expected actions of the last input, active after)
         type Case = (&'static str, Vec<(u64, Input)>, Vec<Action>, bool);
-        let confirmed = |d: u64| Input::LeaseConfirmed { deadline: ms(d) };
+        // A round that started 600 ms before its deadline.
+        let confirmed = |d: u64| Input::LeaseConfirmed {
+            started: ms(d.saturating_sub(600)),
+            deadline: ms(d),
+        };
         let cases: Vec<Case> = vec![
             (
                 "a lease makes a standby active: guard armed before the VIPs",
@@ -339,6 +355,33 @@ mod tests {
                 true,
             ),
             (
+                "a round that started before the hand-over cannot promote after it",
+                vec![
+                    (0, confirmed(600)),
+                    (100, Input::HandOverStarted),
+                    (110, Input::HandOverEnded),
+                    // started at 50, before the hand-over began at 100
+                    (120, confirmed(650)),
+                ],
+                vec![],
+                false,
+            ),
+            (
+                "nor one that started before leadership was lost",
+                vec![
+                    (0, confirmed(600)),
+                    (
+                        100,
+                        Input::NotLeader {
+                            why: "higher term".into(),
+                        },
+                    ),
+                    (120, confirmed(690)),
+                ],
+                vec![],
+                false,
+            ),
+            (
                 "shutdown: demote for good",
                 vec![
                     (0, confirmed(600)),
@@ -373,7 +416,13 @@ mod tests {
     #[test]
     fn never_active_without_the_guard() {
         let mut r = ActiveRole::new(ms(50));
-        let got = r.step(ms(0), Input::LeaseConfirmed { deadline: ms(600) });
+        let got = r.step(
+            ms(0),
+            Input::LeaseConfirmed {
+                started: ms(0),
+                deadline: ms(600),
+            },
+        );
         assert_eq!(got, vec![]);
         assert!(!r.is_active());
         // The guard coming up with a lease still valid promotes.
@@ -396,6 +445,7 @@ mod tests {
             t += 7 + (i * 13) % 40;
             let input = if i % 3 == 0 {
                 Input::LeaseConfirmed {
+                    started: ms(t),
                     deadline: ms(t + (i * 37) % 700),
                 }
             } else {

@@ -851,21 +851,21 @@ pub async fn head_loop(ctx: HeadCtx, mut stop: watch::Receiver<bool>) -> Result<
             }
             Some(res) = conf_rx.recv() => {
                 confirm_in_flight = false;
-                match res {
+                match res.clone() {
                     Ok(deadline) => {
                         let d = deadline.saturating_duration_since(sh.epoch);
-                        sh.step(Input::LeaseConfirmed { deadline: d }).await;
+                        // The round started `lease` before its deadline.
+                        let started = d.saturating_sub(consensus.lease());
+                        sh.step(Input::LeaseConfirmed { started, deadline: d }).await;
                     }
                     Err(Some(why)) => sh.step(Input::NotLeader { why }).await,
-                    Err(None) => {
-                        sh.step(Input::Tick).await;
-                        // A leader that is not active yet (just elected: the
-                        // old leader may not have answered this term yet)
-                        // retries at once rather than a heartbeat later.
-                        if !sh.role.is_active() {
-                            retry_confirm = true;
-                        }
-                    }
+                    Err(None) => sh.step(Input::Tick).await,
+                }
+                // A head that Raft reports as leader but that is not active
+                // yet (just elected; the old leader or Raft's own state may
+                // lag by a moment) retries at once, not a heartbeat later.
+                if res.is_err() && !sh.role.is_active() && consensus.metrics().is_leader {
+                    retry_confirm = true;
                 }
                 if !retry_confirm {
                     continue;
