@@ -134,7 +134,9 @@ async fn relay_log(ctx: &ServerCtx, target: NodeId, from: Option<LogId<NodeId>>)
         return;
     };
     let last = ctx.raft.data_metrics().borrow().last_log;
-    if !vote.is_committed() {
+    // Never to the leader of our vote itself: it holds those entries, and
+    // openraft must not see its own vote in an AppendEntries.
+    if !vote.is_committed() || vote.leader_id().node_id == target {
         return;
     }
     // What may be relayed: entries the leader of our vote itself sent us.
