@@ -137,10 +137,8 @@ impl Client {
         ttl: Duration,
         idempotent: bool,
     ) -> Result<RpcResponse, CallError> {
-        let mut peer = self.resolve(target, node)?;
-        let res = self
-            .call_once(target, &mut peer, req, ttl, idempotent)
-            .await;
+        let peer = self.resolve(target, node)?;
+        let res = self.call_once(target, &peer, req, ttl, idempotent).await;
         if res.is_err() {
             self.fail_over(target, &peer);
         }
@@ -150,7 +148,7 @@ impl Client {
     async fn call_once(
         &self,
         target: NodeId,
-        peer: &mut Peer,
+        peer: &Peer,
         req: &RpcRequest,
         ttl: Duration,
         idempotent: bool,
