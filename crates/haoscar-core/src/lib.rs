@@ -4,3 +4,4 @@
 
 pub mod active;
 pub mod membership;
+pub mod recovery;

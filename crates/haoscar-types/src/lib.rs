@@ -8,3 +8,4 @@ pub mod config;
 pub mod diagnostic;
 pub mod duration;
 pub mod nodeset;
+pub mod service;

@@ -72,7 +72,9 @@ fn check(files: Vec<PathBuf>, strict: bool, quiet: bool, json: bool) -> Result<E
     let mut all = Vec::new();
     for file in default_file(files) {
         match config::load(&file) {
-            Ok(Loaded { config, warnings }) => {
+            Ok(Loaded {
+                config, warnings, ..
+            }) => {
                 if strict && !warnings.is_empty() {
                     worst = ExitCode::from(2);
                 }

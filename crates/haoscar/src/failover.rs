@@ -73,8 +73,11 @@ impl Failover {
         let vips = config
             .resources
             .iter()
-            .map(|r| match &r.kind {
-                ResourceKind::Vip(v) => (r.name.clone(), VipSpec::from_resource(v, VIP_LIFETIME)),
+            .filter_map(|r| match &r.kind {
+                ResourceKind::Vip(v) => {
+                    Some((r.name.clone(), VipSpec::from_resource(v, VIP_LIFETIME)))
+                }
+                _ => None,
             })
             .collect();
         Ok(Failover {

@@ -27,6 +27,8 @@ pub(crate) struct Cx<'a> {
     path: &'a Path,
     index: LineIndex<'a>,
     diags: Vec<Diagnostic>,
+    /// Field -> where it is, for checks made after loading.
+    locs: std::collections::BTreeMap<String, Range<usize>>,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +83,39 @@ pub(super) struct RawResource {
     pub name: Option<Sp<String>>,
     pub kind: Option<Sp<String>>,
     pub vip: RawVip,
+    pub svc: RawService,
+    pub exec: RawExec,
+    pub ocf: RawOcf,
+    pub script: Option<Sp<String>>,
+    pub unit: Option<Sp<String>>,
+}
+
+/// Keys common to the service types (exec, ocf, lsb, systemd).
+#[derive(Debug, Default)]
+pub(super) struct RawService {
+    pub group: Option<Sp<String>>,
+    pub placement: Option<Sp<String>>,
+    pub on_fail: Option<Sp<String>>,
+    pub max_restarts: Option<Sp<u32>>,
+    /// (key, value) of the duration keys that were set.
+    pub durations: Vec<(&'static str, Sp<Duration>)>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct RawExec {
+    pub command: Option<Sp<Vec<String>>>,
+    pub user: Option<Sp<String>>,
+    pub workdir: Option<Sp<String>>,
+    pub check: Option<Sp<super::ServiceCheck>>,
+    pub env: Vec<(Sp<String>, Sp<String>)>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct RawOcf {
+    pub agent: Option<Sp<String>>,
+    pub ocf_root: Option<Sp<String>>,
+    pub check_level: Option<Sp<u32>>,
+    pub params: Vec<(Sp<String>, Sp<String>)>,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +151,21 @@ const PATHS_KEYS: &[&str] = &["state_dir", "log_dir"];
 const CHANNEL_KEYS: &[&str] = &["name", "port"];
 const NODE_KEYS: &[&str] = &["name", "role", "priority", "address"];
 const RESOURCE_KEYS: &[&str] = &["name", "type"];
+/// Duration keys of the service types.
+pub(super) const SERVICE_DURATIONS: &[&str] = &[
+    "restart_window",
+    "failure_timeout",
+    "restart_backoff",
+    "monitor_interval",
+    "monitor_timeout",
+    "start_timeout",
+    "stop_timeout",
+];
+const SERVICE_KEYS: &[&str] = &["group", "placement", "on_fail", "max_restarts"];
+const EXEC_KEYS: &[&str] = &["command", "user", "workdir", "check", "env"];
+const OCF_KEYS: &[&str] = &["agent", "ocf_root", "check_level", "params"];
+const LSB_KEYS: &[&str] = &["script"];
+const SYSTEMD_KEYS: &[&str] = &["unit"];
 const VIP_KEYS: &[&str] = &[
     "address",
     "interface",
@@ -132,7 +182,20 @@ impl<'a> Cx<'a> {
             path,
             index: LineIndex::new(text),
             diags: Vec::new(),
+            locs: Default::default(),
         }
+    }
+
+    /// Line and column of the fields recorded with [`Cx::locate`].
+    pub fn locations(&self) -> std::collections::BTreeMap<String, (usize, usize)> {
+        self.locs
+            .iter()
+            .map(|(k, span)| (k.clone(), self.index.position(span.start)))
+            .collect()
+    }
+
+    fn locate(&mut self, field: String, span: &Range<usize>) {
+        self.locs.insert(field, span.clone());
     }
 
     pub fn finish(mut self) -> Vec<Diagnostic> {
@@ -409,12 +472,24 @@ impl<'a> Cx<'a> {
 
     fn resource(&mut self, t: &Table<'_>, span: Range<usize>, path: &str) -> RawResource {
         let kind = self.string(t, path, "type");
+        self.locate(path.to_string(), &span);
+        let mut r = RawResource {
+            span: span.clone(),
+            name: self.string(t, path, "name"),
+            kind: None,
+            vip: RawVip::default(),
+            svc: RawService::default(),
+            exec: RawExec::default(),
+            ocf: RawOcf::default(),
+            script: None,
+            unit: None,
+        };
         let mut allowed: Vec<&str> = RESOURCE_KEYS.to_vec();
-        let mut vip = RawVip::default();
-        match kind.as_ref().map(|k| k.v.as_str()) {
+        let type_name = kind.as_ref().map(|k| k.v.clone());
+        match type_name.as_deref() {
             Some("vip") => {
                 allowed.extend_from_slice(VIP_KEYS);
-                vip = RawVip {
+                r.vip = RawVip {
                     address: self.string(t, path, "address"),
                     interface: self.string(t, path, "interface"),
                     announce_count: self.uint(t, path, "announce_count", 0, 100).map(|s| Sp {
@@ -423,7 +498,52 @@ impl<'a> Cx<'a> {
                     }),
                     announce_interval: self.duration(t, path, "announce_interval"),
                 };
-                self.check_keys(t, path, &allowed);
+            }
+            Some(service @ ("exec" | "ocf" | "lsb" | "systemd")) => {
+                allowed.extend_from_slice(SERVICE_KEYS);
+                allowed.extend_from_slice(SERVICE_DURATIONS);
+                r.svc = self.service(t, path);
+                match service {
+                    "exec" => {
+                        allowed.extend_from_slice(EXEC_KEYS);
+                        r.exec = RawExec {
+                            command: self.string_array(t, path, "command"),
+                            user: self.string(t, path, "user"),
+                            workdir: self.string(t, path, "workdir"),
+                            check: self.check(t, path),
+                            env: self.string_map(t, path, "env"),
+                        };
+                    }
+                    "ocf" => {
+                        allowed.extend_from_slice(OCF_KEYS);
+                        if let Some(a) = t.get("agent") {
+                            self.locate(format!("{path}.agent"), &a.span());
+                        }
+                        if let Some(p) = t.get("params") {
+                            self.locate(format!("{path}.params"), &p.span());
+                        }
+                        r.ocf = RawOcf {
+                            agent: self.string(t, path, "agent"),
+                            ocf_root: self.string(t, path, "ocf_root"),
+                            check_level: self.uint(t, path, "check_level", 0, 1000).map(|s| Sp {
+                                v: s.v as u32,
+                                span: s.span,
+                            }),
+                            params: self.string_map(t, path, "params"),
+                        };
+                        for (k, _) in &r.ocf.params {
+                            self.locate(format!("{path}.params.{}", k.v), &k.span);
+                        }
+                    }
+                    "lsb" => {
+                        allowed.extend_from_slice(LSB_KEYS);
+                        r.script = self.string(t, path, "script");
+                    }
+                    _ => {
+                        allowed.extend_from_slice(SYSTEMD_KEYS);
+                        r.unit = self.string(t, path, "unit");
+                    }
+                }
             }
             Some(other) => {
                 let span = kind
@@ -434,21 +554,91 @@ impl<'a> Cx<'a> {
                     &span,
                     &format!("{path}.type"),
                     format!(
-                        "unknown resource type {other:?} (this version supports: {})",
+                        "unknown resource type {other:?} (expected one of: {})",
                         super::RESOURCE_TYPES.join(", ")
                     ),
                 );
+                r.kind = kind;
+                return r;
             }
-            None => self.check_keys(t, path, &allowed),
+            None => {}
         }
-        RawResource {
-            span,
-            name: self.string(t, path, "name"),
-            kind,
-            vip,
-        }
+        self.check_keys(t, path, &allowed);
+        r.kind = kind;
+        r
     }
 
+    fn service(&mut self, t: &Table<'_>, path: &str) -> RawService {
+        let mut svc = RawService {
+            group: self.string(t, path, "group"),
+            placement: self.string(t, path, "placement"),
+            on_fail: self.string(t, path, "on_fail"),
+            max_restarts: self.uint(t, path, "max_restarts", 0, 1000).map(|s| Sp {
+                v: s.v as u32,
+                span: s.span,
+            }),
+            durations: Vec::new(),
+        };
+        for key in SERVICE_DURATIONS {
+            if let Some(d) = self.duration(t, path, key) {
+                svc.durations.push((key, d));
+            }
+        }
+        svc
+    }
+
+    /// `check = { tcp = "..." }`, `{ http = "..." }` or `{ command = [...] }`.
+    fn check(&mut self, t: &Table<'_>, path: &str) -> Option<Sp<super::ServiceCheck>> {
+        use super::ServiceCheck;
+        let (ct, span) = self.table(t, path, "check")?;
+        let field = format!("{path}.check");
+        self.check_keys(ct, &field, &["tcp", "http", "command"]);
+        let mut found: Vec<ServiceCheck> = Vec::new();
+        if let Some(a) = self.string(ct, &field, "tcp") {
+            match a.v.parse::<SocketAddr>() {
+                Ok(addr) => found.push(ServiceCheck::Tcp(addr)),
+                Err(_) => self.error(
+                    &a.span,
+                    &format!("{field}.tcp"),
+                    format!("{:?} is not an address:port (e.g. \"127.0.0.1:80\")", a.v),
+                ),
+            }
+        }
+        if let Some(u) = self.string(ct, &field, "http") {
+            if u.v.starts_with("http://") && u.v.len() > "http://".len() {
+                found.push(ServiceCheck::Http(u.v));
+            } else {
+                self.error(
+                    &u.span,
+                    &format!("{field}.http"),
+                    format!(
+                        "{:?} is not a plain http:// URL (e.g. \"http://127.0.0.1:8080/health\")",
+                        u.v
+                    ),
+                );
+            }
+        }
+        if let Some(c) = self.string_array(ct, &field, "command") {
+            found.push(ServiceCheck::Command(c.v));
+        }
+        match found.len() {
+            1 => found.pop().map(|v| Sp { v, span }),
+            0 => {
+                if !self.reported_where(|f| f.starts_with(&field)) {
+                    self.error(&span, &field, "a check needs one of: tcp, http, command");
+                }
+                None
+            }
+            _ => {
+                self.error(
+                    &span,
+                    &field,
+                    "a check has exactly one of: tcp, http, command",
+                );
+                None
+            }
+        }
+    }
     // ---- generic field readers -------------------------------------------------
 
     /// Reports keys of `t` that are not in `allowed`, suggesting close names.
@@ -532,6 +722,82 @@ impl<'a> Cx<'a> {
                 None
             }
         }
+    }
+
+    /// A non-empty array of strings.
+    fn string_array(&mut self, t: &Table<'_>, path: &str, key: &str) -> Option<Sp<Vec<String>>> {
+        let v = self.get(t, key)?;
+        let field = join(path, key);
+        let DeValue::Array(items) = v.get_ref() else {
+            let msg = format!(
+                "expected an array of strings (e.g. [\"/usr/sbin/prog\", \"-f\"]), found {}",
+                kind(v.get_ref())
+            );
+            self.error(&v.span(), &field, msg);
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref() {
+                DeValue::String(s) => out.push(s.to_string()),
+                other => {
+                    ok = false;
+                    let msg = format!("expected a string, found {}", kind(other));
+                    self.error(&item.span(), &format!("{field}[{i}]"), msg);
+                }
+            }
+        }
+        if ok && out.is_empty() {
+            self.error(&v.span(), &field, "must not be empty");
+            return None;
+        }
+        ok.then_some(Sp {
+            v: out,
+            span: v.span(),
+        })
+    }
+
+    /// A table of name -> text; integers, floats and booleans are taken as
+    /// their text.
+    fn string_map(
+        &mut self,
+        t: &Table<'_>,
+        path: &str,
+        key: &str,
+    ) -> Vec<(Sp<String>, Sp<String>)> {
+        let Some((mt, _)) = self.table(t, path, key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, v) in mt.iter() {
+            let field = format!("{}.{}", join(path, key), k.get_ref());
+            let text = match v.get_ref() {
+                DeValue::String(s) => s.to_string(),
+                DeValue::Integer(i) => i.as_str().to_string(),
+                DeValue::Float(f) => f.as_str().to_string(),
+                DeValue::Boolean(b) => b.to_string(),
+                other => {
+                    let msg = format!(
+                        "expected a string, number or boolean, found {}",
+                        kind(other)
+                    );
+                    self.error(&v.span(), &field, msg);
+                    continue;
+                }
+            };
+            out.push((
+                Sp {
+                    v: k.get_ref().to_string(),
+                    span: k.span(),
+                },
+                Sp {
+                    v: text,
+                    span: v.span(),
+                },
+            ));
+        }
+        out
     }
 
     fn boolean(&mut self, t: &Table<'_>, path: &str, key: &str) -> Option<bool> {

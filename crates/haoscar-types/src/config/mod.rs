@@ -153,6 +153,17 @@ pub struct Resource {
     pub name: String,
     #[serde(flatten)]
     pub kind: ResourceKind,
+    /// Placement, ordering and recovery rules; `None` for VIPs, which
+    /// follow the active role itself.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServicePolicy>,
+}
+
+impl Resource {
+    /// The resource's group (its own name when it is alone); `None` for VIPs.
+    pub fn group(&self) -> Option<&str> {
+        self.service.as_ref().map(|s| s.group.as_str())
+    }
 }
 
 /// The type-specific part of a resource.
@@ -160,12 +171,20 @@ pub struct Resource {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ResourceKind {
     Vip(VipResource),
+    Exec(ExecResource),
+    Ocf(OcfResource),
+    Lsb(LsbResource),
+    Systemd(SystemdResource),
 }
 
 impl ResourceKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             ResourceKind::Vip(_) => "vip",
+            ResourceKind::Exec(_) => "exec",
+            ResourceKind::Ocf(_) => "ocf",
+            ResourceKind::Lsb(_) => "lsb",
+            ResourceKind::Systemd(_) => "systemd",
         }
     }
 }
@@ -186,8 +205,170 @@ fn ser_prefix<S: serde::Serializer>(v: &(IpAddr, u8), s: S) -> Result<S::Ok, S::
     s.serialize_str(&format!("{}/{}", v.0, v.1))
 }
 
+/// `type = "exec"`: a program the agent runs and supervises itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExecResource {
+    /// Program and arguments; the program is looked up in `PATH` when it
+    /// has no `/`.
+    pub command: Vec<String>,
+    /// `"user"` or `"user:group"` to run as; `None` = the agent's (root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<PathBuf>,
+    /// Check that must pass before a start counts as done, and at each
+    /// monitor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<ServiceCheck>,
+    /// Extra environment variables.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A readiness / health check of an `exec` resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceCheck {
+    /// TCP connect to `address:port`.
+    Tcp(SocketAddr),
+    /// HTTP GET of a plain `http://` URL; 2xx and 3xx pass.
+    Http(String),
+    /// A command; exit status 0 passes.
+    Command(Vec<String>),
+}
+
+/// `type = "ocf"`: an OCF resource agent run unmodified.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OcfResource {
+    /// `provider:agent`, e.g. `heartbeat:anything`.
+    pub agent: String,
+    pub ocf_root: PathBuf,
+    /// `OCF_CHECK_LEVEL` of the monitor action (0, 10, 20).
+    pub check_level: u32,
+    /// Instance parameters, passed as `OCF_RESKEY_<name>`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+}
+
+impl OcfResource {
+    /// `(provider, agent)`.
+    pub fn provider_agent(&self) -> (&str, &str) {
+        self.agent
+            .split_once(':')
+            .unwrap_or(("heartbeat", &self.agent))
+    }
+}
+
+/// `type = "lsb"`: an init script with LSB exit codes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LsbResource {
+    /// Absolute path of the script (a bare name is resolved in
+    /// `/etc/init.d`).
+    pub script: PathBuf,
+}
+
+/// `type = "systemd"`: a unit started and stopped through systemd.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SystemdResource {
+    /// Unit name with its suffix (`.service` is added when none is given).
+    pub unit: String,
+}
+
+/// Where a service resource runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// On the active head only (the default).
+    Active,
+    /// On every head, active or standby.
+    EveryHead,
+}
+
+/// What a failure leads to (the first rung of the recovery ladder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFail {
+    /// Restart in place; after `max_restarts` within `restart_window`,
+    /// fail over; where it failed on every head, block.
+    Restart,
+    /// Fail over to another head at the first failure.
+    Failover,
+    /// Stop trying at the first failure and keep it blocked.
+    Block,
+    /// Record the failure, do nothing.
+    Ignore,
+    /// Stop the resource and leave it stopped.
+    Stop,
+}
+
+impl OnFail {
+    pub const NAMES: &'static [&'static str] = &["restart", "failover", "block", "ignore", "stop"];
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "restart" => OnFail::Restart,
+            "failover" => OnFail::Failover,
+            "block" => OnFail::Block,
+            "ignore" => OnFail::Ignore,
+            "stop" => OnFail::Stop,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+/// Placement, ordering and self-healing rules of a service resource.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServicePolicy {
+    /// Members of a group start in file order and stop in reverse, and
+    /// move together. A resource without `group` is a group of its own.
+    pub group: String,
+    pub placement: Placement,
+    pub on_fail: OnFail,
+    /// Restarts in place allowed within `restart_window` before failing over.
+    pub max_restarts: u32,
+    #[serde(with = "crate::duration::serde_text")]
+    pub restart_window: Duration,
+    /// Failures older than this are forgotten (`"0s"`: never).
+    #[serde(with = "crate::duration::serde_text")]
+    pub failure_timeout: Duration,
+    /// Delay before the second restart within the window; doubles for each
+    /// further one, at most one minute. The first restart is immediate.
+    #[serde(with = "crate::duration::serde_text")]
+    pub restart_backoff: Duration,
+    #[serde(with = "crate::duration::serde_text")]
+    pub monitor_interval: Duration,
+    #[serde(with = "crate::duration::serde_text")]
+    pub monitor_timeout: Duration,
+    #[serde(with = "crate::duration::serde_text")]
+    pub start_timeout: Duration,
+    #[serde(with = "crate::duration::serde_text")]
+    pub stop_timeout: Duration,
+}
+
+impl Default for ServicePolicy {
+    fn default() -> Self {
+        ServicePolicy {
+            group: String::new(),
+            placement: Placement::Active,
+            on_fail: OnFail::Restart,
+            max_restarts: 3,
+            restart_window: Duration::from_secs(300),
+            failure_timeout: Duration::from_secs(600),
+            restart_backoff: Duration::from_secs(1),
+            monitor_interval: Duration::from_secs(10),
+            monitor_timeout: Duration::from_secs(20),
+            start_timeout: Duration::from_secs(20),
+            stop_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
 /// Supported resource types, for error messages.
-pub const RESOURCE_TYPES: &[&str] = &["vip"];
+pub const RESOURCE_TYPES: &[&str] = &["vip", "exec", "ocf", "lsb", "systemd"];
+/// Default `OCF_ROOT`.
+pub const DEFAULT_OCF_ROOT: &str = "/usr/lib/ocf";
 
 impl Config {
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -230,6 +411,9 @@ impl Config {
 pub struct Loaded {
     pub config: Config,
     pub warnings: Vec<Diagnostic>,
+    /// Where some fields are in the file (`resource[2].params.binfile` ->
+    /// line, column), for checks made after loading (OCF meta-data).
+    pub locations: BTreeMap<String, (usize, usize)>,
 }
 
 /// Reads and validates a configuration file.
@@ -252,12 +436,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, Diagnostics> {
     let mut cx = decode::Cx::new(text, path);
     let raw = cx.decode_document();
     let config = raw.and_then(|raw| validate::validate(&mut cx, raw));
+    let locations = cx.locations();
     let mut diags = cx.finish();
     diags.sort_by_key(|d| (d.line, d.column));
     match config {
         Some(config) if !diags.iter().any(|d| d.severity == Severity::Error) => Ok(Loaded {
             config,
             warnings: diags,
+            locations,
         }),
         _ => Err(Diagnostics(diags)),
     }

@@ -73,7 +73,9 @@ fn documented_example_is_valid_and_expands_ranges() {
     assert_eq!(n16.address["private"].to_string(), "10.0.0.26");
     assert_eq!(c.heads().count(), 2);
     assert_eq!(c.voters().count(), 3);
-    let ResourceKind::Vip(v) = &c.resources[0].kind;
+    let ResourceKind::Vip(v) = &c.resources[0].kind else {
+        panic!("not a vip")
+    };
     assert_eq!(v.address.1, 24);
     assert_eq!(
         c.socket_path("head1"),
@@ -285,17 +287,19 @@ fn syntax_errors_have_positions() {
 fn resources() {
     let vip = "\n[[resource]]\nname = \"ip\"\ntype = \"vip\"\naddress = \"192.168.1.100/24\"\ninterface = \"eth1\"\n";
     let c = ok(&format!("{MINIMAL}{vip}"));
-    let ResourceKind::Vip(v) = &c.resources[0].kind;
+    let ResourceKind::Vip(v) = &c.resources[0].kind else {
+        panic!("not a vip")
+    };
     assert_eq!(v.announce_count, 3);
     assert_eq!(v.interface, "eth1");
     let line0 = MINIMAL.lines().count() + 2;
     for (from, to, line_off, field, needle) in [
         (
             "type = \"vip\"",
-            "type = \"exec\"",
+            "type = \"cron\"",
             2,
             "resource[0].type",
-            "unknown resource type \"exec\" (this version supports: vip)",
+            "unknown resource type \"cron\" (expected one of: vip, exec, ocf, lsb, systemd)",
         ),
         (
             "/24",
@@ -458,5 +462,225 @@ fn empty_listen_is_not_silently_off() {
         MINIMAL.lines().count() + 3,
         "api.listen",
         "nor \"off\"",
+    );
+}
+
+const SERVICES: &str = r#"
+[[resource]]
+name = "web"
+type = "exec"
+group = "portal"
+command = ["python3", "-m", "http.server", "8080"]
+user = "www-data:www-data"
+check = { tcp = "127.0.0.1:8080" }
+env = { LANG = "C", PORT = 8080 }
+max_restarts = 2
+restart_window = "1m"
+
+[[resource]]
+name = "dummy"
+type = "ocf"
+group = "portal"
+agent = "ocf:heartbeat:Dummy"
+params = { state = "/run/dummy.state", fake = 3 }
+monitor_interval = "1s"
+on_fail = "failover"
+
+[[resource]]
+name = "nfs"
+type = "lsb"
+script = "nfs-kernel-server"
+placement = "every-head"
+
+[[resource]]
+name = "slurm"
+type = "systemd"
+unit = "slurmctld"
+"#;
+
+#[test]
+fn service_resources() {
+    let c = ok(&format!("{MINIMAL}{SERVICES}"));
+    let web = &c.resources[0];
+    let ResourceKind::Exec(e) = &web.kind else {
+        panic!("not exec")
+    };
+    assert_eq!(e.command[0], "python3");
+    assert_eq!(
+        e.check,
+        Some(ServiceCheck::Tcp("127.0.0.1:8080".parse().unwrap()))
+    );
+    assert_eq!(e.env.get("PORT").map(String::as_str), Some("8080"));
+    let p = web.service.as_ref().unwrap();
+    assert_eq!((p.group.as_str(), p.max_restarts), ("portal", 2));
+    assert_eq!(p.restart_window, Duration::from_secs(60));
+    assert_eq!(p.monitor_interval, Duration::from_secs(10));
+    let ResourceKind::Ocf(o) = &c.resources[1].kind else {
+        panic!("not ocf")
+    };
+    assert_eq!(o.provider_agent(), ("heartbeat", "Dummy"));
+    assert_eq!(o.ocf_root, Path::new("/usr/lib/ocf"));
+    assert_eq!(o.params.get("fake").map(String::as_str), Some("3"));
+    assert_eq!(
+        c.resources[1].service.as_ref().unwrap().on_fail,
+        OnFail::Failover
+    );
+    let ResourceKind::Lsb(l) = &c.resources[2].kind else {
+        panic!("not lsb")
+    };
+    assert_eq!(l.script, Path::new("/etc/init.d/nfs-kernel-server"));
+    assert_eq!(c.resources[2].group(), Some("nfs"));
+    assert_eq!(
+        c.resources[2].service.as_ref().unwrap().placement,
+        Placement::EveryHead
+    );
+    let ResourceKind::Systemd(u) = &c.resources[3].kind else {
+        panic!("not systemd")
+    };
+    assert_eq!(u.unit, "slurmctld.service");
+    // config show round trip with services.
+    let again = ok(&c.to_toml());
+    assert_eq!(again, c, "{}", c.to_toml());
+    // Locations of OCF parameters for the meta-data check.
+    let loaded = parse(&format!("{MINIMAL}{SERVICES}"), Path::new("t.toml")).unwrap();
+    let line = MINIMAL.lines().count() + 18;
+    assert_eq!(
+        loaded.locations.get("resource[1].params.fake").map(|l| l.0),
+        Some(line)
+    );
+}
+
+#[test]
+fn service_resource_problems() {
+    let base = format!("{MINIMAL}{SERVICES}");
+    let line0 = MINIMAL.lines().count();
+    for (from, to, line, field, needle) in [
+        (
+            "command = [\"python3\", \"-m\", \"http.server\", \"8080\"]",
+            "command = []",
+            6,
+            "resource[0].command",
+            "must not be empty",
+        ),
+        (
+            "command = [\"python3\", \"-m\", \"http.server\", \"8080\"]",
+            "commnd = [\"x\"]",
+            6,
+            "resource[0].commnd",
+            "did you mean \"command\"",
+        ),
+        (
+            "tcp = \"127.0.0.1:8080\"",
+            "tcp = \"localhost\"",
+            8,
+            "resource[0].check.tcp",
+            "not an address:port",
+        ),
+        (
+            "tcp = \"127.0.0.1:8080\"",
+            "tcp = \"127.0.0.1:1\", http = \"http://x/\"",
+            8,
+            "resource[0].check",
+            "exactly one of",
+        ),
+        (
+            "user = \"www-data:www-data\"",
+            "user = \"a b\"",
+            7,
+            "resource[0].user",
+            "is not \"user\" or \"user:group\"",
+        ),
+        (
+            "max_restarts = 2",
+            "max_restarts = -1",
+            10,
+            "resource[0].max_restarts",
+            "integer from 0 to 1000",
+        ),
+        (
+            "restart_window = \"1m\"",
+            "restart_window = \"0s\"",
+            11,
+            "resource[0].restart_window",
+            "greater than zero",
+        ),
+        (
+            "agent = \"ocf:heartbeat:Dummy\"",
+            "agent = \"Dummy\"",
+            17,
+            "resource[1].agent",
+            "not provider:agent",
+        ),
+        (
+            "on_fail = \"failover\"",
+            "on_fail = \"reboot\"",
+            20,
+            "resource[1].on_fail",
+            "unknown on_fail \"reboot\"",
+        ),
+        (
+            "placement = \"every-head\"",
+            "placement = \"anywhere\"",
+            26,
+            "resource[2].placement",
+            "unknown placement",
+        ),
+        (
+            "script = \"nfs-kernel-server\"",
+            "script = \"init.d/nfs\"",
+            25,
+            "resource[2].script",
+            "neither an absolute path",
+        ),
+        (
+            "unit = \"slurmctld\"",
+            "unit = \"a b\"",
+            31,
+            "resource[3].unit",
+            "not a unit name",
+        ),
+        (
+            "group = \"portal\"\nagent",
+            "group = \"web2\"\nplacement = \"every-head\"\nagent",
+            16,
+            "resource[1].placement",
+            "",
+        ),
+        (
+            "group = \"portal\"\ncommand",
+            "group = \"dummy\"\ncommand",
+            5,
+            "resource[0].group",
+            "has the name of resource \"dummy\"",
+        ),
+    ] {
+        assert!(base.contains(from), "{from}");
+        let text = base.replacen(from, to, 1);
+        if needle.is_empty() {
+            // A group of one with its own placement is fine.
+            ok(&text);
+            continue;
+        }
+        assert_error(&text, line0 + line, field, needle);
+    }
+    // Missing command is reported once, at the entry.
+    let text = base.replacen(
+        "command = [\"python3\", \"-m\", \"http.server\", \"8080\"]\n",
+        "",
+        1,
+    );
+    assert_error(
+        &text,
+        line0 + 2,
+        "resource[0].command",
+        "missing required key \"command\"",
+    );
+    // Two members of one group with different placements.
+    let text = base.replacen("on_fail = \"failover\"", "placement = \"every-head\"", 1);
+    assert_error(
+        &text,
+        line0 + 16,
+        "resource[1].placement",
+        "must share one placement",
     );
 }

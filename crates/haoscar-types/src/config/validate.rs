@@ -481,13 +481,397 @@ fn resources(cx: &mut Cx<'_>, raw: &RawConfig, nodes: &[Node]) -> Vec<Resource> 
                 Some(v) => ResourceKind::Vip(v),
                 None => continue,
             },
+            Some("exec") => match exec(cx, rr, &path) {
+                Some(v) => ResourceKind::Exec(v),
+                None => continue,
+            },
+            Some("ocf") => match ocf(cx, rr, &path) {
+                Some(v) => ResourceKind::Ocf(v),
+                None => continue,
+            },
+            Some("lsb") => match required(
+                cx,
+                rr,
+                &path,
+                &rr.script,
+                "script",
+                "an init script, e.g. \"nfs-kernel-server\" or \"/etc/init.d/nfs-kernel-server\"",
+            ) {
+                Some(script) => {
+                    let p = std::path::PathBuf::from(&script);
+                    let script = if p.is_absolute() {
+                        p
+                    } else if script.contains('/') || script.is_empty() {
+                        if let Some(sp) = &rr.script {
+                            cx.error(
+                                &sp.span,
+                                &format!("{path}.script"),
+                                format!("{script:?} is neither an absolute path nor a name in /etc/init.d"),
+                            );
+                        }
+                        continue;
+                    } else {
+                        std::path::Path::new("/etc/init.d").join(p)
+                    };
+                    ResourceKind::Lsb(LsbResource { script })
+                }
+                None => continue,
+            },
+            Some("systemd") => match required(
+                cx,
+                rr,
+                &path,
+                &rr.unit,
+                "unit",
+                "a unit, e.g. \"slurmctld.service\"",
+            ) {
+                Some(unit) if !unit.is_empty() && !unit.contains(['/', ' ']) => {
+                    let unit = if unit.contains('.') {
+                        unit
+                    } else {
+                        format!("{unit}.service")
+                    };
+                    ResourceKind::Systemd(SystemdResource { unit })
+                }
+                Some(unit) => {
+                    if let Some(sp) = &rr.unit {
+                        cx.error(
+                            &sp.span,
+                            &format!("{path}.unit"),
+                            format!("{unit:?} is not a unit name"),
+                        );
+                    }
+                    continue;
+                }
+                None => continue,
+            },
             Some(_) => continue, // reported while decoding
         };
+        let service = match kind {
+            ResourceKind::Vip(_) => None,
+            _ => match (policy(cx, rr, &path, name.as_deref()), &name) {
+                (Some(p), Some(_)) => Some(p),
+                _ => continue,
+            },
+        };
         if let Some(name) = name {
-            out.push(Resource { name, kind });
+            out.push(Resource {
+                name,
+                kind,
+                service,
+            });
         }
     }
+    groups(cx, raw, &out);
     out
+}
+
+/// A required string key of a resource; reports it when missing.
+fn required(
+    cx: &mut Cx<'_>,
+    rr: &RawResource,
+    path: &str,
+    value: &Option<Sp<String>>,
+    key: &str,
+    what: &str,
+) -> Option<String> {
+    match value {
+        Some(v) => Some(v.v.clone()),
+        None => {
+            let field = format!("{path}.{key}");
+            if !cx.reported(&field) {
+                cx.error(
+                    &rr.span,
+                    &field,
+                    format!("missing required key {key:?} ({what})"),
+                );
+            }
+            None
+        }
+    }
+}
+
+fn exec(cx: &mut Cx<'_>, rr: &RawResource, path: &str) -> Option<ExecResource> {
+    let e = &rr.exec;
+    let command = match &e.command {
+        Some(c) => Some(c.v.clone()),
+        None => {
+            let field = format!("{path}.command");
+            if !cx.reported(&field) {
+                cx.error(
+                    &rr.span,
+                    &field,
+                    "missing required key \"command\" (program and arguments, e.g. [\"/usr/sbin/slurmctld\", \"-D\"])",
+                );
+            }
+            None
+        }
+    };
+    let mut ok = true;
+    if let Some(u) = &e.user {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 32
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        let good = match u.v.split_once(':') {
+            Some((user, group)) => valid(user) && valid(group),
+            None => valid(&u.v),
+        };
+        if !good {
+            ok = false;
+            cx.error(
+                &u.span,
+                &format!("{path}.user"),
+                format!("{:?} is not \"user\" or \"user:group\"", u.v),
+            );
+        }
+    }
+    if let Some(w) = &e.workdir {
+        if !w.v.starts_with('/') {
+            ok = false;
+            cx.error(
+                &w.span,
+                &format!("{path}.workdir"),
+                format!("{:?} is not an absolute path", w.v),
+            );
+        }
+    }
+    let mut env = BTreeMap::new();
+    for (k, v) in &e.env {
+        let valid = !k.v.is_empty()
+            && !k.v.starts_with(|c: char| c.is_ascii_digit())
+            && k.v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            ok = false;
+            cx.error(
+                &k.span,
+                &format!("{path}.env.{}", k.v),
+                format!(
+                    "{:?} is not an environment variable name (letters, digits, '_')",
+                    k.v
+                ),
+            );
+        }
+        env.insert(k.v.clone(), v.v.clone());
+    }
+    let command = command?;
+    ok.then(|| ExecResource {
+        command,
+        user: e.user.as_ref().map(|u| u.v.clone()),
+        workdir: e.workdir.as_ref().map(|w| w.v.clone().into()),
+        check: e.check.as_ref().map(|c| c.v.clone()),
+        env,
+    })
+}
+
+fn ocf(cx: &mut Cx<'_>, rr: &RawResource, path: &str) -> Option<OcfResource> {
+    let o = &rr.ocf;
+    let agent = required(
+        cx,
+        rr,
+        path,
+        &o.agent,
+        "agent",
+        "provider:agent, e.g. \"heartbeat:anything\"",
+    )?;
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && s != "."
+            && s != ".."
+    };
+    let trimmed = agent.strip_prefix("ocf:").unwrap_or(&agent);
+    let agent_ok = match trimmed.split_once(':') {
+        Some((provider, a)) => name_ok(provider) && name_ok(a),
+        None => false,
+    };
+    let mut ok = true;
+    if !agent_ok {
+        ok = false;
+        if let Some(a) = &o.agent {
+            cx.error(
+                &a.span,
+                &format!("{path}.agent"),
+                format!("{agent:?} is not provider:agent (e.g. \"heartbeat:anything\")"),
+            );
+        }
+    }
+    let ocf_root = match &o.ocf_root {
+        Some(r) if !r.v.starts_with('/') => {
+            ok = false;
+            cx.error(
+                &r.span,
+                &format!("{path}.ocf_root"),
+                format!("{:?} is not an absolute path", r.v),
+            );
+            String::new()
+        }
+        Some(r) => r.v.clone(),
+        None => super::DEFAULT_OCF_ROOT.to_string(),
+    };
+    let mut params = BTreeMap::new();
+    for (k, v) in &o.params {
+        let valid = !k.v.is_empty() && k.v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            ok = false;
+            cx.error(
+                &k.span,
+                &format!("{path}.params.{}", k.v),
+                format!(
+                    "{:?} is not an OCF parameter name (letters, digits, '_')",
+                    k.v
+                ),
+            );
+        }
+        params.insert(k.v.clone(), v.v.clone());
+    }
+    ok.then(|| OcfResource {
+        agent: trimmed.to_string(),
+        ocf_root: ocf_root.into(),
+        check_level: o.check_level.as_ref().map(|c| c.v).unwrap_or(0),
+        params,
+    })
+}
+
+/// The common placement and recovery keys of a service resource.
+fn policy(
+    cx: &mut Cx<'_>,
+    rr: &RawResource,
+    path: &str,
+    name: Option<&str>,
+) -> Option<ServicePolicy> {
+    let s = &rr.svc;
+    let mut p = ServicePolicy::default();
+    let mut ok = true;
+    match &s.group {
+        Some(g) if !is_simple_name(&g.v) => {
+            ok = false;
+            cx.error(
+                &g.span,
+                &format!("{path}.group"),
+                format!(
+                    "{:?} is not a valid group name (lowercase letters, digits, '-' and '_')",
+                    g.v
+                ),
+            );
+        }
+        Some(g) => p.group = g.v.clone(),
+        None => p.group = name.unwrap_or_default().to_string(),
+    }
+    if let Some(pl) = &s.placement {
+        match pl.v.as_str() {
+            "active" => p.placement = Placement::Active,
+            "every-head" => p.placement = Placement::EveryHead,
+            other => {
+                ok = false;
+                cx.error(
+                    &pl.span,
+                    &format!("{path}.placement"),
+                    format!("unknown placement {other:?} (expected \"active\" or \"every-head\")"),
+                );
+            }
+        }
+    }
+    if let Some(f) = &s.on_fail {
+        match OnFail::from_name(&f.v) {
+            Some(v) => p.on_fail = v,
+            None => {
+                ok = false;
+                cx.error(
+                    &f.span,
+                    &format!("{path}.on_fail"),
+                    format!(
+                        "unknown on_fail {:?} (expected one of: {})",
+                        f.v,
+                        OnFail::NAMES.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(m) = &s.max_restarts {
+        p.max_restarts = m.v;
+    }
+    for (key, d) in &s.durations {
+        let slot = match *key {
+            "restart_window" => &mut p.restart_window,
+            "failure_timeout" => &mut p.failure_timeout,
+            "restart_backoff" => &mut p.restart_backoff,
+            "monitor_interval" => &mut p.monitor_interval,
+            "monitor_timeout" => &mut p.monitor_timeout,
+            "start_timeout" => &mut p.start_timeout,
+            _ => &mut p.stop_timeout,
+        };
+        let zero_ok = matches!(*key, "failure_timeout" | "restart_backoff");
+        if d.v.is_zero() && !zero_ok {
+            ok = false;
+            cx.error(
+                &d.span,
+                &format!("{path}.{key}"),
+                "must be greater than zero",
+            );
+        }
+        *slot = d.v;
+    }
+    ok.then_some(p)
+}
+
+/// Members of a group share its placement; a group name is not another
+/// resource's name unless that resource is in it.
+fn groups(cx: &mut Cx<'_>, raw: &RawConfig, resources: &[Resource]) {
+    let mut first: BTreeMap<&str, (usize, Placement)> = BTreeMap::new();
+    for (i, r) in resources.iter().enumerate() {
+        let Some(policy) = &r.service else { continue };
+        let raw_i = raw
+            .resources
+            .iter()
+            .position(|rr| rr.name.as_ref().is_some_and(|n| n.v == r.name))
+            .unwrap_or(i);
+        let span = raw.resources[raw_i]
+            .svc
+            .group
+            .as_ref()
+            .map(|g| g.span.clone())
+            .unwrap_or(raw.resources[raw_i].span.clone());
+        match first.get(policy.group.as_str()) {
+            None => {
+                first.insert(&policy.group, (i, policy.placement));
+            }
+            Some((j, placement)) if *placement != policy.placement => {
+                cx.error(
+                    &span,
+                    &format!("resource[{raw_i}].placement"),
+                    format!(
+                        "members of group {:?} must share one placement ({:?} has {})",
+                        policy.group,
+                        resources[*j].name,
+                        if *placement == Placement::Active {
+                            "active"
+                        } else {
+                            "every-head"
+                        }
+                    ),
+                );
+            }
+            Some(_) => {}
+        }
+        if let Some(other) = resources
+            .iter()
+            .find(|o| o.name == policy.group && o.group() != Some(policy.group.as_str()))
+        {
+            cx.error(
+                &span,
+                &format!("resource[{raw_i}].group"),
+                format!(
+                    "group {:?} has the name of resource {:?}, which is not in it",
+                    policy.group, other.name
+                ),
+            );
+        }
+    }
 }
 
 fn vip(
@@ -526,10 +910,10 @@ fn vip(
                 );
             }
             if let Some((ip, _)) = parsed {
-                if let Some(r) = earlier.iter().find(|r| {
-                    let ResourceKind::Vip(v) = &r.kind;
-                    v.address.0 == ip
-                }) {
+                if let Some(r) = earlier
+                    .iter()
+                    .find(|r| matches!(&r.kind, ResourceKind::Vip(v) if v.address.0 == ip))
+                {
                     cx.error(
                         &a.span,
                         &format!("{path}.address"),
