@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use haoscar_types::api::{
-    Action, ActionReply, ApiError, Event, Health, StandbyRequest, Status, SwitchoverRequest,
+    Action, ActionReply, ApiError, ConfigApplyRequest, Event, Health, ResourceList,
+    ResourceRequest, StandbyRequest, Status, SwitchoverRequest,
 };
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -35,6 +36,10 @@ pub trait AgentView: Send + Sync + 'static {
     fn action(&self, action: Action) -> ActionFuture {
         let _ = action;
         Box::pin(async { Err((501, "this agent takes no actions".to_string())) })
+    }
+    /// The service resources as this node sees them (`None`: not a head).
+    fn resources(&self) -> Option<ResourceList> {
+        None
     }
 }
 
@@ -69,12 +74,15 @@ pub fn router(view: Shared, actions: bool) -> Router {
     let r = if actions {
         r.route("/v1/switchover", post(switchover))
             .route("/v1/standby", post(standby))
+            .route("/v1/resource", post(resource_action))
+            .route("/v1/config/apply", post(config_apply))
     } else {
         r
     };
     r.route("/v1/status", get(status))
         .route("/v1/health", get(health))
         .route("/v1/events", get(events))
+        .route("/v1/resources", get(resources))
         .route("/v1/config", get(config))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -150,6 +158,48 @@ async fn standby(
                 "bad body: {} (expected {{\"node\": \"NODE\", \"on\": true|false}})",
                 e.body_text()
             ),
+        ),
+    }
+}
+
+async fn resource_action(
+    State(v): State<Shared>,
+    body: Result<Json<ResourceRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => run_action(v, Action::Resource(req)).await,
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad body: {} (expected {{\"name\": \"RESOURCE\", \"op\": \"restart|stop|start|cleanup\", \"by\": \"WHO\"}})",
+                e.body_text()
+            ),
+        ),
+    }
+}
+
+async fn config_apply(
+    State(v): State<Shared>,
+    body: Result<Json<ConfigApplyRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => run_action(v, Action::ApplyConfig(req)).await,
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad body: {} (expected {{\"text\": \"...\", \"file\": \"PATH\", \"by\": \"WHO\"}})",
+                e.body_text()
+            ),
+        ),
+    }
+}
+
+async fn resources(State(v): State<Shared>) -> Response {
+    match v.resources() {
+        Some(list) => Json(list).into_response(),
+        None => error(
+            StatusCode::CONFLICT,
+            "this node runs no service resources (only heads do): ask a head".to_string(),
         ),
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use haoscar_types::api::Event;
+use haoscar_types::service::ResourceRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::types::Command;
@@ -31,7 +32,32 @@ pub struct ClusterState {
     /// new leader is established or the active head gives up on it.
     #[serde(default)]
     pub pending_switchover: Option<PendingSwitchover>,
+    /// Replicated record of each service resource, by resource name.
+    #[serde(default)]
+    pub resources: BTreeMap<String, ResourceRecord>,
+    /// The configuration last distributed with `haoscar config apply`.
+    #[serde(default)]
+    pub config: Option<AppliedConfig>,
 }
+
+/// A configuration distributed through the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedConfig {
+    /// 1 for the first `config apply`, then increasing.
+    pub version: u64,
+    pub digest: u64,
+    /// The file's text, as applied.
+    pub text: String,
+    pub by: String,
+    pub at_unix_ms: u64,
+    /// Digests of earlier versions, newest last (at most
+    /// [`MAX_CONFIG_HISTORY`]): a node whose file has one of them is merely
+    /// behind and takes the current text.
+    pub earlier: Vec<u64>,
+}
+
+/// Earlier configuration digests remembered.
+pub const MAX_CONFIG_HISTORY: usize = 64;
 
 /// A switchover request waiting for the active head.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +115,58 @@ impl ClusterState {
                 } else {
                     false
                 }
+            }
+            Command::Resource { name, change } => {
+                let changed = self
+                    .resources
+                    .entry(name.clone())
+                    .or_default()
+                    .apply(change);
+                if self
+                    .resources
+                    .get(name)
+                    .is_some_and(|r| *r == ResourceRecord::default())
+                {
+                    self.resources.remove(name);
+                }
+                changed
+            }
+            Command::ApplyConfig {
+                text,
+                digest,
+                by,
+                at_unix_ms,
+            } => {
+                let (version, mut earlier) = match self.config.take() {
+                    Some(c) => {
+                        let mut e = c.earlier;
+                        if c.digest != *digest {
+                            e.push(c.digest);
+                        }
+                        (c.version + 1, e)
+                    }
+                    None => (
+                        1,
+                        self.config_digest
+                            .into_iter()
+                            .filter(|d| d != digest)
+                            .collect(),
+                    ),
+                };
+                earlier.retain(|d| d != digest);
+                while earlier.len() > MAX_CONFIG_HISTORY {
+                    earlier.remove(0);
+                }
+                self.config = Some(AppliedConfig {
+                    version,
+                    digest: *digest,
+                    text: text.clone(),
+                    by: by.clone(),
+                    at_unix_ms: *at_unix_ms,
+                    earlier,
+                });
+                self.config_digest = Some(*digest);
+                true
             }
             Command::Noop => false,
         }
@@ -152,6 +230,44 @@ mod tests {
         assert_eq!(s.events.len(), MAX_EVENTS);
         assert_eq!(s.events.front().map(|e| e.id), Some(10));
         assert_eq!(s.events.back().map(|e| e.id), Some(MAX_EVENTS as u64 + 9));
+    }
+
+    #[test]
+    fn resource_records_and_applied_configs() {
+        use haoscar_types::service::{FailNote, ResourceOp};
+        let mut s = ClusterState::default();
+        let failed = Command::Resource {
+            name: "web".into(),
+            change: ResourceOp::Failed {
+                note: FailNote {
+                    node: "head1".into(),
+                    at_unix_ms: 5,
+                    reason: "rc=1".into(),
+                },
+            },
+        };
+        assert!(s.apply(&failed));
+        assert!(s.resources["web"].failed_on.contains_key("head1"));
+        assert!(s.apply(&Command::Resource {
+            name: "web".into(),
+            change: ResourceOp::Cleanup { by: "root".into() },
+        }));
+        assert_eq!(s.resources["web"].cleanup_gen, 1);
+        s.apply(&Command::SetConfigVersion { digest: 1 });
+        let apply = |digest| Command::ApplyConfig {
+            text: format!("# {digest}"),
+            digest,
+            by: "root@head1".into(),
+            at_unix_ms: 9,
+        };
+        assert!(s.apply(&apply(2)));
+        assert!(s.apply(&apply(3)));
+        let c = s.config.as_ref().unwrap();
+        assert_eq!((c.version, c.digest, c.earlier.clone()), (2, 3, vec![1, 2]));
+        assert_eq!(s.config_digest, Some(3));
+        // Going back to an earlier version makes it current, not earlier.
+        s.apply(&apply(1));
+        assert_eq!(s.config.as_ref().unwrap().earlier, vec![2, 3]);
     }
 
     #[test]

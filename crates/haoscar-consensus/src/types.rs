@@ -12,6 +12,7 @@ use std::fmt;
 use std::io::Cursor;
 
 use haoscar_types::api::Event;
+use haoscar_types::service::ResourceOp;
 use serde::{Deserialize, Serialize};
 
 /// A Raft node id (see the module docs for how it is derived).
@@ -98,6 +99,16 @@ pub enum Command {
     },
     /// The active head gave up on switchover request `id` (it stays active).
     SwitchoverFailed { id: u64 },
+    /// Change the replicated record of service resource `name`.
+    Resource { name: String, change: ResourceOp },
+    /// Make `text` (a validated cluster configuration, digest `digest`)
+    /// the cluster's configuration (`haoscar config apply`).
+    ApplyConfig {
+        text: String,
+        digest: u64,
+        by: String,
+        at_unix_ms: u64,
+    },
     /// Changes nothing; commits an entry (e.g. to confirm leadership).
     Noop,
 }

@@ -352,6 +352,11 @@ impl Membership {
         self
     }
 
+    /// Changes the digest compared with peers' (after `config apply`).
+    pub fn set_config_digest(&mut self, ours: u64) {
+        self.config_digest = Some(ours);
+    }
+
     /// Name of the local node.
     pub fn local(&self) -> &str {
         &self.local

@@ -274,7 +274,7 @@ struct Inner {
     start: Instant,
     interval: Duration,
     role: String,
-    config_digest: u64,
+    config_digest: std::sync::atomic::AtomicU64,
     channels: Vec<String>,
     peers: Vec<PeerEntry>,
     peer_index: HashMap<String, usize>,
@@ -293,6 +293,15 @@ pub struct HeartbeatHandle {
 }
 
 impl HeartbeatHandle {
+    /// Announces another configuration digest from now on (after `config
+    /// apply`) and compares peers' with it.
+    pub fn set_config_digest(&self, digest: u64) {
+        self.inner
+            .config_digest
+            .store(digest, std::sync::atomic::Ordering::Relaxed);
+        self.inner.lock().membership.set_config_digest(digest);
+    }
+
     /// Current membership view and counters (one short lock).
     pub fn snapshot(&self) -> HeartbeatSnapshot {
         let now = Instant::now();
@@ -500,7 +509,7 @@ pub async fn spawn_with_sockets(
         start,
         interval: cfg.interval,
         role: cfg.role,
-        config_digest: cfg.config_digest,
+        config_digest: std::sync::atomic::AtomicU64::new(cfg.config_digest),
         channels,
         peers,
         events,
@@ -824,7 +833,9 @@ impl Inner {
                 let hb = Heartbeat {
                     channel: self.channels[ci].clone(),
                     sent_us,
-                    config_digest: self.config_digest,
+                    config_digest: self
+                        .config_digest
+                        .load(std::sync::atomic::Ordering::Relaxed),
                     role: self.role.clone(),
                     flags: 0,
                     echo: link.last_rx.map(|(boot, seq, rx_at)| Echo {

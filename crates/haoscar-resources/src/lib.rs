@@ -4,5 +4,8 @@
 //!
 //! * [`vip`]: virtual IP takeover (netlink address with a kernel-enforced
 //!   lifetime, gratuitous ARP / unsolicited Neighbor Advertisement).
+//! * [`service`]: service drivers (exec, OCF resource agents, LSB init
+//!   scripts, systemd units): start, stop, monitor, exit notification.
 
+pub mod service;
 pub mod vip;

@@ -212,11 +212,83 @@ pub struct StandbyRequest {
     pub on: bool,
 }
 
+/// `POST /v1/resource` body: an operator command on a service resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceRequest {
+    pub name: String,
+    /// `restart`, `stop`, `start` or `cleanup`.
+    pub op: String,
+    /// Who asked (`user@host`), recorded in the events.
+    pub by: String,
+}
+
+/// `POST /v1/config/apply` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigApplyRequest {
+    /// The new configuration file's text.
+    pub text: String,
+    /// The file it came from (for error messages).
+    pub file: String,
+    pub by: String,
+}
+
 /// An operator action the API passes to the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Switchover(SwitchoverRequest),
     Standby(StandbyRequest),
+    Resource(ResourceRequest),
+    ApplyConfig(ConfigApplyRequest),
+}
+
+/// `GET /v1/resources`: the service resources as this node sees them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceList {
+    pub node: String,
+    /// The active head (where resources with `placement = "active"` run).
+    pub active: Option<String>,
+    /// Version of the configuration applied with `config apply` (0: the
+    /// files as installed), and whether this node runs it.
+    pub config_version: u64,
+    pub config_current: bool,
+    /// Why this node's configuration is not the cluster's, if it is not.
+    #[serde(default)]
+    pub config_problem: Option<String>,
+    pub resources: Vec<ResourceStatus>,
+}
+
+/// One service resource on this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    pub name: String,
+    /// `vip`, `exec`, `ocf`, `lsb`, `systemd`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub group: String,
+    /// `active` or `every-head`.
+    pub placement: String,
+    pub on_fail: String,
+    /// `running`, `stopped`, `starting`, `stopping`, `failed`, `blocked`,
+    /// `stop_failed`, `unknown` (not probed yet).
+    pub state: String,
+    pub since_unix_ms: u64,
+    /// Main process of an `exec` resource.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    pub restarts_in_window: u32,
+    pub max_restarts: u32,
+    /// Outcome of the last monitor or start, in words.
+    #[serde(default)]
+    pub last_result: Option<String>,
+    #[serde(default)]
+    pub last_check_unix_ms: Option<u64>,
+    /// In words: why it is (not) running here and what the next failure
+    /// leads to.
+    pub explanation: String,
+    /// The cluster's record: heads where it failed, block, failed stop,
+    /// operator stop.
+    #[serde(default)]
+    pub record: Option<crate::service::ResourceRecord>,
 }
 
 /// The answer to an action.

@@ -5,7 +5,9 @@
 //! cleanly on SIGTERM/SIGINT. Later capabilities (election, VIPs, resources)
 //! plug into this runtime.
 
+use crate::config_apply::{self, Verdict};
 use crate::failover::{self, Failover, HeadCtx};
+use crate::services::{ServiceCtx, Services};
 use crate::ConfigArgs;
 use anyhow::{bail, Context, Result};
 use haoscar_api::{ActionFuture, AgentView, Server};
@@ -14,11 +16,11 @@ use haoscar_net::heartbeat::{self, HeartbeatConfig, HeartbeatHandle, LocalChanne
 use haoscar_net::wire::ClusterKey;
 use haoscar_types::api::{self, ActionReply, Event, Liveness, NetCounters, Status};
 use haoscar_types::config::{self, Config, Role};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,7 +54,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = rt.block_on(agent_main(config, node, key));
+    let result = rt.block_on(agent_main(config, node, key, args.cfg.config.clone()));
     // Do not wait for blocked helper threads (e.g. a stuck DNS or disk call).
     rt.shutdown_timeout(Duration::from_millis(200));
     result?;
@@ -201,7 +203,6 @@ struct Agent {
     boot: BootId,
     started: tokio::time::Instant,
     started_unix_ms: u64,
-    digest: u64,
     heartbeat: HeartbeatHandle,
     channels: Vec<api::LocalChannel>,
     events: Mutex<EventLog>,
@@ -209,6 +210,25 @@ struct Agent {
     failover: OnceLock<Arc<Failover>>,
     /// Events to commit to the replicated history.
     replicate: OnceLock<tokio::sync::mpsc::Sender<Event>>,
+    /// Service resources (heads).
+    services: OnceLock<Arc<tokio::sync::Mutex<Services>>>,
+    resource_view: Arc<Mutex<BTreeMap<String, api::ResourceStatus>>>,
+    /// The configuration this node runs now (changes with `config apply`).
+    current: Mutex<Current>,
+    /// The file the configuration was loaded from (rewritten on apply).
+    config_path: PathBuf,
+    /// This agent itself, for actions that outlive the API call.
+    this: OnceLock<std::sync::Weak<Agent>>,
+}
+
+/// The configuration this node runs and how it relates to the cluster's.
+#[derive(Clone)]
+struct Current {
+    config: Config,
+    digest: u64,
+    /// Version of the cluster's applied configuration (0: none).
+    version: u64,
+    problem: Option<String>,
 }
 
 struct EventLog {
@@ -217,6 +237,284 @@ struct EventLog {
 }
 
 impl Agent {
+    fn current(&self) -> Current {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A strong reference to this agent (set once at start).
+    fn me(&self) -> Arc<Agent> {
+        self.this
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .unwrap_or_else(|| unreachable!("the agent registers itself before serving the API"))
+    }
+
+    /// `haoscar resource restart|stop|start|cleanup NAME`.
+    async fn resource_action(
+        &self,
+        fo: &Failover,
+        req: api::ResourceRequest,
+    ) -> Result<ActionReply, (u16, String)> {
+        use haoscar_types::service::ResourceOp;
+        let cur = self.current();
+        let Some(r) = cur.config.resources.iter().find(|r| r.name == req.name) else {
+            let names: Vec<&str> = cur
+                .config
+                .resources
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect();
+            return Err((
+                404,
+                format!(
+                    "no resource named {:?} (resources: {})",
+                    req.name,
+                    names.join(", ")
+                ),
+            ));
+        };
+        if r.service.is_none() {
+            return Err((
+                400,
+                format!(
+                    "{} is a vip: it follows the active head (use `haoscar switchover`)",
+                    r.name
+                ),
+            ));
+        }
+        let by = if req.by.is_empty() {
+            format!("operator@{}", self.node)
+        } else {
+            req.by.clone()
+        };
+        let (change, done) = match req.op.as_str() {
+            "restart" => (ResourceOp::Restart { by: by.clone() }, "restart requested"),
+            "stop" => (
+                ResourceOp::Stop { by: by.clone() },
+                "stopped (stays stopped until `haoscar resource start`)",
+            ),
+            "start" => (ResourceOp::Start { by: by.clone() }, "allowed to run again"),
+            "cleanup" => (
+                ResourceOp::Cleanup { by: by.clone() },
+                "failures forgotten and unblocked",
+            ),
+            other => {
+                return Err((
+                    400,
+                    format!(
+                        "unknown operation {other:?} (expected restart, stop, start or cleanup)"
+                    ),
+                ))
+            }
+        };
+        fo.consensus
+            .propose(haoscar_consensus::Command::Resource {
+                name: r.name.clone(),
+                change,
+            })
+            .await
+            .map_err(|e| (503, format!("cannot commit the request (no quorum?): {e}")))?;
+        self.record(
+            &format!("resource_{}", req.op),
+            Some(&r.name),
+            format!("{by} asked to {} {}", req.op, r.name),
+        );
+        Ok(ActionReply {
+            message: format!("{}: {done}", r.name),
+        })
+    }
+
+    /// `haoscar config apply FILE`: validate, distribute, wait until applied here.
+    async fn apply_config(
+        &self,
+        fo: &Failover,
+        req: api::ConfigApplyRequest,
+    ) -> Result<ActionReply, (u16, String)> {
+        let file = if req.file.is_empty() {
+            "<request>".to_string()
+        } else {
+            req.file.clone()
+        };
+        let loaded = config::parse(&req.text, Path::new(&file))
+            .map_err(|d| (400, format!("the new configuration is not valid:\n{d}")))?;
+        let new = loaded.config;
+        let cur = self.current();
+        let bad = config_apply::incompatible(&cur.config, &new);
+        if !bad.is_empty() {
+            return Err((
+                409,
+                format!(
+                    "config apply changes service resources only; this file also changes {}: install it on every node and restart the agents instead",
+                    bad.join(", ")
+                ),
+            ));
+        }
+        let digest = new.digest();
+        if digest == cur.digest {
+            return Ok(ActionReply {
+                message: format!(
+                    "no change: the cluster already runs this configuration (version {})",
+                    cur.version
+                ),
+            });
+        }
+        let by = if req.by.is_empty() {
+            format!("operator@{}", self.node)
+        } else {
+            req.by.clone()
+        };
+        fo.consensus
+            .propose(haoscar_consensus::Command::ApplyConfig {
+                text: new.to_toml(),
+                digest,
+                by,
+                at_unix_ms: unix_ms(SystemTime::now()),
+            })
+            .await
+            .map_err(|e| {
+                (
+                    503,
+                    format!("cannot commit the new configuration (no quorum?): {e}"),
+                )
+            })?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = self.current();
+            if c.digest == digest {
+                let last = self
+                    .local_events(50)
+                    .into_iter()
+                    .rev()
+                    .find(|e| e.kind == "config_applied")
+                    .map(|e| e.message)
+                    .unwrap_or_default();
+                return Ok(ActionReply { message: last });
+            }
+            if let Some(p) = c.problem {
+                return Err((409, p));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err((
+                    504,
+                    "committed, but not applied on this node within 30 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Follows the cluster's applied configuration: adopts a newer one
+    /// (file rewritten, services changed), or reports a differing one.
+    async fn follow_config(&self, fo: &Failover) {
+        let applied = fo.consensus.state().config;
+        let cur = self.current();
+        match config_apply::verdict(cur.digest, applied.as_ref()) {
+            Verdict::Current => {
+                let version = applied.as_ref().map(|a| a.version).unwrap_or(0);
+                if cur.problem.is_some() || cur.version != version {
+                    self.set_current(Current {
+                        version,
+                        problem: None,
+                        ..cur
+                    });
+                    fo.set_config_current(true);
+                }
+            }
+            Verdict::Differs(why) => {
+                if cur.problem.as_deref() != Some(why.as_str()) {
+                    tracing::error!("{why}");
+                    self.record("config_differs", None, why.clone());
+                    fo.set_config_current(false);
+                    self.set_current(Current {
+                        problem: Some(why),
+                        ..cur
+                    });
+                }
+            }
+            Verdict::Adopt => {
+                let Some(a) = applied else { return };
+                let path = self.config_path.display().to_string();
+                let new = match config::parse(&a.text, Path::new(&path)) {
+                    Ok(l) => l.config,
+                    Err(d) => {
+                        let why = format!(
+                            "the cluster's configuration version {} does not load here:\n{d}",
+                            a.version
+                        );
+                        fo.set_config_current(false);
+                        self.set_current(Current {
+                            problem: Some(why),
+                            ..cur
+                        });
+                        return;
+                    }
+                };
+                let bad = config_apply::incompatible(&cur.config, &new);
+                if !bad.is_empty() {
+                    let why = format!(
+                        "the cluster's configuration version {} changes {} here: restart this agent with it",
+                        a.version,
+                        bad.join(", ")
+                    );
+                    if cur.problem.as_deref() != Some(why.as_str()) {
+                        self.record("config_differs", None, why.clone());
+                    }
+                    fo.set_config_current(false);
+                    self.set_current(Current {
+                        problem: Some(why),
+                        ..cur
+                    });
+                    return;
+                }
+                if let Err(e) = config_apply::write_atomically(&self.config_path, &a.text) {
+                    tracing::warn!(file = %path, error = %e, "cannot rewrite the configuration file; running the new version anyway");
+                }
+                let (started, stopped, changed) = match self.services.get() {
+                    Some(s) => s.lock().await.apply(&new.resources).await,
+                    None => Default::default(),
+                };
+                self.heartbeat.set_config_digest(a.digest);
+                self.set_current(Current {
+                    config: new,
+                    digest: a.digest,
+                    version: a.version,
+                    problem: None,
+                });
+                fo.set_config_current(true);
+                let list = |v: &[String]| {
+                    if v.is_empty() {
+                        "none".to_string()
+                    } else {
+                        v.join(", ")
+                    }
+                };
+                self.record(
+                    "config_applied",
+                    None,
+                    format!(
+                        "configuration version {} (by {}) applied on {}: groups started: {}; stopped: {}; changed: {}; the others untouched",
+                        a.version,
+                        a.by,
+                        self.node,
+                        list(&started),
+                        list(&stopped),
+                        list(&changed)
+                    ),
+                );
+            }
+        }
+    }
+
+    fn set_current(&self, c: Current) {
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = c;
+    }
+
     fn record(&self, kind: &str, subject: Option<&str>, message: String) {
         let Ok(mut log) = self.events.lock() else {
             return;
@@ -365,7 +663,7 @@ impl AgentView for Agent {
             boot_id: self.boot.to_string(),
             started_at_unix_ms: self.started_unix_ms,
             uptime_ms: self.started.elapsed().as_millis() as u64,
-            config_digest: format!("{:016x}", self.digest),
+            config_digest: format!("{:016x}", self.current().digest),
             timing: api::TimingStatus {
                 preset: format!("{:?}", t.preset).to_lowercase(),
                 heartbeat_interval_ms: t.heartbeat_interval.as_secs_f64() * 1000.0,
@@ -404,7 +702,35 @@ impl AgentView for Agent {
         all.into_iter().skip(skip).collect()
     }
 
+    fn resources(&self) -> Option<api::ResourceList> {
+        if self.role != Role::Head {
+            return None;
+        }
+        let cur = self.current();
+        let view = self
+            .resource_view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        // In configuration order.
+        let resources = cur
+            .config
+            .resources
+            .iter()
+            .filter_map(|r| view.get(&r.name).cloned())
+            .collect();
+        Some(api::ResourceList {
+            node: self.node.clone(),
+            active: self.failover.get().and_then(|f| f.consensus.state().active),
+            config_version: cur.version,
+            config_current: cur.problem.is_none(),
+            config_problem: cur.problem.clone(),
+            resources,
+        })
+    }
+
     fn action(&self, action: api::Action) -> ActionFuture {
+        let this = self.me();
         let fo = self.failover.get().cloned();
         let node = self.node.clone();
         let config = self.config.clone();
@@ -416,6 +742,8 @@ impl AgentView for Agent {
                 ));
             };
             let message = match action {
+                api::Action::Resource(req) => return this.resource_action(&fo, req).await,
+                api::Action::ApplyConfig(req) => return this.apply_config(&fo, req).await,
                 api::Action::Switchover(req) => {
                     if let Some(t) = &req.to {
                         match config.node(t).map(|n| n.role) {
@@ -454,7 +782,7 @@ impl AgentView for Agent {
     }
 
     fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&self.config).unwrap_or(serde_json::Value::Null)
+        serde_json::to_value(&self.current().config).unwrap_or(serde_json::Value::Null)
     }
 
     fn metrics(&self) -> String {
@@ -572,7 +900,12 @@ impl Metrics {
     }
 }
 
-async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()> {
+async fn agent_main(
+    config: Config,
+    node: String,
+    key: ClusterKey,
+    config_path: PathBuf,
+) -> Result<()> {
     let me = config
         .node(&node)
         .cloned()
@@ -631,7 +964,6 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
         boot,
         started: tokio::time::Instant::now(),
         started_unix_ms: unix_ms(now),
-        digest,
         heartbeat: hb,
         events: Mutex::new(EventLog {
             next_id: 0,
@@ -639,7 +971,18 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
         }),
         failover: OnceLock::new(),
         replicate: OnceLock::new(),
+        services: OnceLock::new(),
+        resource_view: Arc::default(),
+        current: Mutex::new(Current {
+            config: config.clone(),
+            digest,
+            version: 0,
+            problem: None,
+        }),
+        config_path,
+        this: OnceLock::new(),
     });
+    let _ = agent.this.set(Arc::downgrade(&agent));
     // Heads and witnesses: the consensus node, and on heads the active role.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut side_tasks = Vec::new();
@@ -679,9 +1022,44 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
                 }
             }
         }));
+        // Follow the cluster's applied configuration.
+        {
+            let a = agent.clone();
+            let fo = fo.clone();
+            let mut applied = fo.consensus.raft().metrics();
+            let mut stop = stop_rx.clone();
+            side_tasks.push(tokio::spawn(async move {
+                loop {
+                    a.follow_config(&fo).await;
+                    tokio::select! {
+                        r = applied.changed() => if r.is_err() { break },
+                        _ = stop.changed() => break,
+                    }
+                }
+            }));
+        }
         if me.role == Role::Head {
+            // The follower above may have adopted a newer configuration.
+            let running = agent.current().config;
             let a = agent.clone();
             let rec = agent.clone();
+            let services = Services::start(ServiceCtx {
+                node: node.clone(),
+                config: running,
+                failover: fo.clone(),
+                membership: Arc::new({
+                    let a = agent.clone();
+                    move || a.heartbeat.snapshot()
+                }),
+                record: Arc::new({
+                    let a = agent.clone();
+                    move |k: &str, s: Option<&str>, m: String| a.record(k, s, m)
+                }),
+                view: agent.resource_view.clone(),
+            });
+            let _ = agent
+                .services
+                .set(Arc::new(tokio::sync::Mutex::new(services)));
             let ctx = HeadCtx {
                 config: config.clone(),
                 node: node.clone(),
@@ -750,6 +1128,10 @@ async fn agent_main(config: Config, node: String, key: ClusterKey) -> Result<()>
         let _ = stop_tx.send(true);
         if let Some(h) = head_task {
             let _ = h.await;
+        }
+        // Then the services (reverse order within each group).
+        if let Some(s) = agent.services.get() {
+            s.lock().await.shutdown().await;
         }
         for t in side_tasks {
             t.abort();

@@ -24,6 +24,14 @@ pub enum ConfigCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Validate FILE, distribute it to every node through the replicated
+    /// state and apply only the difference (service resources).
+    Apply {
+        #[command(flatten)]
+        agent: crate::cmd_ops::AgentArgs,
+        /// The new configuration file.
+        file: PathBuf,
+    },
     /// Print the configuration normalised: node ranges expanded, defaults filled in.
     Show {
         /// File to show (default: $HAOSCAR_CONFIG, else /etc/haoscar/cluster.toml).
@@ -43,6 +51,7 @@ pub fn run(cmd: ConfigCommand) -> Result<ExitCode> {
             json,
         } => check(files, strict, quiet, json),
         ConfigCommand::Show { file, json } => show(file, json),
+        ConfigCommand::Apply { agent, file } => crate::cmd_resource::apply(agent, file),
     }
 }
 

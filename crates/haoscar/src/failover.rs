@@ -52,6 +52,11 @@ pub struct Failover {
     /// The operator asked, on this head, to take it out of standby while
     /// no leader could commit that: it may campaign meanwhile.
     leave_standby: std::sync::atomic::AtomicBool,
+    /// Whether this head holds the active role (for the services).
+    active_tx: watch::Sender<bool>,
+    /// This node runs the cluster's configuration version; a head that
+    /// does not never campaigns.
+    config_current: std::sync::atomic::AtomicBool,
 }
 
 impl Failover {
@@ -87,6 +92,8 @@ impl Failover {
             vips,
             view: Mutex::new(RoleView::default()),
             leave_standby: std::sync::atomic::AtomicBool::new(false),
+            active_tx: watch::channel(false).0,
+            config_current: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -98,7 +105,29 @@ impl Failover {
     }
 
     fn update(&self, f: impl FnOnce(&mut RoleView)) {
-        f(&mut self.view.lock().unwrap_or_else(PoisonError::into_inner));
+        let active = {
+            let mut v = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut v);
+            v.active
+        };
+        self.active_tx
+            .send_if_modified(|a| std::mem::replace(a, active) != active);
+    }
+
+    /// Follows whether this head holds the active role.
+    pub fn active_watch(&self) -> watch::Receiver<bool> {
+        self.active_tx.subscribe()
+    }
+
+    /// Whether this head holds the active role now.
+    pub fn is_active(&self) -> bool {
+        *self.active_tx.borrow()
+    }
+
+    /// Marks whether this node runs the cluster's configuration version.
+    pub fn set_config_current(&self, current: bool) {
+        self.config_current
+            .store(current, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The `failover` part of `/v1/status`.
@@ -214,10 +243,13 @@ impl Failover {
         }
     }
 
-    /// Whether this head may campaign: not in maintenance, or asked here to
-    /// leave it.
+    /// Whether this head may campaign: it runs the cluster's configuration,
+    /// and is not in maintenance or was asked here to leave it.
     pub fn may_lead(&self) -> bool {
         use std::sync::atomic::Ordering;
+        if !self.config_current.load(Ordering::SeqCst) {
+            return false;
+        }
         let in_maint = self.consensus.with_state(|s| s.in_maintenance(&self.node));
         if !in_maint {
             self.leave_standby.store(false, Ordering::SeqCst);

@@ -9,13 +9,16 @@ mod cmd_config;
 mod cmd_keygen;
 mod cmd_nodeset;
 mod cmd_ops;
+mod cmd_resource;
 mod cmd_status;
+mod config_apply;
 mod demo;
 mod failover;
 mod guard;
 mod lab_cmd;
 mod labwatch;
 mod logging;
+mod services;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -60,6 +63,9 @@ enum Command {
     Standby(cmd_ops::StandbyArgs),
     /// Show the replicated event history (role changes, channels, VIPs).
     Events(cmd_ops::EventsArgs),
+    /// List, inspect and act on the service resources.
+    #[command(subcommand)]
+    Resource(cmd_resource::ResourceCommand),
     /// Write a new random cluster key (mode 0600).
     Keygen(cmd_keygen::KeygenArgs),
     /// Fold, expand or count node sets (`node[01-16]`), like ClusterShell's cluset.
@@ -91,6 +97,7 @@ fn main() -> std::process::ExitCode {
         | Command::Switchover(_)
         | Command::Standby(_)
         | Command::Events(_)
+        | Command::Resource(_)
         | Command::Keygen(_)
         | Command::Nodeset(_)
         | Command::Version => true,
@@ -111,6 +118,7 @@ fn main() -> std::process::ExitCode {
         Command::Switchover(args) => cmd_ops::switchover(args),
         Command::Standby(args) => cmd_ops::standby(args),
         Command::Events(args) => cmd_ops::events(args),
+        Command::Resource(cmd) => cmd_resource::run(cmd),
         Command::Keygen(args) => cmd_keygen::run(args),
         Command::Nodeset(args) => cmd_nodeset::run(args),
         Command::Lab(cmd) => {
