@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs what HA-OSCAR's lab, demo and tests need on a Debian/Ubuntu machine
-# (iproute2 for namespaces/veth/bridges, nftables for partitions), if missing.
+# (iproute2 for namespaces/veth/bridges, nftables for partitions, resource-agents
+# for the OCF agents), if missing.
 set -euo pipefail
 missing=()
 command -v ip  >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
+# Debian's OCF resource agents (Dummy, anything, IPaddr2, Delay) for the
+# service tests and the demo.
+[ -x /usr/lib/ocf/resource.d/heartbeat/anything ] || missing+=(resource-agents)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -169,12 +169,14 @@ pub enum Desire {
 }
 
 /// Facts about this node that [`desire`] needs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Here<'a> {
     pub node: &'a str,
     /// This head holds the active role.
     pub active: bool,
     pub now_unix_ms: u64,
+    /// Whether a node is up (heard on at least one channel).
+    pub up: &'a dyn Fn(&str) -> bool,
 }
 
 /// Whether one resource may run here by its own record and placement.
@@ -204,6 +206,13 @@ pub fn desire(record: Option<&ResourceRecord>, policy: &ServicePolicy, here: Her
     }
     if policy.placement == Placement::Active && !here.active {
         return Desire::Hold("runs on the active head only".into());
+    }
+    if policy.placement == Placement::Active {
+        if let Some(other) = record.and_then(|r| r.held_elsewhere(here.node, here.up)) {
+            return Desire::Hold(format!(
+                "still running on {other}: waiting for it to stop there"
+            ));
+        }
     }
     let timeout_ms = policy.failure_timeout.as_millis() as u64;
     if let Some(n) = record.and_then(|r| r.failed_here(here.node, here.now_unix_ms, timeout_ms)) {
@@ -430,10 +439,12 @@ mod tests {
     #[test]
     fn desire_table() {
         let p = policy(OnFail::Restart);
+        let up = |n: &str| n != "head3";
         let here = |active| Here {
             node: "head1",
             active,
             now_unix_ms: 1_000_000,
+            up: &up,
         };
         let failed_here = ResourceRecord {
             failed_on: [("head1".to_string(), note("head1", 990_000))].into(),
@@ -459,11 +470,23 @@ mod tests {
             stopped_by: Some("root@head1".into()),
             ..Default::default()
         };
+        let held_by_head2 = ResourceRecord {
+            running_on: ["head2".to_string()].into(),
+            ..Default::default()
+        };
+        let held_by_head3 = ResourceRecord {
+            running_on: ["head3".to_string(), "head1".to_string()].into(),
+            ..Default::default()
+        };
         let mut every = p.clone();
         every.placement = Placement::EveryHead;
         let mut short = p.clone();
         short.failure_timeout = Duration::from_secs(5);
-        let cases: [(Option<&ResourceRecord>, &ServicePolicy, bool, Option<&str>); 10] = [
+        let cases: [(Option<&ResourceRecord>, &ServicePolicy, bool, Option<&str>); 13] = [
+            (Some(&held_by_head2), &p, true, Some("still running on head2")),
+            // head3 is down: its claim does not hold the start back.
+            (Some(&held_by_head3), &p, true, None),
+            (Some(&held_by_head2), &every, true, None),
             (None, &p, true, None),
             (None, &p, false, Some("active head only")),
             (None, &every, false, None),

@@ -387,3 +387,30 @@ async fn environment_user_cwd_and_log() {
     assert!(text.contains("oops"), "{text:?}");
     d.stop().await.expect("stop");
 }
+
+/// Fields of /proc/<pid>/stat after the command name: (session, nice).
+fn session_and_nice(pid: u32) -> (i64, i64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state): session is field 6, nice field 19.
+    (f[3].parse().expect("session"), f[16].parse().expect("nice"))
+}
+
+#[tokio::test]
+async fn services_get_their_own_session_and_the_default_nice_level() {
+    // The agent runs at nice -10; its services must not inherit that. This
+    // test process plays the agent (root can lower its nice level).
+    // SAFETY: plain system call on this thread.
+    let raised = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -5) } == 0;
+    let dir = TempDir::new("session");
+    let mut d = Driver::exec(spec(&dir, "sess", &["sleep", "1000"]));
+    d.start().await.expect("start");
+    let pid = d.pid().expect("pid");
+    let (session, nice) = session_and_nice(pid);
+    assert_eq!(session, i64::from(pid), "the service leads its own session");
+    if raised {
+        assert_eq!(nice, 0, "the service runs at the default nice level");
+    }
+    d.stop().await.expect("stop");
+}

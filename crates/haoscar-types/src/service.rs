@@ -5,7 +5,7 @@
 //! stores it and the core crate decides from it.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Why and when something went wrong, on which node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +39,10 @@ pub struct ResourceRecord {
     /// restart counts when they see it change).
     #[serde(default)]
     pub cleanup_gen: u64,
+    /// Nodes that started it and have not recorded a successful stop: a
+    /// head does not start it while another node that is up still holds it.
+    #[serde(default)]
+    pub running_on: BTreeSet<String>,
 }
 
 /// A change to a resource's record, carried by the replicated log.
@@ -59,6 +63,10 @@ pub enum ResourceOp {
     Start { by: String },
     /// Operator: stop and start it where it runs.
     Restart { by: String },
+    /// `node` is about to start it.
+    Claim { node: String },
+    /// `node` stopped it.
+    Release { node: String },
 }
 
 impl ResourceRecord {
@@ -71,6 +79,10 @@ impl ResourceRecord {
             ResourceOp::Blocked { note } => self.blocked = Some(note.clone()),
             ResourceOp::StopFailed { note } => self.stop_failed = Some(note.clone()),
             ResourceOp::Cleanup { .. } => {
+                // The operator vouches that a failed stop left nothing behind.
+                if let Some(n) = &self.stop_failed {
+                    self.running_on.remove(&n.node);
+                }
                 self.failed_on.clear();
                 self.blocked = None;
                 self.stop_failed = None;
@@ -89,8 +101,22 @@ impl ResourceRecord {
                 self.stopped_by = None;
             }
             ResourceOp::Restart { .. } => self.restart_gen += 1,
+            ResourceOp::Claim { node } => return self.running_on.insert(node.clone()),
+            ResourceOp::Release { node } => return self.running_on.remove(node),
         }
         true
+    }
+
+    /// Another node than `me` that still holds it and is up.
+    pub fn held_elsewhere<'a>(
+        &'a self,
+        me: &str,
+        up: impl Fn(&str) -> bool,
+    ) -> Option<&'a str> {
+        self.running_on
+            .iter()
+            .map(String::as_str)
+            .find(|n| *n != me && up(n))
     }
 
     /// The failure on `node` if it still counts at `now_unix_ms`
@@ -152,6 +178,18 @@ mod tests {
         assert!(!r.apply(&ResourceOp::Start { by: "root".into() }));
         assert!(r.apply(&ResourceOp::Restart { by: "root".into() }));
         assert_eq!(r.restart_gen, 1);
+        assert!(r.apply(&ResourceOp::Claim { node: "head1".into() }));
+        assert!(!r.apply(&ResourceOp::Claim { node: "head1".into() }));
+        assert_eq!(r.held_elsewhere("head2", |_| true), Some("head1"));
+        assert_eq!(r.held_elsewhere("head2", |_| false), None, "a node that is down does not hold it");
+        assert_eq!(r.held_elsewhere("head1", |_| true), None);
+        // A cleanup after a failed stop releases that node's claim.
+        r.apply(&ResourceOp::StopFailed { note: note("head1", 5) });
+        r.apply(&ResourceOp::Claim { node: "head2".into() });
+        r.apply(&ResourceOp::Cleanup { by: "root".into() });
+        assert_eq!(r.running_on.iter().collect::<Vec<_>>(), ["head2"]);
+        assert!(r.apply(&ResourceOp::Release { node: "head2".into() }));
+        assert!(!r.apply(&ResourceOp::Release { node: "head2".into() }));
     }
 
     #[test]

@@ -413,7 +413,11 @@ impl Group {
                     let name = m.res.name.clone();
                     self.record("resource_adopted", &name, msg);
                 }
-                Health::Stopped => m.set_state(MState::Stopped),
+                Health::Stopped => {
+                    m.set_state(MState::Stopped);
+                    // A claim left by an earlier run of this agent (crash, reboot).
+                    self.release(i).await;
+                }
                 Health::Failed(f) => {
                     m.last_result = Some(format!("probe: {}", f.reason));
                     m.set_state(MState::Failed);
@@ -445,17 +449,19 @@ impl Group {
             if rec.restart_gen != self.members[i].restart_gen {
                 self.members[i].restart_gen = rec.restart_gen;
                 if self.members[i].state == MState::Running
-                    && !self.stop_from(i, "restart requested by an operator").await
+                    && !self.stop_from(i, "restart requested by an operator", false).await
                 {
                     return;
                 }
             }
         }
         // What should run: a member runs when it and every member before it may.
+        let up = self.up_fn();
         let here = Here {
             node: &self.ctx.node,
             active,
             now_unix_ms: now_ms,
+            up: &up,
         };
         let mut runnable = Vec::with_capacity(self.members.len());
         let mut prefix: Option<String> = None;
@@ -484,7 +490,7 @@ impl Group {
             let leftover = matches!(m.state, MState::Running | MState::Failed | MState::Unknown);
             if !runnable[i] && leftover {
                 let why = m.hold.clone().unwrap_or_default();
-                if !self.stop_one(i, &why).await {
+                if !self.stop_one(i, &why, true).await {
                     return;
                 }
             }
@@ -500,7 +506,7 @@ impl Group {
                 MState::StopFailed => break,
                 MState::Failed | MState::Unknown => {
                     if !self
-                        .stop_one(i, "clearing a failed instance before starting")
+                        .stop_one(i, "clearing a failed instance before starting", false)
                         .await
                     {
                         return;
@@ -518,6 +524,10 @@ impl Group {
     async fn start_one(&mut self, i: usize) -> bool {
         let t0 = Instant::now();
         let name = self.members[i].name().to_string();
+        if !self.claim(i).await {
+            self.members[i].hold = Some("cannot record the start (no quorum)".into());
+            return false;
+        }
         tracing::info!(resource = %name, "starting");
         let res = self.members[i].driver.start().await;
         let m = &mut self.members[i];
@@ -552,7 +562,7 @@ impl Group {
 
     /// Stops member `i`. Returns false when the stop failed (then nothing
     /// else in the group is touched until a cleanup).
-    async fn stop_one(&mut self, i: usize, why: &str) -> bool {
+    async fn stop_one(&mut self, i: usize, why: &str, release: bool) -> bool {
         let name = self.members[i].name().to_string();
         let was = self.members[i].state;
         if was == MState::StopFailed {
@@ -566,6 +576,9 @@ impl Group {
                 if was == MState::Running {
                     let msg = format!("{name} stopped on {}: {why}", self.ctx.node);
                     self.record("resource_stopped", &name, msg);
+                }
+                if release {
+                    self.release(i).await;
                 }
                 true
             }
@@ -592,10 +605,10 @@ impl Group {
 
     /// Stops members from the last down to `i` (a member's dependents
     /// first). Returns false if a stop failed.
-    async fn stop_from(&mut self, i: usize, why: &str) -> bool {
+    async fn stop_from(&mut self, i: usize, why: &str, release: bool) -> bool {
         for j in (i..self.members.len()).rev() {
             if matches!(self.members[j].state, MState::Running | MState::Failed)
-                && !self.stop_one(j, why).await
+                && !self.stop_one(j, why, release).await
             {
                 return false;
             }
@@ -606,7 +619,7 @@ impl Group {
     async fn stop_all(&mut self) {
         for j in (0..self.members.len()).rev() {
             if matches!(self.members[j].state, MState::Running | MState::Failed) {
-                self.stop_one(j, "agent stopping or resource removed").await;
+                self.stop_one(j, "agent stopping or resource removed", true).await;
             }
         }
         self.publish();
@@ -675,7 +688,7 @@ impl Group {
                     &name,
                     format!("{name} failed on {node}: {reason}; restarting it {when} (restart {attempt}/{of} in {})", haoscar_types::duration::format_duration(self.members[i].policy.restart_window)),
                 );
-                if !self.stop_from(i, "restarting after a failure").await {
+                if !self.stop_from(i, "restarting after a failure", false).await {
                     return;
                 }
                 self.members[i].not_before = (!after.is_zero()).then(|| Instant::now() + after);
@@ -686,7 +699,7 @@ impl Group {
                     &name,
                     format!("{name} failed on {node}: {reason}; on_fail = stop: stopped until `haoscar resource start {name}`"),
                 );
-                self.stop_from(i, "on_fail = stop").await;
+                self.stop_from(i, "on_fail = stop", true).await;
                 self.propose(
                     &name,
                     ResourceOp::Stop {
@@ -712,7 +725,7 @@ impl Group {
                 "CRITICAL: {name} blocked: {why}; `haoscar resource cleanup {name}` unblocks it"
             ),
         );
-        self.stop_from(i, "blocked").await;
+        self.stop_from(i, "blocked", true).await;
         let note = FailNote {
             node: self.ctx.node.clone(),
             at_unix_ms: now_unix_ms(),
@@ -773,7 +786,7 @@ impl Group {
             .collect();
         failures.push(note.clone());
         self.propose(&name, ResourceOp::Failed { note }).await;
-        self.stop_from(0, &format!("{name} failed here")).await;
+        self.stop_from(0, &format!("{name} failed here"), true).await;
         match target {
             Some(t) => {
                 self.record(
@@ -823,6 +836,60 @@ impl Group {
                 (h.name.clone(), h.priority, up, st.in_maintenance(&h.name))
             })
             .collect()
+    }
+
+    /// Records that member `i` no longer runs here (if it was recorded).
+    async fn release(&self, i: usize) {
+        let name = self.members[i].name().to_string();
+        self.release_name(&name).await;
+    }
+
+    async fn release_name(&self, name: &str) {
+        let held = self.ctx.failover.consensus.with_state(|s| {
+            s.resources
+                .get(name)
+                .is_some_and(|r| r.running_on.contains(&self.ctx.node))
+        });
+        if held {
+            let node = self.ctx.node.clone();
+            self.propose(name, ResourceOp::Release { node }).await;
+        }
+    }
+
+    /// Records, before starting member `i`, that it runs here. False when
+    /// that cannot be committed (no quorum): then it is not started.
+    async fn claim(&self, i: usize) -> bool {
+        if self.members[i].policy.placement == Placement::EveryHead {
+            return true;
+        }
+        let name = self.members[i].name().to_string();
+        let held = self.ctx.failover.consensus.with_state(|s| {
+            s.resources
+                .get(&name)
+                .is_some_and(|r| r.running_on.contains(&self.ctx.node))
+        });
+        if held {
+            return true;
+        }
+        let node = self.ctx.node.clone();
+        self.propose(&name, ResourceOp::Claim { node: node.clone() }).await;
+        self.ctx.failover.consensus.with_state(|s| {
+            s.resources
+                .get(&name)
+                .is_some_and(|r| r.running_on.contains(&node))
+        })
+    }
+
+    /// Whether a node is up (heard on a channel); this node always is.
+    fn up_fn(&self) -> impl Fn(&str) -> bool {
+        let snap = (self.ctx.membership)();
+        let me = self.ctx.node.clone();
+        move |n: &str| {
+            n == me
+                || snap.peers.iter().any(|p| {
+                    p.name == n && p.state == haoscar_core::membership::PeerState::Up
+                })
+        }
     }
 
     /// Proposes a change to a resource's record; retried briefly (an
@@ -892,19 +959,30 @@ impl Group {
                     "removed from the configuration (config apply)"
                 };
                 match m.driver.stop().await {
-                    Ok(()) => self.record(
-                        "resource_stopped",
-                        &name,
-                        format!("{name} stopped on {}: {what}", self.ctx.node),
-                    ),
-                    Err(e) => self.record(
-                        "resource_stop_failed",
-                        &name,
-                        format!(
-                            "CRITICAL: {name} could not be stopped on {}: {}",
-                            self.ctx.node, e.reason
-                        ),
-                    ),
+                    Ok(()) => {
+                        self.record(
+                            "resource_stopped",
+                            &name,
+                            format!("{name} stopped on {}: {what}", self.ctx.node),
+                        );
+                        self.release_name(&name).await;
+                    }
+                    Err(e) => {
+                        self.record(
+                            "resource_stop_failed",
+                            &name,
+                            format!(
+                                "CRITICAL: {name} could not be stopped on {}: {}",
+                                self.ctx.node, e.reason
+                            ),
+                        );
+                        let note = FailNote {
+                            node: self.ctx.node.clone(),
+                            at_unix_ms: now_unix_ms(),
+                            reason: e.reason.clone(),
+                        };
+                        self.propose(&name, ResourceOp::StopFailed { note }).await;
+                    }
                 }
                 self.ctx
                     .view

@@ -115,8 +115,11 @@ pub(crate) async fn run(
         .stdin(Stdio::null())
         .stdout(out.try_clone().map_err(io("cannot dup capture file"))?)
         .stderr(err.try_clone().map_err(io("cannot dup capture file"))?)
-        .process_group(0)
         .kill_on_drop(false);
+    // SAFETY: `detach_from_agent` only makes async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(super::detach_from_agent);
+    }
     let mut child = cmd.spawn().map_err(|source| ActionError::Spawn {
         path: resolved.clone(),
         source,

@@ -453,8 +453,11 @@ impl ExecDriver {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
-            .process_group(0)
             .kill_on_drop(false);
+        // SAFETY: `detach_from_agent` only makes async-signal-safe calls.
+        unsafe {
+            cmd.pre_exec(super::detach_from_agent);
+        }
         if let Some(name) = &spec.user {
             if let Ok(Some(u)) = User::from_name(name) {
                 cmd.env("HOME", &u.dir)

@@ -241,3 +241,19 @@ pub(crate) fn human_duration(d: Duration) -> String {
         format!("{ms}ms")
     }
 }
+
+/// Run in a service's child between fork and exec: a session of its own
+/// (so its process group can be signalled as a whole, and the kernel's
+/// `sched_autogroup` does not put it in the agent's group), and the default
+/// nice level (the agent runs at a raised priority that services must not
+/// inherit). Only async-signal-safe calls.
+pub(crate) fn detach_from_agent() -> std::io::Result<()> {
+    // SAFETY: setsid and setpriority are async-signal-safe system calls.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+    }
+    Ok(())
+}
