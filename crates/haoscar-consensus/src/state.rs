@@ -134,6 +134,7 @@ impl ClusterState {
             Command::ApplyConfig {
                 text,
                 digest,
+                previous,
                 by,
                 at_unix_ms,
             } => {
@@ -153,6 +154,9 @@ impl ClusterState {
                             .collect(),
                     ),
                 };
+                if !earlier.contains(previous) {
+                    earlier.push(*previous);
+                }
                 earlier.retain(|d| d != digest);
                 while earlier.len() > MAX_CONFIG_HISTORY {
                     earlier.remove(0);
@@ -257,6 +261,7 @@ mod tests {
         let apply = |digest| Command::ApplyConfig {
             text: format!("# {digest}"),
             digest,
+            previous: digest - 1,
             by: "root@head1".into(),
             at_unix_ms: 9,
         };

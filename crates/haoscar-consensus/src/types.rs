@@ -106,6 +106,9 @@ pub enum Command {
     ApplyConfig {
         text: String,
         digest: u64,
+        /// Digest of the configuration the proposing node ran until now
+        /// (nodes running it are behind, not different).
+        previous: u64,
         by: String,
         at_unix_ms: u64,
     },

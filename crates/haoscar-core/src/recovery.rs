@@ -176,7 +176,7 @@ pub struct Here<'a> {
     pub active: bool,
     pub now_unix_ms: u64,
     /// Whether a node is up (heard on at least one channel).
-    pub up: &'a dyn Fn(&str) -> bool,
+    pub up: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
 /// Whether one resource may run here by its own record and placement.
@@ -483,7 +483,12 @@ mod tests {
         let mut short = p.clone();
         short.failure_timeout = Duration::from_secs(5);
         let cases: [(Option<&ResourceRecord>, &ServicePolicy, bool, Option<&str>); 13] = [
-            (Some(&held_by_head2), &p, true, Some("still running on head2")),
+            (
+                Some(&held_by_head2),
+                &p,
+                true,
+                Some("still running on head2"),
+            ),
             // head3 is down: its claim does not hold the start back.
             (Some(&held_by_head3), &p, true, None),
             (Some(&held_by_head2), &every, true, None),

@@ -108,11 +108,7 @@ impl ResourceRecord {
     }
 
     /// Another node than `me` that still holds it and is up.
-    pub fn held_elsewhere<'a>(
-        &'a self,
-        me: &str,
-        up: impl Fn(&str) -> bool,
-    ) -> Option<&'a str> {
+    pub fn held_elsewhere<'a>(&'a self, me: &str, up: impl Fn(&str) -> bool) -> Option<&'a str> {
         self.running_on
             .iter()
             .map(String::as_str)
@@ -178,18 +174,34 @@ mod tests {
         assert!(!r.apply(&ResourceOp::Start { by: "root".into() }));
         assert!(r.apply(&ResourceOp::Restart { by: "root".into() }));
         assert_eq!(r.restart_gen, 1);
-        assert!(r.apply(&ResourceOp::Claim { node: "head1".into() }));
-        assert!(!r.apply(&ResourceOp::Claim { node: "head1".into() }));
+        assert!(r.apply(&ResourceOp::Claim {
+            node: "head1".into()
+        }));
+        assert!(!r.apply(&ResourceOp::Claim {
+            node: "head1".into()
+        }));
         assert_eq!(r.held_elsewhere("head2", |_| true), Some("head1"));
-        assert_eq!(r.held_elsewhere("head2", |_| false), None, "a node that is down does not hold it");
+        assert_eq!(
+            r.held_elsewhere("head2", |_| false),
+            None,
+            "a node that is down does not hold it"
+        );
         assert_eq!(r.held_elsewhere("head1", |_| true), None);
         // A cleanup after a failed stop releases that node's claim.
-        r.apply(&ResourceOp::StopFailed { note: note("head1", 5) });
-        r.apply(&ResourceOp::Claim { node: "head2".into() });
+        r.apply(&ResourceOp::StopFailed {
+            note: note("head1", 5),
+        });
+        r.apply(&ResourceOp::Claim {
+            node: "head2".into(),
+        });
         r.apply(&ResourceOp::Cleanup { by: "root".into() });
         assert_eq!(r.running_on.iter().collect::<Vec<_>>(), ["head2"]);
-        assert!(r.apply(&ResourceOp::Release { node: "head2".into() }));
-        assert!(!r.apply(&ResourceOp::Release { node: "head2".into() }));
+        assert!(r.apply(&ResourceOp::Release {
+            node: "head2".into()
+        }));
+        assert!(!r.apply(&ResourceOp::Release {
+            node: "head2".into()
+        }));
     }
 
     #[test]

@@ -370,6 +370,7 @@ impl Agent {
             .propose(haoscar_consensus::Command::ApplyConfig {
                 text: new.to_toml(),
                 digest,
+                previous: cur.digest,
                 by,
                 at_unix_ms: unix_ms(SystemTime::now()),
             })

@@ -30,6 +30,10 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// How long after the agent starts it keeps services it found running
+/// while it is not (yet) active and no other head is.
+const STARTUP_GRACE: Duration = Duration::from_secs(15);
+
 /// What the group tasks share.
 pub struct ServiceCtx {
     pub node: String,
@@ -333,6 +337,7 @@ async fn group_task(
     };
     let mut active = ctx.failover.active_watch();
     let mut applied = ctx.failover.consensus.raft().metrics();
+    g.publish();
     g.probe_all().await;
     loop {
         g.reconcile().await;
@@ -449,7 +454,9 @@ impl Group {
             if rec.restart_gen != self.members[i].restart_gen {
                 self.members[i].restart_gen = rec.restart_gen;
                 if self.members[i].state == MState::Running
-                    && !self.stop_from(i, "restart requested by an operator", false).await
+                    && !self
+                        .stop_from(i, "restart requested by an operator", false)
+                        .await
                 {
                     return;
                 }
@@ -484,10 +491,33 @@ impl Group {
             runnable.push(why.is_none());
             m.hold = why;
         }
+        // Right after the agent starts, a head that was active before
+        // (or no head is known active) keeps what it found running until
+        // the election settles: it still holds the claim, so no other head
+        // starts it meanwhile.
+        // Members held back only because this head is not active.
+        let only_placement: Vec<bool> = self
+            .members
+            .iter()
+            .map(|m| {
+                let as_active = Here {
+                    active: true,
+                    ..here
+                };
+                desire(record_of(&st, &m.res.name), &m.policy, as_active) == Desire::Run
+            })
+            .collect();
+        let node = self.ctx.node.clone();
+        let settling = !active
+            && st.active.as_deref().is_none_or(|a| a == node)
+            && self.epoch.elapsed() < STARTUP_GRACE;
         // Stop, in reverse order, what should not run.
         for i in (0..self.members.len()).rev() {
             let m = &self.members[i];
             let leftover = matches!(m.state, MState::Running | MState::Failed | MState::Unknown);
+            if settling && m.state == MState::Running && only_placement[i] {
+                continue;
+            }
             if !runnable[i] && leftover {
                 let why = m.hold.clone().unwrap_or_default();
                 if !self.stop_one(i, &why, true).await {
@@ -529,7 +559,11 @@ impl Group {
             return false;
         }
         tracing::info!(resource = %name, "starting");
-        let res = self.members[i].driver.start().await;
+        let driver = &mut self.members[i].driver;
+        let res = match driver.validate().await {
+            Ok(()) => driver.start().await,
+            Err(f) => Err(f),
+        };
         let m = &mut self.members[i];
         m.last_check = Some(now_unix_ms());
         match res {
@@ -619,7 +653,8 @@ impl Group {
     async fn stop_all(&mut self) {
         for j in (0..self.members.len()).rev() {
             if matches!(self.members[j].state, MState::Running | MState::Failed) {
-                self.stop_one(j, "agent stopping or resource removed", true).await;
+                self.stop_one(j, "agent stopping or resource removed", true)
+                    .await;
             }
         }
         self.publish();
@@ -786,7 +821,8 @@ impl Group {
             .collect();
         failures.push(note.clone());
         self.propose(&name, ResourceOp::Failed { note }).await;
-        self.stop_from(0, &format!("{name} failed here"), true).await;
+        self.stop_from(0, &format!("{name} failed here"), true)
+            .await;
         match target {
             Some(t) => {
                 self.record(
@@ -872,7 +908,8 @@ impl Group {
             return true;
         }
         let node = self.ctx.node.clone();
-        self.propose(&name, ResourceOp::Claim { node: node.clone() }).await;
+        self.propose(&name, ResourceOp::Claim { node: node.clone() })
+            .await;
         self.ctx.failover.consensus.with_state(|s| {
             s.resources
                 .get(&name)
@@ -886,9 +923,10 @@ impl Group {
         let me = self.ctx.node.clone();
         move |n: &str| {
             n == me
-                || snap.peers.iter().any(|p| {
-                    p.name == n && p.state == haoscar_core::membership::PeerState::Up
-                })
+                || snap
+                    .peers
+                    .iter()
+                    .any(|p| p.name == n && p.state == haoscar_core::membership::PeerState::Up)
         }
     }
 

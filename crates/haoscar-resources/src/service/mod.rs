@@ -189,6 +189,16 @@ impl Driver {
         }
     }
 
+    /// Checks the configuration before a start: an OCF agent's
+    /// `validate-all` (rc 5 "not installed" is a hard error, 6 fatal);
+    /// nothing for the other kinds.
+    pub async fn validate(&mut self) -> Result<(), Failure> {
+        match self {
+            Driver::Ocf(d) => d.validate().await,
+            Driver::Exec(_) | Driver::Lsb(_) | Driver::Systemd(_) => Ok(()),
+        }
+    }
+
     /// Stops the service. Idempotent: stopping a stopped service is Ok.
     pub async fn stop(&mut self) -> Result<(), StopError> {
         match self {
