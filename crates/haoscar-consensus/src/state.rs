@@ -258,20 +258,20 @@ mod tests {
         }));
         assert_eq!(s.resources["web"].cleanup_gen, 1);
         s.apply(&Command::SetConfigVersion { digest: 1 });
-        let apply = |digest| Command::ApplyConfig {
+        let apply = |digest, previous| Command::ApplyConfig {
             text: format!("# {digest}"),
             digest,
-            previous: digest - 1,
+            previous,
             by: "root@head1".into(),
             at_unix_ms: 9,
         };
-        assert!(s.apply(&apply(2)));
-        assert!(s.apply(&apply(3)));
+        assert!(s.apply(&apply(2, 1)));
+        assert!(s.apply(&apply(3, 2)));
         let c = s.config.as_ref().unwrap();
         assert_eq!((c.version, c.digest, c.earlier.clone()), (2, 3, vec![1, 2]));
         assert_eq!(s.config_digest, Some(3));
         // Going back to an earlier version makes it current, not earlier.
-        s.apply(&apply(1));
+        s.apply(&apply(1, 3));
         assert_eq!(s.config.as_ref().unwrap().earlier, vec![2, 3]);
     }
 

@@ -2,9 +2,11 @@
 //! problem, or print it normalised with defaults filled in.
 
 use anyhow::{Context, Result};
-use haoscar_types::config::{self, Loaded};
+use haoscar_resources::service;
+use haoscar_types::config::{self, Loaded, ResourceKind};
+use haoscar_types::diagnostic::{Diagnostic, Diagnostics, Severity};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(clap::Subcommand, Debug)]
@@ -80,7 +82,22 @@ fn check(files: Vec<PathBuf>, strict: bool, quiet: bool, json: bool) -> Result<E
     let mut worst = ExitCode::SUCCESS;
     let mut all = Vec::new();
     for file in default_file(files) {
-        match config::load(&file) {
+        let loaded = config::load(&file).and_then(|l| {
+            // The OCF agents' own meta-data: required and unknown parameters.
+            let extra = ocf_diagnostics(&file, &l);
+            let mut diags: Vec<Diagnostic> = l.warnings.clone();
+            diags.extend(extra);
+            diags.sort_by_key(|d| (d.line, d.column));
+            if diags.iter().any(|d| d.severity == Severity::Error) {
+                Err(Diagnostics(diags))
+            } else {
+                Ok(Loaded {
+                    warnings: diags,
+                    ..l
+                })
+            }
+        });
+        match loaded {
             Ok(Loaded {
                 config, warnings, ..
             }) => {
@@ -133,6 +150,84 @@ fn check(files: Vec<PathBuf>, strict: bool, quiet: bool, json: bool) -> Result<E
         println!("{}", serde_json::to_string_pretty(&all)?);
     }
     Ok(worst)
+}
+
+/// Checks each OCF resource's parameters against its agent's meta-data on
+/// this machine: required ones missing and unknown ones are errors; an
+/// agent not installed here is a warning (it may be on the heads only).
+fn ocf_diagnostics(file: &Path, loaded: &Loaded) -> Vec<Diagnostic> {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, r) in loaded.config.resources.iter().enumerate() {
+        let ResourceKind::Ocf(o) = &r.kind else {
+            continue;
+        };
+        let path = format!("resource[{i}]");
+        let at = |field: &str| {
+            loaded
+                .locations
+                .get(field)
+                .or_else(|| loaded.locations.get(&path))
+                .copied()
+                .unwrap_or((0, 0))
+        };
+        let diag = |severity, field: String, message: String| {
+            let (line, column) = at(&field);
+            Diagnostic {
+                severity,
+                file: file.to_path_buf(),
+                line,
+                column,
+                field,
+                message,
+            }
+        };
+        let (provider, agent) = o.provider_agent();
+        let script = o.ocf_root.join("resource.d").join(provider).join(agent);
+        if !script.is_file() {
+            out.push(diag(
+                Severity::Warning,
+                format!("{path}.agent"),
+                format!(
+                    "OCF agent {provider}:{agent} is not installed on this machine ({}): its parameters were not checked",
+                    script.display()
+                ),
+            ));
+            continue;
+        }
+        let meta = rt.block_on(service::meta_data(&o.ocf_root, provider, agent));
+        let meta = match meta {
+            Ok(m) => m,
+            Err(e) => {
+                out.push(diag(
+                    Severity::Warning,
+                    format!("{path}.agent"),
+                    format!("cannot read the meta-data of {provider}:{agent}: {e}"),
+                ));
+                continue;
+            }
+        };
+        for p in service::check_params(&meta, &o.params) {
+            match &p {
+                service::ParamProblem::Missing { name } => out.push(diag(
+                    Severity::Error,
+                    format!("{path}.params.{name}"),
+                    format!("{provider}:{agent}: {p}"),
+                )),
+                service::ParamProblem::Unknown { name, .. } => out.push(diag(
+                    Severity::Error,
+                    format!("{path}.params.{name}"),
+                    format!("{provider}:{agent}: {p}"),
+                )),
+            }
+        }
+    }
+    out
 }
 
 fn show(file: Option<PathBuf>, json: bool) -> Result<ExitCode> {

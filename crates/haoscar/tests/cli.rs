@@ -499,3 +499,38 @@ fn nodeset_folds_expands_counts_and_excludes() {
         text(&o)
     );
 }
+
+#[test]
+fn config_check_reads_the_ocf_agents_meta_data() {
+    if !Path::new("/usr/lib/ocf/resource.d/heartbeat/anything").exists() {
+        panic!("Debian's resource-agents package is required (scripts/prereqs.sh installs it)");
+    }
+    let dir = tempdir("ocfmeta");
+    let base = std::fs::read_to_string(example()).expect("example");
+    let conf = format!(
+        "{base}\n[[resource]]\nname = \"srv\"\ntype = \"ocf\"\nagent = \"heartbeat:anything\"\nparams = {{ cmdline_option = \"x\" }}\n\n[[resource]]\nname = \"other\"\ntype = \"ocf\"\nagent = \"acme:nothere\"\n"
+    );
+    let line = base.lines().count() + 6;
+    let f = dir.join("c.toml");
+    std::fs::write(&f, &conf).expect("write");
+    let o = haoscar(&["config", "check", f.to_str().unwrap_or_default()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let path = f.display().to_string();
+    assert!(
+        out.contains(&format!("{path}:{line}:"))
+            && out.contains("resource[1].params.cmdline_option")
+            && out.contains("did you mean \"cmdline_options\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("resource[1].params.binfile")
+            && out.contains("required parameter \"binfile\" is missing"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning: resource[2].agent") && out.contains("not installed on this machine"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
