@@ -32,6 +32,8 @@ impl AgentView for View {
             peers: vec![],
             counters: NetCounters::default(),
             recent_events: vec![],
+            resources: vec![],
+            config_problem: None,
         }
     }
     fn events(&self, limit: usize) -> Vec<Event> {

@@ -35,6 +35,13 @@ pub struct Status {
     pub counters: NetCounters,
     /// The most recent events, newest last.
     pub recent_events: Vec<Event>,
+    /// Service resources as this head sees them (empty on other nodes).
+    #[serde(default)]
+    pub resources: Vec<ResourceStatus>,
+    /// Why this node's configuration is not the cluster's, if it is not
+    /// (such a head is never made active).
+    #[serde(default)]
+    pub config_problem: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

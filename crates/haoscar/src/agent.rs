@@ -318,7 +318,7 @@ impl Agent {
             .await
             .map_err(|e| (503, format!("cannot commit the request (no quorum?): {e}")))?;
         self.record(
-            &format!("resource_{}", req.op),
+            "resource_request",
             Some(&r.name),
             format!("{by} asked to {} {}", req.op, r.name),
         );
@@ -676,6 +676,8 @@ impl AgentView for Agent {
             peers,
             counters: self.counters(),
             recent_events: self.events(20),
+            resources: self.resources().map(|l| l.resources).unwrap_or_default(),
+            config_problem: self.current().problem,
         }
     }
 

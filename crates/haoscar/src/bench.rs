@@ -18,6 +18,8 @@ pub enum BenchCommand {
     Detect(DetectArgs),
     /// Client-seen outage of node-loss failovers and switchovers, dual VIP holders, idle CPU; optionally against keepalived.
     Failover(crate::bench_failover::FailoverArgs),
+    /// Self-healing: exec service SIGKILL -> answering again, OCF monitor-driven restart, agent CPU with 50 resources.
+    Recovery(crate::bench_recovery::RecoveryArgs),
     /// Node-set parsing, expansion and folding speed (no root needed).
     Nodeset {
         /// Repetitions of each measurement (the fastest is reported).
@@ -110,6 +112,11 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             crate::labwatch::require_root("haoscar bench failover")?;
             crate::labwatch::install_interrupt_handler()?;
             crate::bench_failover::run(args)
+        }
+        BenchCommand::Recovery(args) => {
+            crate::labwatch::require_root("haoscar bench recovery")?;
+            crate::labwatch::install_interrupt_handler()?;
+            crate::bench_recovery::run(args)
         }
         BenchCommand::Nodeset { runs } => nodeset(runs.max(1)),
     }

@@ -171,6 +171,19 @@ pub fn render(s: &Status) -> String {
             );
         }
     }
+    if let Some(p) = &s.config_problem {
+        let _ = writeln!(o, "CONFIGURATION DIFFERS: {p}");
+    }
+    if !s.resources.is_empty() {
+        let _ = writeln!(o, "resources (on {}):", s.node);
+        for r in &s.resources {
+            let _ = writeln!(
+                o,
+                "  {:<16} {:<8} {:<12} {}",
+                r.name, r.kind, r.state, r.explanation
+            );
+        }
+    }
     let chans: Vec<&str> = s.channels.iter().map(|c| c.name.as_str()).collect();
     let _ = writeln!(o);
     let mut header = format!(

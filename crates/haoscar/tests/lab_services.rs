@@ -465,7 +465,7 @@ fn exec_service_heals_climbs_the_ladder_and_cleanup_brings_it_back() {
     let ev = h.events("head2");
     assert!(
         ev.iter()
-            .any(|e| e.kind == "resource_cleanup" && e.message.contains("asked to cleanup web")),
+            .any(|e| e.kind == "resource_request" && e.message.contains("asked to cleanup web")),
         "{ev:?}"
     );
 
