@@ -410,7 +410,7 @@ impl Agent {
     /// Follows the cluster's applied configuration: adopts a newer one
     /// (file rewritten, services changed), or reports a differing one.
     async fn follow_config(&self, fo: &Failover) {
-        let applied = fo.consensus.state().config;
+        let applied = fo.consensus.with_state(|s| s.config.clone());
         let cur = self.current();
         match config_apply::verdict(cur.digest, applied.as_ref()) {
             Verdict::Current => {
@@ -1030,12 +1030,13 @@ async fn agent_main(
             let a = agent.clone();
             let fo = fo.clone();
             let mut applied = fo.consensus.raft().metrics();
+            let mut last = applied.borrow().last_applied.map(|l| l.index);
             let mut stop = stop_rx.clone();
             side_tasks.push(tokio::spawn(async move {
                 loop {
                     a.follow_config(&fo).await;
                     tokio::select! {
-                        r = applied.changed() => if r.is_err() { break },
+                        more = crate::services::next_applied(&mut applied, &mut last) => if !more { break },
                         _ = stop.changed() => break,
                     }
                 }

@@ -5,7 +5,8 @@
 //! (2) An OCF `Dummy` resource with a 1 s monitor interval whose state is
 //! removed behind its back: time until the agent has restarted it.
 //! (3) The active agent's CPU with 50 `exec` resources, then 50 OCF
-//! `Dummy` resources, monitored every 10 s (switched with `config apply`).
+//! `Dummy` resources, monitored every 10 s (switched with `config apply`),
+//! against the same agent with no service resources in the same lab.
 
 use crate::bench::{cpu_time, summarize, Summary, Teardown};
 use crate::labwatch::check_interrupt;
@@ -44,6 +45,8 @@ struct RecoveryReport {
     /// OCF Dummy (monitor every 1 s): failure -> restarted.
     ocf_recovery: Summary,
     ocf_monitor_interval_ms: f64,
+    /// Agent CPU, percent of one core, with no service resources (the anchor).
+    cpu_no_services_percent: f64,
     /// Agent CPU, percent of one core, 50 exec resources monitored every 10 s.
     cpu_50_exec_percent: f64,
     /// Agent CPU, 50 OCF Dummy resources monitored every 10 s: the agent
@@ -201,6 +204,18 @@ fn cpu_with_children(pid: i32) -> Result<Duration> {
     Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
+/// The agent's CPU over `secs` (at least 10): itself, and with the
+/// children it waited for; percent of one core.
+fn agent_cpu(lab: &Lab, node: &str, secs: u64) -> Result<(f64, f64)> {
+    let pid = lab.agent_pid(node).context("no agent")?;
+    let (a0, c0, t0) = (cpu_time(pid)?, cpu_with_children(pid)?, Instant::now());
+    std::thread::sleep(Duration::from_secs(secs.max(10)));
+    check_interrupt()?;
+    let wall = t0.elapsed();
+    let (a1, c1) = (cpu_time(pid)?, cpu_with_children(pid)?);
+    Ok((percent(a1 - a0, wall), percent(c1 - c0, wall)))
+}
+
 /// Applies `text` as the cluster configuration from `node`.
 fn apply(lab: &Lab, node: &str, text: &str) -> Result<()> {
     let file = std::env::temp_dir().join(format!("{}-bench-apply.toml", lab.name()));
@@ -241,12 +256,28 @@ pub fn run(args: RecoveryArgs) -> Result<ExitCode> {
     if Lab::list().iter().any(|l| l.name == args.name) {
         Lab::down(&args.name)?;
     }
-    let mut spec = LabSpec::named(&args.name, &exe);
-    spec.extra_config = base_resources();
+    let spec = LabSpec::named(&args.name, &exe);
     let lab = Lab::up(&spec)?;
     let _teardown = Teardown(args.name.clone());
     let node = "head1";
     let limit = Duration::from_secs(30);
+    // The anchor: the same agent with no service resources (VIP only).
+    let conf_path = lab.node_dirs(node)?.etc.join("cluster.toml");
+    let bare = std::fs::read_to_string(&conf_path)?;
+    let t = Instant::now();
+    while list(&lab, node)?.active.as_deref() != Some(node) {
+        if t.elapsed() > limit {
+            bail!("{node} did not become active");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = agent_cpu(&lab, node, args.idle_secs)?;
+    say(format!(
+        "no service resources: agent {:.2}% of one core",
+        idle.0
+    ));
+    apply(&lab, node, &format!("{bare}\n{}", base_resources()))?;
     wait_running(&lab, node, &["tcpsrv".into(), "dummy".into()], limit)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], PORT));
 
@@ -341,29 +372,19 @@ pub fn run(args: RecoveryArgs) -> Result<ExitCode> {
     }
     let ocf_s = summarize(ocf);
 
-    // (3) CPU with 50 resources monitored every 10 s.
-    let conf_path = lab.node_dirs(node)?.etc.join("cluster.toml");
-    let base = std::fs::read_to_string(&conf_path)?;
+    // (3) CPU with 50 resources monitored every 10 s (and nothing else).
     let mut cpu = Vec::new();
     for kind in ["exec", "ocf"] {
         check_interrupt()?;
-        apply(&lab, node, &format!("{base}\n{}", many(kind, 50)))?;
+        apply(&lab, node, &format!("{bare}\n{}", many(kind, 50)))?;
         let names: Vec<String> = (0..50).map(|i| format!("load{i:02}")).collect();
         wait_running(&lab, node, &names, Duration::from_secs(60))?;
         std::thread::sleep(Duration::from_secs(2));
-        let pid = lab.agent_pid(node).context("no agent")?;
-        let (a0, c0, t0) = (cpu_time(pid)?, cpu_with_children(pid)?, Instant::now());
-        std::thread::sleep(Duration::from_secs(args.idle_secs.max(10)));
-        let wall = t0.elapsed();
-        let (a1, c1) = (cpu_time(pid)?, cpu_with_children(pid)?);
-        let agent = percent(a1 - a0, wall);
-        let with_children = percent(c1 - c0, wall);
+        let (agent, with_children) = agent_cpu(&lab, node, args.idle_secs)?;
         say(format!(
             "50 {kind} resources monitored every 10 s: agent {agent:.2}% of one core (with the agent scripts it ran: {with_children:.2}%)"
         ));
         cpu.push((agent, with_children));
-        // Back to the base set.
-        apply(&lab, node, &base)?;
     }
     let report = RecoveryReport {
         exec_overhead_p50_ms: exec_s.p50_ms - own_s.p50_ms,
@@ -371,6 +392,7 @@ pub fn run(args: RecoveryArgs) -> Result<ExitCode> {
         exec_program_start: own_s,
         ocf_recovery: ocf_s,
         ocf_monitor_interval_ms: 1000.0,
+        cpu_no_services_percent: idle.0,
         cpu_50_exec_percent: cpu[0].0,
         cpu_50_ocf_agent_percent: cpu[1].0,
         cpu_50_ocf_with_children_percent: cpu[1].1,
@@ -393,8 +415,13 @@ pub fn run(args: RecoveryArgs) -> Result<ExitCode> {
             r.ocf_recovery.p50_ms, r.ocf_recovery.p90_ms, r.ocf_recovery.max_ms
         );
         println!(
-            "  agent CPU, 50 exec resources / 10 s: {:.2}% of one core",
-            r.cpu_50_exec_percent
+            "  agent CPU, no service resources: {:.2}% of one core",
+            r.cpu_no_services_percent
+        );
+        println!(
+            "  agent CPU, 50 exec resources / 10 s: {:.2}% of one core (+{:.2})",
+            r.cpu_50_exec_percent,
+            r.cpu_50_exec_percent - r.cpu_no_services_percent
         );
         println!(
             "  agent CPU, 50 OCF Dummy / 10 s: {:.2}% (with the agent scripts: {:.2}%)",

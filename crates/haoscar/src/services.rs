@@ -10,7 +10,7 @@
 //! state so every head decides from the same record.
 
 use crate::failover::{Failover, Recorder};
-use haoscar_consensus::{ClusterState, Command};
+use haoscar_consensus::Command;
 use haoscar_core::recovery::{
     blocked_reason, desire, failover_target, Candidate, Decision, Desire, FailureClass, Here,
     Ladder,
@@ -27,7 +27,7 @@ use haoscar_types::service::{FailNote, ResourceOp, ResourceRecord};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// How long after the agent starts it keeps services it found running
@@ -311,7 +311,52 @@ struct Group {
 }
 
 /// Resource names in the replicated state that this group's members use.
-fn record_of<'a>(st: &'a ClusterState, name: &str) -> Option<&'a ResourceRecord> {
+/// The part of the replicated state a group needs (the full state carries
+/// the event history: too big to copy at every wake-up).
+struct Snap {
+    active: Option<String>,
+    maintenance: BTreeMap<String, bool>,
+    resources: BTreeMap<String, ResourceRecord>,
+}
+
+impl Snap {
+    fn take(fo: &Failover, names: &[&str]) -> Snap {
+        fo.consensus.with_state(|s| Snap {
+            active: s.active.clone(),
+            maintenance: s.maintenance.clone(),
+            resources: names
+                .iter()
+                .filter_map(|n| Some((n.to_string(), s.resources.get(*n)?.clone())))
+                .collect(),
+        })
+    }
+
+    fn in_maintenance(&self, node: &str) -> bool {
+        self.maintenance.get(node).copied().unwrap_or(false)
+    }
+}
+
+/// Waits until a new replicated entry has been applied (the Raft metrics
+/// also change with every heartbeat: those are not waited for).
+pub(crate) async fn next_applied(
+    rx: &mut watch::Receiver<
+        haoscar_consensus::openraft::RaftMetrics<u64, haoscar_consensus::RaftNode>,
+    >,
+    last: &mut Option<u64>,
+) -> bool {
+    loop {
+        if rx.changed().await.is_err() {
+            return false;
+        }
+        let now = rx.borrow().last_applied.map(|l| l.index);
+        if now != *last {
+            *last = now;
+            return true;
+        }
+    }
+}
+
+fn record_of<'a>(st: &'a Snap, name: &str) -> Option<&'a ResourceRecord> {
     st.resources.get(name)
 }
 
@@ -321,7 +366,8 @@ async fn group_task(
     resources: Vec<Resource>,
     mut rx: mpsc::Receiver<GroupCmd>,
 ) {
-    let st = ctx.failover.consensus.state();
+    let names: Vec<&str> = resources.iter().map(|r| r.name.as_str()).collect();
+    let st = Snap::take(&ctx.failover, &names);
     let members = resources
         .into_iter()
         .filter_map(|r| {
@@ -337,6 +383,7 @@ async fn group_task(
     };
     let mut active = ctx.failover.active_watch();
     let mut applied = ctx.failover.consensus.raft().metrics();
+    let mut last_applied = applied.borrow().last_applied.map(|l| l.index);
     g.publish();
     g.probe_all().await;
     loop {
@@ -377,7 +424,7 @@ async fn group_task(
                     return;
                 }
             }
-            _ = applied.changed() => {}
+            _ = next_applied(&mut applied, &mut last_applied) => {}
             cmd = rx.recv() => match cmd {
                 Some(GroupCmd::Replace(resources)) => g.replace(resources).await,
                 Some(GroupCmd::Shutdown) | None => {
@@ -391,6 +438,11 @@ async fn group_task(
 }
 
 impl Group {
+    fn snap(&self) -> Snap {
+        let names: Vec<&str> = self.members.iter().map(|m| m.res.name.as_str()).collect();
+        Snap::take(&self.ctx.failover, &names)
+    }
+
     fn epoch_now(&self) -> Duration {
         self.epoch.elapsed()
     }
@@ -433,7 +485,7 @@ impl Group {
 
     /// Starts and stops members to match what the rules want.
     async fn reconcile(&mut self) {
-        let st = self.ctx.failover.consensus.state();
+        let st = self.snap();
         let active = self.ctx.failover.is_active();
         let now_ms = now_unix_ms();
         // Operator requests seen through the record.
@@ -780,7 +832,7 @@ impl Group {
             at_unix_ms: now_ms,
             reason: reason.to_string(),
         };
-        let st = self.ctx.failover.consensus.state();
+        let st = self.snap();
         let heads = self.candidates(&st);
         let cands: Vec<Candidate<'_>> = heads
             .iter()
@@ -859,7 +911,7 @@ impl Group {
     }
 
     /// Heads with (name, priority, up, maintenance).
-    fn candidates(&self, st: &ClusterState) -> Vec<(String, u32, bool, bool)> {
+    fn candidates(&self, st: &Snap) -> Vec<(String, u32, bool, bool)> {
         let snap = (self.ctx.membership)();
         self.ctx
             .config
@@ -1029,7 +1081,8 @@ impl Group {
                     .remove(&name);
             }
         }
-        let st = self.ctx.failover.consensus.state();
+        let names: Vec<&str> = resources.iter().map(|r| r.name.as_str()).collect();
+        let st = Snap::take(&self.ctx.failover, &names);
         let mut members = Vec::new();
         for r in resources {
             match old.iter().position(|m| m.res == r) {
@@ -1059,7 +1112,7 @@ impl Group {
 
     /// Publishes the members' status for the API.
     fn publish(&self) {
-        let st = self.ctx.failover.consensus.state();
+        let st = self.snap();
         let now = self.epoch_now();
         let mut view = self.ctx.view.lock().unwrap_or_else(PoisonError::into_inner);
         for m in &self.members {
