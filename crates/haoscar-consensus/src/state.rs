@@ -38,6 +38,10 @@ pub struct ClusterState {
     /// The configuration last distributed with `haoscar config apply`.
     #[serde(default)]
     pub config: Option<AppliedConfig>,
+    /// Heads that must not be made active, with the reason (their
+    /// configuration differs from the cluster's), as they reported it.
+    #[serde(default)]
+    pub ineligible: BTreeMap<String, String>,
 }
 
 /// A configuration distributed through the replicated state.
@@ -75,6 +79,12 @@ impl ClusterState {
     /// Whether `node` is in maintenance mode.
     pub fn in_maintenance(&self, node: &str) -> bool {
         self.maintenance.get(node).copied().unwrap_or(false)
+    }
+
+    /// Whether `node` may be made active: not in maintenance, and not
+    /// reporting a configuration that differs from the cluster's.
+    pub fn may_be_active(&self, node: &str) -> bool {
+        !self.in_maintenance(node) && !self.ineligible.contains_key(node)
     }
 
     /// Applies a command; returns whether the state changed.
@@ -172,6 +182,10 @@ impl ClusterState {
                 self.config_digest = Some(*digest);
                 true
             }
+            Command::SetIneligible { node, reason } => match reason {
+                Some(r) => self.ineligible.insert(node.clone(), r.clone()).as_ref() != Some(r),
+                None => self.ineligible.remove(node).is_some(),
+            },
             Command::Noop => false,
         }
     }
@@ -273,6 +287,27 @@ mod tests {
         // Going back to an earlier version makes it current, not earlier.
         s.apply(&apply(1, 3));
         assert_eq!(s.config.as_ref().unwrap().earlier, vec![2, 3]);
+    }
+
+    #[test]
+    fn ineligible_heads() {
+        let mut s = ClusterState::default();
+        assert!(s.may_be_active("head2"));
+        let set = |reason: Option<&str>| Command::SetIneligible {
+            node: "head2".into(),
+            reason: reason.map(str::to_string),
+        };
+        assert!(s.apply(&set(Some("config differs"))));
+        assert!(!s.apply(&set(Some("config differs"))));
+        assert!(!s.may_be_active("head2"));
+        assert!(s.apply(&set(None)));
+        assert!(!s.apply(&set(None)));
+        assert!(s.may_be_active("head2"));
+        s.apply(&Command::SetMaintenance {
+            node: "head2".into(),
+            on: true,
+        });
+        assert!(!s.may_be_active("head2"));
     }
 
     #[test]

@@ -112,6 +112,11 @@ pub enum Command {
         by: String,
         at_unix_ms: u64,
     },
+    /// `node` must not (`Some(reason)`) or may again (`None`) be made active.
+    SetIneligible {
+        node: String,
+        reason: Option<String>,
+    },
     /// Changes nothing; commits an entry (e.g. to confirm leadership).
     Noop,
 }

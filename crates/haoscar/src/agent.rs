@@ -225,7 +225,10 @@ struct Agent {
 #[derive(Clone)]
 struct Current {
     config: Config,
+    /// Digest of the whole configuration (announced in heartbeats).
     digest: u64,
+    /// Digest of its resources: what `config apply` distributes.
+    rdigest: u64,
     /// Version of the cluster's applied configuration (0: none).
     version: u64,
     problem: Option<String>,
@@ -352,8 +355,8 @@ impl Agent {
                 ),
             ));
         }
-        let digest = new.digest();
-        if digest == cur.digest {
+        let digest = new.resources_digest();
+        if digest == cur.rdigest {
             return Ok(ActionReply {
                 message: format!(
                     "no change: the cluster already runs this configuration (version {})",
@@ -370,7 +373,7 @@ impl Agent {
             .propose(haoscar_consensus::Command::ApplyConfig {
                 text: new.to_toml(),
                 digest,
-                previous: cur.digest,
+                previous: cur.rdigest,
                 by,
                 at_unix_ms: unix_ms(SystemTime::now()),
             })
@@ -384,7 +387,7 @@ impl Agent {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let c = self.current();
-            if c.digest == digest {
+            if c.rdigest == digest {
                 let last = self
                     .local_events(50)
                     .into_iter()
@@ -412,8 +415,9 @@ impl Agent {
     async fn follow_config(&self, fo: &Failover) {
         let applied = fo.consensus.with_state(|s| s.config.clone());
         let cur = self.current();
-        match config_apply::verdict(cur.digest, applied.as_ref()) {
+        match config_apply::verdict(cur.rdigest, applied.as_ref()) {
             Verdict::Current => {
+                self.report_eligibility(fo, None).await;
                 let version = applied.as_ref().map(|a| a.version).unwrap_or(0);
                 if cur.problem.is_some() || cur.version != version {
                     self.set_current(Current {
@@ -425,6 +429,7 @@ impl Agent {
                 }
             }
             Verdict::Differs(why) => {
+                self.report_eligibility(fo, Some(why.clone())).await;
                 if cur.problem.as_deref() != Some(why.as_str()) {
                     tracing::error!("{why}");
                     self.record("config_differs", None, why.clone());
@@ -438,8 +443,13 @@ impl Agent {
             Verdict::Adopt => {
                 let Some(a) = applied else { return };
                 let path = self.config_path.display().to_string();
+                // The cluster's resources with this node's other sections
+                // (which may differ during a rolling restart).
                 let new = match config::parse(&a.text, Path::new(&path)) {
-                    Ok(l) => l.config,
+                    Ok(l) => Config {
+                        resources: l.config.resources,
+                        ..cur.config.clone()
+                    },
                     Err(d) => {
                         let why = format!(
                             "the cluster's configuration version {} does not load here:\n{d}",
@@ -470,17 +480,19 @@ impl Agent {
                     });
                     return;
                 }
-                if let Err(e) = config_apply::write_atomically(&self.config_path, &a.text) {
+                if let Err(e) = config_apply::write_atomically(&self.config_path, &new.to_toml()) {
                     tracing::warn!(file = %path, error = %e, "cannot rewrite the configuration file; running the new version anyway");
                 }
                 let (started, stopped, changed) = match self.services.get() {
                     Some(s) => s.lock().await.apply(&new.resources).await,
                     None => Default::default(),
                 };
-                self.heartbeat.set_config_digest(a.digest);
+                let full = new.digest();
+                self.heartbeat.set_config_digest(full);
                 self.set_current(Current {
                     config: new,
-                    digest: a.digest,
+                    digest: full,
+                    rdigest: a.digest,
                     version: a.version,
                     problem: None,
                 });
@@ -506,6 +518,30 @@ impl Agent {
                     ),
                 );
             }
+        }
+    }
+
+    /// Records in the replicated state whether this head may be made
+    /// active (only on heads, only when it changes; best effort: retried at
+    /// the next applied entry).
+    async fn report_eligibility(&self, fo: &Failover, reason: Option<String>) {
+        if self.role != Role::Head {
+            return;
+        }
+        let now = fo
+            .consensus
+            .with_state(|s| s.ineligible.get(&self.node).cloned());
+        if now == reason {
+            return;
+        }
+        let cmd = haoscar_consensus::Command::SetIneligible {
+            node: self.node.clone(),
+            reason,
+        };
+        if let Ok(Err(e)) =
+            tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd)).await
+        {
+            tracing::debug!(error = %e, "cannot record this head's eligibility yet");
         }
     }
 
@@ -715,16 +751,44 @@ impl AgentView for Agent {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
+        // VIPs follow the active role: shown from the failover loop's view.
+        let fo_status = self.failover.get().map(|f| f.status());
+        let vip_status = |name: &str| -> Option<api::ResourceStatus> {
+            let v = fo_status.as_ref()?.vips.iter().find(|v| v.name == name)?;
+            let holder = v.holder.as_deref().unwrap_or("nobody");
+            Some(api::ResourceStatus {
+                name: v.name.clone(),
+                kind: "vip".into(),
+                group: String::new(),
+                placement: "active".into(),
+                on_fail: String::new(),
+                state: if v.held_here { "running" } else { "stopped" }.into(),
+                since_unix_ms: self.started_unix_ms,
+                pid: None,
+                restarts_in_window: 0,
+                max_restarts: 0,
+                last_result: None,
+                last_check_unix_ms: None,
+                explanation: format!(
+                    "{} on {}: follows the active head (held by {holder}); `haoscar switchover` moves it",
+                    v.address, v.interface
+                ),
+                record: None,
+            })
+        };
         // In configuration order.
         let resources = cur
             .config
             .resources
             .iter()
-            .filter_map(|r| view.get(&r.name).cloned())
+            .filter_map(|r| match r.kind {
+                config::ResourceKind::Vip(_) => vip_status(&r.name),
+                _ => view.get(&r.name).cloned(),
+            })
             .collect();
         Some(api::ResourceList {
             node: self.node.clone(),
-            active: self.failover.get().and_then(|f| f.consensus.state().active),
+            active: fo_status.as_ref().and_then(|f| f.active.clone()),
             config_version: cur.version,
             config_current: cur.problem.is_none(),
             config_problem: cur.problem.clone(),
@@ -979,6 +1043,7 @@ async fn agent_main(
         current: Mutex::new(Current {
             config: config.clone(),
             digest,
+            rdigest: config.resources_digest(),
             version: 0,
             problem: None,
         }),

@@ -21,15 +21,17 @@ pub enum Verdict {
     Differs(String),
 }
 
-/// Compares this node's configuration digest with the cluster's record.
+/// Compares the digest of this node's resources with the cluster's record
+/// (before the first `config apply` there is none: each node runs its file,
+/// and differing files show as `config_mismatch` events).
 pub fn verdict(ours: u64, applied: Option<&AppliedConfig>) -> Verdict {
     match applied {
         None => Verdict::Current,
         Some(a) if a.digest == ours => Verdict::Current,
         Some(a) if a.earlier.contains(&ours) => Verdict::Adopt,
         Some(a) => Verdict::Differs(format!(
-            "this node's configuration ({ours:016x}) is not the cluster's version {} ({:016x}, applied by {}): \
-             it will not be made active; install the cluster's file (`haoscar config show`) or apply this one with `haoscar config apply`",
+            "this node's resources ({ours:016x}) are not the cluster's configuration version {} ({:016x}, applied by {}): \
+             it will not be made active; install the cluster's resources or apply this file with `haoscar config apply`",
             a.version, a.digest, a.by
         )),
     }

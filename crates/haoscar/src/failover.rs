@@ -615,7 +615,7 @@ impl Shell {
         heads_by_preference(&self.ctx.config)
             .into_iter()
             .filter(|(n, _)| *n != self.ctx.node)
-            .filter(|(n, _)| peer_up(&snap, n) && !c.with_state(|s| s.in_maintenance(n)))
+            .filter(|(n, _)| peer_up(&snap, n) && c.with_state(|s| s.may_be_active(n)))
             .collect()
     }
 
@@ -655,6 +655,12 @@ impl Shell {
                             format!("{t} is not a head")
                         } else if self.fo().consensus.with_state(|s| s.in_maintenance(t)) {
                             format!("{t} is in standby (maintenance) mode")
+                        } else if let Some(r) = self
+                            .fo()
+                            .consensus
+                            .with_state(|s| s.ineligible.get(t).cloned())
+                        {
+                            format!("{t} may not be active: {r}")
                         } else {
                             format!("{t} is not up")
                         };
@@ -973,7 +979,7 @@ pub async fn head_loop(ctx: HeadCtx, mut stop: watch::Receiver<bool>) -> Result<
                     .filter(|(n, _)| {
                         Some(n) != m.leader.as_ref()
                             && peer_up(&snap, n)
-                            && !consensus.with_state(|s| s.in_maintenance(n))
+                            && consensus.with_state(|s| s.may_be_active(n))
                     })
                     .count() as u32;
                 if campaign_due(

@@ -323,7 +323,13 @@ impl Snap {
     fn take(fo: &Failover, names: &[&str]) -> Snap {
         fo.consensus.with_state(|s| Snap {
             active: s.active.clone(),
-            maintenance: s.maintenance.clone(),
+            // Heads that may not be made active count as in maintenance.
+            maintenance: s
+                .maintenance
+                .iter()
+                .map(|(n, on)| (n.clone(), *on))
+                .chain(s.ineligible.keys().map(|n| (n.clone(), true)))
+                .collect(),
             resources: names
                 .iter()
                 .filter_map(|n| Some((n.to_string(), s.resources.get(*n)?.clone())))

@@ -839,4 +839,44 @@ command = ["sleep", "1003"]
     assert!(!ok && out.contains("bogus") && out.contains(":"), "{out}");
     assert_eq!(h.list("head1").config_version, 1);
     let _ = std::fs::remove_file(&file);
+
+    // head2's file edited by hand (a resource removed) and its agent
+    // restarted: it says so and is never made active.
+    h.lab.fault_kill("head2", false).expect("kill head2");
+    let conf2 = h
+        .lab
+        .node_dirs("head2")
+        .expect("dirs")
+        .etc
+        .join("cluster.toml");
+    let edited = std::fs::read_to_string(&conf2)
+        .expect("read")
+        .replace("name = \"added\"", "name = \"added2\"");
+    std::fs::write(&conf2, edited).expect("write");
+    h.lab.set_supervision("head2", true).expect("restart head2");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (ok, out) = h.cli("head2", &["status", "--json"]);
+            ok && serde_json::from_str::<haoscar_types::api::Status>(&out)
+                .map(|s| {
+                    s.config_problem
+                        .is_some_and(|p| p.contains("not the cluster's"))
+                })
+                .unwrap_or(false)
+        }),
+        "head2 does not report its differing configuration"
+    );
+    let (ok, out) = h.cli("head2", &["status"]);
+    assert!(ok && out.contains("CONFIGURATION DIFFERS"), "{out}");
+    let (ok, out) = h.cli("head1", &["switchover", "--to", "head2"]);
+    assert!(
+        !ok,
+        "a head with a differing configuration was made active: {out}"
+    );
+    assert_eq!(h.active("head1").as_deref(), Some("head1"));
+    assert!(
+        h.sampler.holders_now() == ["head1"],
+        "{:?}",
+        h.sampler.holders_now()
+    );
 }

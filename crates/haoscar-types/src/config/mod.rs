@@ -396,14 +396,31 @@ impl Config {
     /// A stable 64-bit identity of the configuration's content (FNV-1a of the
     /// normalised text). Nodes compare it to notice a differing config.
     pub fn digest(&self) -> u64 {
-        let text = self.to_toml();
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in text.as_bytes() {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        hash
+        fnv1a(self.to_toml().as_bytes())
     }
+
+    /// The identity of the `[[resource]]` entries alone: what `config
+    /// apply` distributes and what a head must agree on to be active.
+    pub fn resources_digest(&self) -> u64 {
+        #[derive(Serialize)]
+        struct Only<'a> {
+            resource: &'a [Resource],
+        }
+        let text = toml::to_string(&Only {
+            resource: &self.resources,
+        })
+        .unwrap_or_default();
+        fnv1a(text.as_bytes())
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
 
 /// Result of a successful load: the model plus any warnings.
