@@ -23,6 +23,28 @@ const TICK: Duration = Duration::from_millis(10);
 const PORT: u16 = 8080;
 
 /// Waits until `to` answers the client after `t`; the longest gap (ms).
+/// Port of the demo's `portal` service.
+const PORTAL: u16 = 8081;
+
+/// Polls a TCP connect to `addr` from the client namespace every 10 ms
+/// until one succeeds; milliseconds since `t`.
+fn connect_again(
+    lab: &Lab,
+    addr: std::net::SocketAddr,
+    t: Instant,
+    limit: Duration,
+) -> Result<f64> {
+    lab.in_netns("client", move || loop {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        if t.elapsed() > limit {
+            anyhow::bail!("no answer from {addr} within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    })?
+}
+
 fn outage(client: &ClientProbe, to: &str, t: Instant, limit: Duration) -> Result<f64> {
     let answered = client
         .wait_answer(to, t, limit)
@@ -112,6 +134,11 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
     let mut spec = LabSpec::named(&args.name, exe);
     spec.computes = args.computes;
     spec.timing = args.timing.clone();
+    // A service the agents run on the active head and heal: Python's HTTP
+    // server, checked by a TCP connect.
+    spec.extra_config = format!(
+        "[[resource]]\nname = \"portal\"\ntype = \"exec\"\ncommand = [\"/usr/bin/python3\", \"-m\", \"http.server\", \"{PORTAL}\", \"--bind\", \"0.0.0.0\"]\nworkdir = \"/var/lib/haoscar\"\ncheck = {{ tcp = \"127.0.0.1:{PORTAL}\" }}\n"
+    );
     if Lab::open(&args.name).is_ok() || Lab::list().iter().any(|l| l.name == args.name) {
         println!(
             "removing a lab {:?} left over from an earlier run",
@@ -291,8 +318,50 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
         sampler.holders_now()
     );
 
+    // The portal service, run by head1's agent.
+    let portal = std::net::SocketAddr::new(vip, PORTAL);
+    connect_again(&demo.lab, portal, Instant::now(), limit)
+        .context("the portal service never answered")?;
+    let out = demo.lab.exec_output(
+        "head1",
+        &[
+            "haoscar".into(),
+            "resource".into(),
+            "show".into(),
+            "portal".into(),
+            "--json".into(),
+        ],
+    )?;
+    let pid = serde_json::from_slice::<haoscar_types::api::ResourceStatus>(&out.stdout)
+        .ok()
+        .and_then(|r| r.pid)
+        .context("the portal service has no pid")?;
+
     step(
         6,
+        "self-healing: SIGKILL the portal service (an `exec` resource) on head1",
+    );
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let ms = connect_again(&demo.lab, portal, t, limit)?;
+    println!(
+        "killed pid {pid}: the agent noticed the exit at once and restarted it in place; {portal} answered again after {ms:.0} ms (most of it Python's own start)"
+    );
+    results.push(("service SIGKILLed (restart)".into(), ms));
+    let out = demo.lab.exec_output(
+        "head1",
+        &["haoscar".into(), "resource".into(), "list".into()],
+    )?;
+    print!(
+        "$ haoscar resource list\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    step(
+        7,
         "node loss: both of head1's cables pulled (nftables drops everything)",
     );
     let t = Instant::now();
@@ -313,7 +382,7 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
     );
 
     step(
-        7,
+        8,
         "SIGKILL the active head's agent (head2; its kernel stays up)",
     );
     demo.lab.set_supervision("head2", false)?;
@@ -332,7 +401,7 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
     })?;
     println!("the supervisor restarted head2's agent: it is the standby now");
 
-    step(8, "planned switchover back to head2 (`haoscar switchover`)");
+    step(9, "planned switchover back to head2 (`haoscar switchover`)");
     std::thread::sleep(Duration::from_millis(1000));
     let t = Instant::now();
     let out = demo.lab.exec_output(
@@ -351,10 +420,13 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
     let ms = outage(&client, "head2", t, limit)?;
     results.push(("switchover".into(), ms));
 
-    step(9, "what every node agrees on");
+    step(10, "what every node agrees on");
     let s = demo.status("witness1")?;
     print!("{}", render(&s));
     let dual = sampler.dual_holders();
+    // The portal service followed the active role.
+    let ms = connect_again(&demo.lab, portal, Instant::now(), limit)?;
+    println!("the portal service answers on the VIP from the active head ({ms:.0} ms to connect)");
     println!("\nmeasured (client-seen outage on the VIP, probes every 10 ms):");
     for (what, ms) in &results {
         println!("  {what:<30} {ms:>6.0} ms");

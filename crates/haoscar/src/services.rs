@@ -531,7 +531,19 @@ impl Group {
         let mut runnable = Vec::with_capacity(self.members.len());
         let mut prefix: Option<String> = None;
         for m in &mut self.members {
-            let d = desire(record_of(&st, &m.res.name), &m.policy, here);
+            let mut d = desire(record_of(&st, &m.res.name), &m.policy, here);
+            // Another head's claim only holds back a start: an instance
+            // running here keeps running (that head stops its own).
+            if m.state == MState::Running && d != Desire::Run {
+                let nobody = |_: &str| false;
+                let ignoring_claims = Here {
+                    up: &nobody,
+                    ..here
+                };
+                if desire(record_of(&st, &m.res.name), &m.policy, ignoring_claims) == Desire::Run {
+                    d = Desire::Run;
+                }
+            }
             let why = match (&prefix, d) {
                 (Some(p), _) => Some(p.clone()),
                 (None, Desire::Hold(why)) => Some(why),
