@@ -1131,6 +1131,7 @@ async fn agent_main(
                 .set(Arc::new(tokio::sync::Mutex::new(services)));
             let ctx = HeadCtx {
                 config: config.clone(),
+                config_path: agent.config_path.clone(),
                 node: node.clone(),
                 failover: fo,
                 membership: Arc::new(move || a.heartbeat.snapshot()),

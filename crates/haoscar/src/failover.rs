@@ -119,9 +119,15 @@ impl Failover {
         self.active_tx.subscribe()
     }
 
-    /// Whether this head holds the active role now.
+    /// Whether this head holds the active role now: the head loop says so
+    /// and its lease has not run out (an agent resuming after a SIGSTOP
+    /// learns it lost the role a moment later; its lease says so at once).
     pub fn is_active(&self) -> bool {
         *self.active_tx.borrow()
+            && self
+                .view()
+                .lease_deadline
+                .is_some_and(|d| d > Instant::now())
     }
 
     /// Marks whether this node runs the cluster's configuration version.
@@ -312,6 +318,8 @@ pub type Recorder = Arc<dyn Fn(&str, Option<&str>, String) + Send + Sync>;
 /// Everything the head loop reads from the rest of the agent.
 pub struct HeadCtx {
     pub config: Config,
+    /// The configuration file (the guard reads the services from it).
+    pub config_path: std::path::PathBuf,
     pub node: String,
     pub failover: Arc<Failover>,
     pub membership: Arc<dyn Fn() -> HeartbeatSnapshot + Send + Sync>,
@@ -390,8 +398,11 @@ impl Shell {
                 match a {
                     Action::GuardHold { until } => {
                         let at = self.epoch + until;
+                        // Nobody else could take over: the guard leaves
+                        // the services running if this agent dies.
+                        let keep = self.eligible_heads().is_empty();
                         let ok = match self.guard.as_mut() {
-                            Some(g) => g.hold(at).await.is_ok(),
+                            Some(g) => g.hold(at, keep).await.is_ok(),
                             None => false,
                         };
                         self.fo().update(|v| v.lease_deadline = Some(at));
@@ -852,7 +863,8 @@ pub async fn head_loop(ctx: HeadCtx, mut stop: watch::Receiver<bool>) -> Result<
     loop {
         // Keep a guard running; never act without one.
         if sh.guard.is_none() && tokio::time::Instant::now() >= guard_retry {
-            match GuardLink::spawn(Duration::from_secs(5)).await {
+            match GuardLink::spawn(Duration::from_secs(5), &sh.ctx.config_path, &sh.ctx.node).await
+            {
                 Ok(g) => {
                     tracing::info!(pid = g.pid(), "VIP guard started");
                     sh.fo().update(|v| v.guard_pid = g.pid());

@@ -6,9 +6,10 @@
 //!
 //! # Protocol (agent -> guard, lines on the guard's stdin)
 //!
-//! * `hold <ns>`: the agent is active until `<ns>` on `CLOCK_MONOTONIC`
-//!   (system-wide, so both processes read the same clock). Past it, the
-//!   guard removes every address carrying HA-OSCAR's mark.
+//! * `hold <ns> [keep]`: the agent is active until `<ns>` on
+//!   `CLOCK_MONOTONIC` (system-wide, so both processes read the same
+//!   clock). Past it, the guard removes every address carrying HA-OSCAR's
+//!   mark. `keep`: no other head could take over (see Services below).
 //! * `release`: nothing is held (the agent released the VIPs itself).
 //! * end of file: the agent is gone; remove everything now and exit.
 //!
@@ -17,9 +18,19 @@
 //! unless a `hold` arrived meanwhile): an agent that resumes after a SIGSTOP
 //! and re-adds a VIP before noticing that its lease ran out is corrected. The guard answers `ready` on stdout once
 //! its netlink sockets are open.
+//!
+//! Services: when the agent dies *while holding* (it was the active head),
+//! or its lease runs out while it is stopped (SIGSTOP) or stays silent for
+//! 2 s more (a hung thread), the guard also stops, after removing the VIPs,
+//! the service resources placed on the active head (in reverse order), read
+//! from the configuration file it was given: the other head is about to
+//! start them, and two instances must not run. It does not when the agent
+//! said (`hold <ns> keep`) that no other head could take over: then nobody
+//! else starts them, and an agent that restarts adopts them.
 
 use anyhow::{Context, Result};
 use haoscar_resources::vip::{AddressEvent, HeldAddress, VipManager, VipSpec};
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -60,10 +71,14 @@ impl GuardLink {
     /// Starts `haoscar guard` (this executable) in its own session, so that
     /// signals to the agent's process group (a terminal's Ctrl-Z, `kill
     /// -STOP -PGID`) do not reach it, and waits until it is ready.
-    pub async fn spawn(timeout: Duration) -> Result<GuardLink> {
+    pub async fn spawn(timeout: Duration, config: &Path, node: &str) -> Result<GuardLink> {
         let exe = std::env::current_exe().context("cannot find the haoscar executable")?;
         let mut cmd = Command::new(exe);
         cmd.arg("guard")
+            .arg("--services-of")
+            .arg(config)
+            .arg("--node")
+            .arg(node)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -94,9 +109,14 @@ impl GuardLink {
         self.child.id()
     }
 
-    /// Arms the guard until `deadline`.
-    pub async fn hold(&mut self, deadline: Instant) -> std::io::Result<()> {
-        let line = format!("hold {}\n", instant_to_mono_ns(deadline));
+    /// Arms the guard until `deadline`. `keep`: no other head could take
+    /// over, so the guard leaves the services running if the agent dies.
+    pub async fn hold(&mut self, deadline: Instant, keep: bool) -> std::io::Result<()> {
+        let line = format!(
+            "hold {}{}\n",
+            instant_to_mono_ns(deadline),
+            if keep { " keep" } else { "" }
+        );
         self.stdin.write_all(line.as_bytes()).await
     }
 
@@ -121,8 +141,20 @@ impl GuardLink {
     }
 }
 
+/// Arguments of the hidden `haoscar guard` subcommand.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GuardArgs {
+    /// Configuration whose active-head services the guard stops when the
+    /// agent dies or hangs while active.
+    #[arg(long)]
+    pub services_of: Option<PathBuf>,
+    /// This node's name in that configuration.
+    #[arg(long)]
+    pub node: Option<String>,
+}
+
 /// `haoscar guard`: see the module docs.
-pub fn run() -> Result<ExitCode> {
+pub fn run(args: GuardArgs) -> Result<ExitCode> {
     crate::logging::init_agent(false);
     // Its own session: its own scheduling group where sessions are grouped.
     crate::agent::raise_priority();
@@ -130,7 +162,7 @@ pub fn run() -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the guard's runtime")?;
-    rt.block_on(guard_main())?;
+    rt.block_on(guard_main(args))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -163,7 +195,66 @@ async fn tear_down(vips: &VipManager, why: &str) {
     }
 }
 
-async fn guard_main() -> Result<()> {
+/// Stops the services placed on the active head, read from `config`
+/// (groups and members in reverse order), as the agent would.
+async fn stop_services(args: &GuardArgs, why: &str) {
+    let (Some(path), Some(node)) = (&args.services_of, &args.node) else {
+        return;
+    };
+    let config = match haoscar_types::config::load(path) {
+        Ok(l) => l.config,
+        Err(d) => {
+            tracing::error!(file = %path.display(), "guard cannot read the configuration to stop the services:\n{d}");
+            return;
+        }
+    };
+    if config.node(node).map(|n| n.role) != Some(haoscar_types::config::Role::Head) {
+        return;
+    }
+    let active: Vec<_> = config
+        .resources
+        .iter()
+        .filter(|r| {
+            r.service
+                .as_ref()
+                .is_some_and(|p| p.placement == haoscar_types::config::Placement::Active)
+        })
+        .collect();
+    for r in active.iter().rev() {
+        let Some(mut d) = crate::services::driver_for(&config, r) else {
+            continue;
+        };
+        match d.stop().await {
+            Ok(()) => tracing::warn!(resource = %r.name, "guard stopped a service: {why}"),
+            Err(e) => {
+                tracing::error!(resource = %r.name, error = %e, "guard cannot stop a service")
+            }
+        }
+    }
+}
+
+/// How long an agent that is not stopped may stay silent after its lease
+/// ran out before the guard stops its services.
+const SILENT_AGENT: Duration = Duration::from_secs(2);
+
+/// Whether `pid` is stopped (SIGSTOP, or traced).
+fn process_stopped(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(|st| st == "T" || st == "t"))
+        })
+        .unwrap_or(false)
+}
+
+fn spawn_stop_services(args: &GuardArgs, why: &'static str) {
+    // In the background: the guard keeps watching meanwhile.
+    let a = args.clone();
+    tokio::spawn(async move { stop_services(&a, why).await });
+}
+
+async fn guard_main(args: GuardArgs) -> Result<()> {
     let vips = VipManager::new().context("guard: cannot open netlink")?;
     let mut watch = vips.watch();
     // Nothing is held until the agent says so: stale VIPs go now.
@@ -178,14 +269,29 @@ async fn guard_main() -> Result<()> {
     // `hold` arrives first (the agent arms the guard before it adds a VIP,
     // but the pipe and the netlink notification may be read in either order).
     let mut recheck: Option<tokio::time::Instant> = None;
+    // The lease ran out while the agent was not stopped: its services are
+    // stopped by the guard at this time unless the agent says something.
+    let mut svc_check: Option<tokio::time::Instant> = None;
+    // The agent's last `hold` said no other head could take over.
+    let mut keep = false;
+    // SAFETY: getppid cannot fail; the agent started this process.
+    let agent = unsafe { libc::getppid() };
     loop {
         let wait = until.map(|u| Duration::from_nanos(u.saturating_sub(mono_now_ns())));
         tokio::select! {
             biased;
             line = lines.next_line() => match line {
                 Ok(Some(l)) => {
+                    // The agent is alive: it stops its services itself.
+                    svc_check = None;
                     let l = l.trim();
-                    if let Some(ns) = l.strip_prefix("hold ").and_then(|v| v.parse::<u64>().ok()) {
+                    let hold = l.strip_prefix("hold ").and_then(|v| {
+                        let mut it = v.split_whitespace();
+                        let ns = it.next()?.parse::<u64>().ok()?;
+                        Some((ns, it.next() == Some("keep")))
+                    });
+                    if let Some((ns, k)) = hold {
+                        keep = k;
                         if ns > mono_now_ns() {
                             until = Some(ns);
                         } else {
@@ -200,12 +306,30 @@ async fn guard_main() -> Result<()> {
                 }
                 Ok(None) | Err(_) => {
                     tear_down(&vips, "the agent is gone").await;
+                    if (until.is_some() || svc_check.is_some()) && !keep {
+                        stop_services(&args, "the agent died while active").await;
+                    }
                     return Ok(());
                 }
             },
             _ = sleep_opt(wait) => {
                 until = None;
                 tear_down(&vips, "the agent's lease deadline passed without renewal").await;
+                // The services: at once if the agent is stopped (SIGSTOP);
+                // otherwise it is alive and demoting itself (a hand-over, a
+                // lost quorum) and says `release` right away: only if it
+                // stays silent does the guard stop them.
+                if keep {
+                    // No other head could take over: nobody else starts them.
+                } else if process_stopped(agent) {
+                    spawn_stop_services(&args, "the agent is stopped (SIGSTOP) past its lease");
+                } else {
+                    svc_check = Some(tokio::time::Instant::now() + SILENT_AGENT);
+                }
+            }
+            _ = sleep_until_opt(svc_check) => {
+                svc_check = None;
+                spawn_stop_services(&args, "the agent stayed silent after its lease ran out");
             }
             _ = sleep_until_opt(recheck) => {
                 recheck = None;

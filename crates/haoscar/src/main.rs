@@ -83,7 +83,7 @@ enum Command {
     Version,
     /// The VIP guard process (started by the agent; not for direct use).
     #[command(hide = true)]
-    Guard,
+    Guard(guard::GuardArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -103,7 +103,7 @@ fn main() -> std::process::ExitCode {
         | Command::Nodeset(_)
         | Command::Version => true,
         Command::Lab(cmd) => !matches!(cmd, lab_cmd::LabCommand::Supervisor { .. }),
-        Command::Agent(_) | Command::Demo(_) | Command::Bench(_) | Command::Guard => false,
+        Command::Agent(_) | Command::Demo(_) | Command::Bench(_) | Command::Guard(_) => false,
     };
     if quiet_on_sigpipe {
         // SAFETY: setting a signal disposition to its default is async-signal-safe
@@ -133,7 +133,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
-        Command::Guard => guard::run(),
+        Command::Guard(args) => guard::run(args),
         Command::Version => {
             println!("haoscar {}", env!("CARGO_PKG_VERSION"));
             Ok(std::process::ExitCode::SUCCESS)

@@ -628,6 +628,10 @@ impl Group {
             self.members[i].hold = Some("cannot record the start (no quorum)".into());
             return false;
         }
+        if self.members[i].policy.placement == Placement::Active && !self.ctx.failover.is_active() {
+            // The role was lost since the reconcile began.
+            return false;
+        }
         tracing::info!(resource = %name, "starting");
         let driver = &mut self.members[i].driver;
         let res = match driver.validate().await {
@@ -760,6 +764,16 @@ impl Group {
 
     /// A failure of member `i`: the ladder decides.
     async fn failed(&mut self, i: usize, f: Failure) {
+        if self.members[i].policy.placement == Placement::Active && !self.ctx.failover.is_active() {
+            // Not the active head (any more): it should not run here, and
+            // this failure says nothing about this head (e.g. the guard
+            // stopped it when the lease ran out). No restart, no record.
+            let m = &mut self.members[i];
+            m.last_result = Some(format!("{} (not the active head: not restarted)", f.reason));
+            m.last_check = Some(now_unix_ms());
+            m.set_state(MState::Failed);
+            return;
+        }
         let now = self.epoch_now();
         let name = self.members[i].name().to_string();
         let node = self.ctx.node.clone();

@@ -176,11 +176,14 @@ impl Svc {
             .unwrap_or_else(|| panic!("no resource {name} on {node}"))
     }
 
+    /// `None` also while the agent is not answering (restarting).
     fn try_res(&self, node: &str, name: &str) -> Option<ResourceStatus> {
-        self.list(node)
-            .resources
-            .into_iter()
-            .find(|r| r.name == name)
+        let (ok, out) = self.cli(node, &["resource", "list", "--json"]);
+        if !ok {
+            return None;
+        }
+        let l: ResourceList = serde_json::from_str(&out).ok()?;
+        l.resources.into_iter().find(|r| r.name == name)
     }
 
     fn events(&self, node: &str) -> Vec<Event> {
@@ -672,6 +675,10 @@ agent = "heartbeat:Dummy"
     // head2 in standby: nothing takes over while head1's agent is down.
     let (ok, out) = h.cli("head1", &["standby", "head2", "on"]);
     assert!(ok, "{out}");
+    // The next lease renewal tells head1's guard that no other head can
+    // take over (renewals come every heartbeat): it then leaves the
+    // services running when the agent dies.
+    std::thread::sleep(Duration::from_secs(1));
     let old = h.lab.fault_kill("head1", true).expect("kill agent");
     assert!(
         h.lab
@@ -878,5 +885,96 @@ command = ["sleep", "1003"]
         h.sampler.holders_now() == ["head1"],
         "{:?}",
         h.sampler.holders_now()
+    );
+}
+
+#[test]
+fn the_guard_stops_the_services_when_the_active_agent_dies() {
+    if !lab_tests_enabled("the_guard_stops_the_services_when_the_active_agent_dies") {
+        return;
+    }
+    let _s = serial();
+    let h = Svc::up('g', WEB);
+    for n in ["head1", "head2"] {
+        h.put(n, "whoami", n.as_bytes(), 0o644);
+    }
+    assert!(
+        h.wait_answer("head1", Duration::from_secs(15)).is_some(),
+        "web never answered on head1"
+    );
+    h.wait_res(
+        "head1",
+        "marker",
+        Duration::from_secs(10),
+        "group started",
+        |r| r.state == "running",
+    );
+    let procs = ProcSampler::start(&h.lab, "http.server 8080");
+    // The active agent dies and stays dead: its guard removes the VIP and
+    // stops the services; head2 takes over and starts them.
+    h.lab
+        .fault_kill("head1", false)
+        .expect("kill head1's agent");
+    assert!(
+        h.wait_answer("head2", Duration::from_secs(15)).is_some(),
+        "web never answered on head2"
+    );
+    let head1_ns = std::fs::metadata(format!(
+        "/run/netns/{}",
+        h.lab.node("head1").expect("head1").namespace
+    ))
+    .expect("netns")
+    .ino();
+    let on_head1 = || {
+        running_with("http.server 8080").into_iter().any(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == head1_ns)
+        })
+    };
+    assert!(!on_head1(), "the dead agent's service still runs on head1");
+    // The agent comes back as the standby: it starts nothing.
+    h.lab.set_supervision("head1", true).expect("restart head1");
+    assert!(h
+        .lab
+        .wait_for_agent("head1", None, Duration::from_secs(20))
+        .is_some());
+    h.wait_res("head1", "web", Duration::from_secs(10), "standby", |r| {
+        r.state == "stopped"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!on_head1(), "the restarted standby started the service");
+    assert_eq!(h.whoami().as_deref(), Some("head2"));
+    procs.assert_never_on_two_nodes("active agent SIGKILLed");
+
+    // head2's agent hangs (SIGSTOP): past its lease its guard removes the
+    // VIP and stops the services; head1 takes over. SIGCONT: head2 comes
+    // back as the standby and starts nothing.
+    std::thread::sleep(Duration::from_secs(1));
+    h.lab.fault_stop("head2").expect("SIGSTOP head2");
+    assert!(
+        h.wait_answer("head1", Duration::from_secs(15)).is_some(),
+        "web never answered on head1 again"
+    );
+    h.lab.fault_cont("head2").expect("SIGCONT head2");
+    h.wait_res(
+        "head2",
+        "web",
+        Duration::from_secs(15),
+        "standby after SIGCONT",
+        |r| r.state != "running",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(h.whoami().as_deref(), Some("head1"));
+    procs.assert_never_on_two_nodes("active agent SIGSTOPped");
+    let r = h.res("head2", "web");
+    assert!(
+        r.record
+            .as_ref()
+            .is_none_or(|rec| !rec.failed_on.contains_key("head2")),
+        "the guard's stop was counted as a failure of head2: {r:?}"
+    );
+    assert!(
+        h.sampler.dual_holders().is_empty(),
+        "two VIP holders: {:?}",
+        h.sampler.dual_holders()
     );
 }
