@@ -230,7 +230,7 @@ async fn not_found() -> Response {
 async fn method_not_allowed() -> Response {
     error(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed: /v1/switchover and /v1/standby answer POST (on the Unix socket), the other paths GET".into(),
+        "method not allowed: /v1/switchover, /v1/standby, /v1/resource and /v1/config/apply answer POST (on the Unix socket), the other paths GET".into(),
     )
 }
 
