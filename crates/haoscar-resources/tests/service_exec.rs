@@ -414,3 +414,38 @@ async fn services_get_their_own_session_and_the_default_nice_level() {
     }
     d.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn workers_left_by_a_dead_main_process_are_killed() {
+    let dir = TempDir::new("leftovers");
+    // The main process (sleep 2000 after exec) leaves a worker (sleep 1001)
+    // in its process group.
+    let mut d = Driver::exec(spec(
+        &dir,
+        "forky",
+        &["sh", "-c", "sleep 1001 & exec sleep 2000"],
+    ));
+    d.start().await.expect("start");
+    let main = d.pid().expect("pid");
+    std::thread::sleep(Duration::from_millis(200));
+    let worker = std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            *pid != main
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.starts_with(b"sleep\x001001"))
+                && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    s.rsplit_once(')').is_some_and(|(_, r)| {
+                        r.split_whitespace().nth(2) == Some(&main.to_string())
+                    })
+                })
+        })
+        .expect("worker in the service's group");
+    sigkill(main);
+    let f = tokio::time::timeout(Duration::from_secs(5), d.exited())
+        .await
+        .expect("exit noticed");
+    assert!(f.reason.contains("signal 9"), "{}", f.reason);
+    assert!(gone(worker).await, "the worker outlived its service");
+}

@@ -356,7 +356,13 @@ impl Agent {
             ));
         }
         let digest = new.resources_digest();
-        if digest == cur.rdigest {
+        // "No change" against the cluster's version (this node's own may
+        // differ: applying its file is how an operator makes it the
+        // cluster's).
+        let cluster = fo
+            .consensus
+            .with_state(|s| s.config.as_ref().map(|c| c.digest));
+        if cluster.unwrap_or(cur.rdigest) == digest && cur.rdigest == digest {
             return Ok(ActionReply {
                 message: format!(
                     "no change: the cluster already runs this configuration (version {})",
@@ -397,7 +403,8 @@ impl Agent {
                     .unwrap_or_default();
                 return Ok(ActionReply { message: last });
             }
-            if let Some(p) = c.problem {
+            // A problem this apply caused (not one the node had before).
+            if let Some(p) = c.problem.filter(|p| Some(p) != cur.problem.as_ref()) {
                 return Err((409, p));
             }
             if tokio::time::Instant::now() > deadline {
@@ -455,6 +462,7 @@ impl Agent {
                             "the cluster's configuration version {} does not load here:\n{d}",
                             a.version
                         );
+                        self.report_eligibility(fo, Some(why.clone())).await;
                         fo.set_config_current(false);
                         self.set_current(Current {
                             problem: Some(why),
@@ -473,6 +481,7 @@ impl Agent {
                     if cur.problem.as_deref() != Some(why.as_str()) {
                         self.record("config_differs", None, why.clone());
                     }
+                    self.report_eligibility(fo, Some(why.clone())).await;
                     fo.set_config_current(false);
                     self.set_current(Current {
                         problem: Some(why),
@@ -1090,25 +1099,7 @@ async fn agent_main(
                 }
             }
         }));
-        // Follow the cluster's applied configuration.
-        {
-            let a = agent.clone();
-            let fo = fo.clone();
-            let mut applied = fo.consensus.raft().metrics();
-            let mut last = applied.borrow().last_applied.map(|l| l.index);
-            let mut stop = stop_rx.clone();
-            side_tasks.push(tokio::spawn(async move {
-                loop {
-                    a.follow_config(&fo).await;
-                    tokio::select! {
-                        more = crate::services::next_applied(&mut applied, &mut last) => if !more { break },
-                        _ = stop.changed() => break,
-                    }
-                }
-            }));
-        }
         if me.role == Role::Head {
-            // The follower above may have adopted a newer configuration.
             let running = agent.current().config;
             let a = agent.clone();
             let rec = agent.clone();
@@ -1141,6 +1132,24 @@ async fn agent_main(
             head_task = Some(tokio::spawn(async move {
                 if let Err(e) = failover::head_loop(ctx, rx).await {
                     tracing::error!(error = %format!("{e:#}"), "the active-role loop stopped");
+                }
+            }));
+        }
+        // Follow the cluster's applied configuration (after the services
+        // exist, so that a newer version found at start is applied to them).
+        {
+            let a = agent.clone();
+            let fo = agent.failover.get().cloned().context("failover not set")?;
+            let mut applied = fo.consensus.raft().metrics();
+            let mut last = applied.borrow().last_applied.map(|l| l.index);
+            let mut stop = stop_rx.clone();
+            side_tasks.push(tokio::spawn(async move {
+                loop {
+                    a.follow_config(&fo).await;
+                    tokio::select! {
+                        more = crate::services::next_applied(&mut applied, &mut last) => if !more { break },
+                        _ = stop.changed() => break,
+                    }
                 }
             }));
         }
@@ -1193,6 +1202,14 @@ async fn agent_main(
         None,
         format!("agent on {node} stopping ({sig})"),
     );
+    // The hand-over and the consensus get 5 s; the services, their stop
+    // timeouts: exiting before they are stopped would leave them running
+    // while another head starts them.
+    let budget = Duration::from_secs(5)
+        + match agent.services.get() {
+            Some(s) => s.lock().await.stop_budget(),
+            None => Duration::ZERO,
+        };
     let shutdown = async {
         // The active role first: VIPs released (or handed over), guard closed.
         let _ = stop_tx.send(true);
@@ -1220,11 +1237,11 @@ async fn agent_main(
             }
         }
     };
-    if tokio::time::timeout(Duration::from_secs(5), shutdown)
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown took longer than 5 s; exiting anyway");
+    if tokio::time::timeout(budget, shutdown).await.is_err() {
+        tracing::warn!(
+            budget_ms = budget.as_millis() as u64,
+            "shutdown took longer than its budget; exiting anyway"
+        );
     }
     tracing::info!("stopped");
     Ok(())

@@ -30,6 +30,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+/// Longest time between two reconciles of a group without any event.
+const RECONCILE_AT_LEAST: Duration = Duration::from_secs(10);
+
 /// How long after the agent starts it keeps services it found running
 /// while it is not (yet) active and no other head is.
 const STARTUP_GRACE: Duration = Duration::from_secs(15);
@@ -147,10 +150,30 @@ impl Services {
 
     /// Stops every group (reverse order within each) and waits.
     pub async fn shutdown(&mut self) {
-        for (_, h) in std::mem::take(&mut self.groups) {
+        // Every group stops at once; each in its own order.
+        let groups = std::mem::take(&mut self.groups);
+        for h in groups.values() {
             let _ = h.tx.send(GroupCmd::Shutdown).await;
+        }
+        for (_, h) in groups {
             let _ = h.task.await;
         }
+    }
+
+    /// How long stopping everything may take: the slowest group's stop
+    /// timeouts, plus the SIGKILL grace of each member.
+    pub fn stop_budget(&self) -> Duration {
+        self.groups
+            .values()
+            .map(|h| {
+                h.members
+                    .iter()
+                    .filter_map(|r| r.service.as_ref())
+                    .map(|p| p.stop_timeout + Duration::from_secs(1))
+                    .sum::<Duration>()
+            })
+            .max()
+            .unwrap_or_default()
     }
 }
 
@@ -618,6 +641,31 @@ impl Group {
                 break;
             }
         }
+        self.tidy_claims().await;
+    }
+
+    /// Keeps this head's claims true: released for members that are
+    /// stopped here (a start abandoned when the role was lost, a release
+    /// that could not be committed before), taken for members running on
+    /// the active head without one (adopted at agent start).
+    async fn tidy_claims(&mut self) {
+        let st = self.snap();
+        let me = self.ctx.node.clone();
+        let active = self.ctx.failover.is_active();
+        for i in 0..self.members.len() {
+            let m = &self.members[i];
+            if m.policy.placement != Placement::Active {
+                continue;
+            }
+            let held = record_of(&st, m.name()).is_some_and(|r| r.running_on.contains(&me));
+            match m.state {
+                MState::Stopped if held => self.release(i).await,
+                MState::Running if !held && active => {
+                    self.claim(i).await;
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Starts member `i`; on failure climbs the ladder. Returns whether it runs.
@@ -630,6 +678,7 @@ impl Group {
         }
         if self.members[i].policy.placement == Placement::Active && !self.ctx.failover.is_active() {
             // The role was lost since the reconcile began.
+            self.release(i).await;
             return false;
         }
         tracing::info!(resource = %name, "starting");
@@ -779,7 +828,12 @@ impl Group {
         let node = self.ctx.node.clone();
         let decision = self.members[i].ladder.on_failure(now, class(&f));
         let rc = f.rc.map(|rc| format!(" (rc={rc})")).unwrap_or_default();
+        let previous = self.members[i].last_result.clone();
         self.members[i].last_result = Some(format!("{}{rc}", f.reason));
+        if !matches!(decision, Decision::Restart { .. }) {
+            // Only a restart waits for a backoff.
+            self.members[i].not_before = None;
+        }
         self.members[i].last_check = Some(now_unix_ms());
         if self.members[i].state == MState::Running {
             self.members[i].set_state(MState::Failed);
@@ -788,11 +842,16 @@ impl Group {
         let reason = format!("{}{rc}", f.reason);
         match decision {
             Decision::Ignore => {
-                self.record(
-                    "resource_failed",
-                    &name,
-                    format!("{name} failed on {node}: {reason}; on_fail = ignore: nothing done"),
-                );
+                // Recorded once per kind of failure, not at every monitor.
+                if previous.as_deref() != Some(reason.as_str()) {
+                    self.record(
+                        "resource_failed",
+                        &name,
+                        format!(
+                            "{name} failed on {node}: {reason}; on_fail = ignore: nothing done"
+                        ),
+                    );
+                }
                 // Considered running.
                 self.members[i].set_state(MState::Running);
             }
@@ -905,7 +964,9 @@ impl Group {
             .collect();
         failures.push(note.clone());
         self.propose(&name, ResourceOp::Failed { note }).await;
-        self.stop_from(0, &format!("{name} failed here"), true)
+        // The members before it keep running until the role moves (or,
+        // if the move fails, go on running here).
+        self.stop_from(i, &format!("{name} failed here"), true)
             .await;
         match target {
             Some(t) => {
@@ -920,9 +981,16 @@ impl Group {
                 if self.ctx.failover.is_active() {
                     let fo = self.ctx.failover.clone();
                     let by = format!("resource {name}");
+                    let record = self.ctx.record.clone();
+                    let subject = name.clone();
                     tokio::spawn(async move {
                         if let Err((_, e)) = fo.switchover(Some(t.clone()), &by).await {
                             tracing::error!(target = %t, error = %e, "resource failover: switchover failed");
+                            record(
+                                "resource_failover_failed",
+                                Some(&subject),
+                                format!("CRITICAL: {subject} could not be moved to {t}: {e}; it stays stopped here until failure_timeout or `haoscar resource cleanup {subject}`"),
+                            );
                         }
                     });
                 }
@@ -1045,72 +1113,65 @@ impl Group {
 
     /// When the task must wake: the earliest monitor or backoff end.
     fn next_wake(&self) -> Instant {
-        let far = Instant::now() + Duration::from_secs(3600);
-        self.members
-            .iter()
-            .filter_map(|m| match m.state {
+        let now = Instant::now();
+        // At most this long between reconciles: a failure that expires
+        // (`failure_timeout`) or the end of the startup grace needs no
+        // event to be acted on.
+        let mut wake = now + RECONCILE_AT_LEAST;
+        if let Some(grace_end) = Some(self.epoch + STARTUP_GRACE).filter(|t| *t > now) {
+            wake = wake.min(grace_end);
+        }
+        for m in &self.members {
+            let at = match m.state {
                 MState::Running => Some(m.next_monitor),
-                _ => m.not_before,
-            })
-            .min()
-            .unwrap_or(far)
+                // Only a backoff still ahead (a past one would spin).
+                _ => m.not_before.filter(|t| *t > now),
+            };
+            if let Some(at) = at {
+                wake = wake.min(at);
+            }
+        }
+        wake
     }
 
     /// New member definitions: removed and changed members stop; changed
     /// and new ones start on the next reconcile; untouched ones keep
     /// running.
     async fn replace(&mut self, resources: Vec<Resource>) {
+        // Members changed or removed; the members after the first of them
+        // restart too (a group stops in reverse order and starts in order).
+        let gone: Vec<bool> = self
+            .members
+            .iter()
+            .map(|m| !resources.contains(&m.res))
+            .collect();
+        let first = gone.iter().position(|g| *g).unwrap_or(self.members.len());
+        for j in (first..self.members.len()).rev() {
+            if !matches!(self.members[j].state, MState::Running | MState::Failed) {
+                continue;
+            }
+            let name = self.members[j].res.name.clone();
+            let why = if !gone[j] {
+                "a member before it in its group changed (config apply)"
+            } else if resources.iter().any(|r| r.name == name) {
+                "its definition changed (config apply)"
+            } else {
+                "removed from the configuration (config apply)"
+            };
+            if !self.stop_one(j, why, true).await {
+                // Stop failed: recorded; the new definition waits for a cleanup.
+                break;
+            }
+        }
         let mut old = std::mem::take(&mut self.members);
-        // Stop removed or changed members, last first.
         for j in (0..old.len()).rev() {
-            let keep = resources.iter().any(|r| *r == old[j].res);
-            if !keep {
-                let mut m = old.remove(j);
-                if !matches!(m.state, MState::Running | MState::Failed) {
-                    self.ctx
-                        .view
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&m.res.name);
-                    continue;
-                }
-                let name = m.res.name.clone();
-                let what = if resources.iter().any(|r| r.name == name) {
-                    "its definition changed (config apply)"
-                } else {
-                    "removed from the configuration (config apply)"
-                };
-                match m.driver.stop().await {
-                    Ok(()) => {
-                        self.record(
-                            "resource_stopped",
-                            &name,
-                            format!("{name} stopped on {}: {what}", self.ctx.node),
-                        );
-                        self.release_name(&name).await;
-                    }
-                    Err(e) => {
-                        self.record(
-                            "resource_stop_failed",
-                            &name,
-                            format!(
-                                "CRITICAL: {name} could not be stopped on {}: {}",
-                                self.ctx.node, e.reason
-                            ),
-                        );
-                        let note = FailNote {
-                            node: self.ctx.node.clone(),
-                            at_unix_ms: now_unix_ms(),
-                            reason: e.reason.clone(),
-                        };
-                        self.propose(&name, ResourceOp::StopFailed { note }).await;
-                    }
-                }
+            if gone[j] {
+                let m = old.remove(j);
                 self.ctx
                     .view
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&name);
+                    .remove(&m.res.name);
             }
         }
         let names: Vec<&str> = resources.iter().map(|r| r.name.as_str()).collect();

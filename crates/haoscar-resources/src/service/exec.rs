@@ -210,6 +210,10 @@ impl ExecDriver {
     pub async fn exited(&mut self) -> Failure {
         let how = self.wait_exit().await;
         tracing::warn!(service = %self.spec.name, pid = ?self.pid(), "exited: {how}");
+        // Workers a forking service left behind go with it.
+        if let Some(pid) = self.pid() {
+            self.kill_leftovers(pid);
+        }
         self.forget();
         Failure::soft(how)
     }
@@ -234,6 +238,8 @@ impl ExecDriver {
             if alive {
                 return true;
             }
+            let pid = t.pid;
+            self.kill_leftovers(pid);
             self.forget();
         }
         self.adopt()
@@ -352,6 +358,9 @@ impl ExecDriver {
                 None => None,
             };
             if let Some(status) = exited {
+                if let Some(pid) = self.pid() {
+                    self.kill_leftovers(pid);
+                }
                 self.forget();
                 return Err(Failure::soft(format!(
                     "{} before it was ready",
