@@ -375,9 +375,13 @@ impl Agent {
         } else {
             req.by.clone()
         };
+        let text = new.to_toml();
+        if text.starts_with("# cannot render") {
+            return Err((500, format!("cannot render the configuration: {text}")));
+        }
         fo.consensus
             .propose(haoscar_consensus::Command::ApplyConfig {
-                text: new.to_toml(),
+                text,
                 digest,
                 previous: cur.rdigest,
                 by,
@@ -489,7 +493,10 @@ impl Agent {
                     });
                     return;
                 }
-                if let Err(e) = config_apply::write_atomically(&self.config_path, &new.to_toml()) {
+                let text = new.to_toml();
+                if text.starts_with("# cannot render") {
+                    tracing::error!("{text}: the configuration file is left as it is");
+                } else if let Err(e) = config_apply::write_atomically(&self.config_path, &text) {
                     tracing::warn!(file = %path, error = %e, "cannot rewrite the configuration file; running the new version anyway");
                 }
                 let (started, stopped, changed) = match self.services.get() {
