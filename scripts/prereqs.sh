@@ -9,6 +9,8 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 # Debian's OCF resource agents (Dummy, anything, IPaddr2, Delay) for the
 # service tests and the demo.
 [ -x /usr/lib/ocf/resource.d/heartbeat/anything ] || missing+=(resource-agents)
+# Perl's Time::Period: the period syntax is cross-checked against it.
+perl -MTime::Period -e 1 >/dev/null 2>&1 || missing+=(libtime-period-perl)
 # Python's HTTP server is the example service of the demo and the tests.
 [ -x /usr/bin/python3 ] || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -4,4 +4,5 @@
 
 pub mod active;
 pub mod membership;
+pub mod period;
 pub mod recovery;
