@@ -4,5 +4,6 @@
 
 pub mod active;
 pub mod membership;
+pub mod mon;
 pub mod period;
 pub mod recovery;
