@@ -159,15 +159,18 @@ pub fn parse(text: &str) -> MonConfig {
         // Global `key = value` (before or between watches).
         if let Some((k, v)) = l.split_once('=') {
             let k = k.trim();
-            if !k.contains(char::is_whitespace) && !["alert", "upalert", "monitor"].contains(&key) {
-                if cfg.watches.is_empty() || !k.chars().any(|c| c.is_ascii_uppercase()) {
-                    cfg.globals.push(Directive {
-                        key: k.to_string(),
-                        args: v.trim().to_string(),
-                        line,
-                    });
-                    continue;
-                }
+            // Inside a watch, an upper-case `VAR=value` is a service's
+            // environment variable, not a global setting.
+            let global = !k.contains(char::is_whitespace)
+                && !["alert", "upalert", "monitor"].contains(&key)
+                && (cfg.watches.is_empty() || !k.chars().any(|c| c.is_ascii_uppercase()));
+            if global {
+                cfg.globals.push(Directive {
+                    key: k.to_string(),
+                    args: v.trim().to_string(),
+                    line,
+                });
+                continue;
             }
         }
         match key {
