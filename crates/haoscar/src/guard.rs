@@ -24,9 +24,10 @@
 //! 2 s more (a hung thread), the guard also stops, after removing the VIPs,
 //! the service resources placed on the active head (in reverse order), read
 //! from the configuration file it was given: the other head is about to
-//! start them, and two instances must not run. It does not when the agent
-//! said (`hold <ns> keep`) that no other head could take over: then nobody
-//! else starts them, and an agent that restarts adopts them.
+//! start them, and two instances must not run. When the agent said (`hold
+//! <ns> keep`) that no other head could take over, the guard waits up to
+//! 15 s for an agent to answer on this node's API socket again (it adopts
+//! the services) and stops them only if none does.
 
 use anyhow::{Context, Result};
 use haoscar_resources::vip::{AddressEvent, HeldAddress, VipManager, VipSpec};
@@ -237,6 +238,53 @@ async fn stop_services(args: &GuardArgs, why: &str) {
 /// ran out before the guard stops its services.
 const SILENT_AGENT: Duration = Duration::from_secs(2);
 
+/// How long a guard told `keep` waits for a new agent on this node (which
+/// adopts the services) before it stops them.
+const AGENT_RETURN: Duration = Duration::from_secs(15);
+
+/// Waits up to `limit` for an agent to answer on this node's API socket.
+async fn wait_for_agent(args: &GuardArgs, limit: Duration) -> bool {
+    let (Some(path), Some(node)) = (&args.services_of, &args.node) else {
+        return false;
+    };
+    let Ok(loaded) = haoscar_types::config::load(path) else {
+        return false;
+    };
+    let socket = loaded.config.socket_path(node);
+    tracing::warn!(
+        socket = %socket.display(),
+        "the agent died; no other head could take over: waiting {limit:?} for it to come back before stopping the services"
+    );
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if agent_answers(&socket).await {
+            tracing::info!("an agent is back on this node: it adopts the services");
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+/// Whether an agent answers `GET /v1/health` on `socket` (a listener of
+/// the dying agent may still take the connection, but never answers).
+async fn agent_answers(socket: &Path) -> bool {
+    use tokio::io::AsyncReadExt;
+    let attempt = async {
+        let mut s = tokio::net::UnixStream::connect(socket).await.ok()?;
+        s.write_all(b"GET /v1/health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await.ok()?;
+        Some(buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), attempt).await,
+        Ok(Some(true))
+    )
+}
+
 /// Whether `pid` is stopped (SIGSTOP, or traced).
 fn process_stopped(pid: libc::pid_t) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -306,8 +354,14 @@ async fn guard_main(args: GuardArgs) -> Result<()> {
                 }
                 Ok(None) | Err(_) => {
                     tear_down(&vips, "the agent is gone").await;
-                    if (until.is_some() || svc_check.is_some()) && !keep {
+                    let was_active = until.is_some() || svc_check.is_some();
+                    if was_active && !keep {
                         stop_services(&args, "the agent died while active").await;
+                    } else if was_active && !wait_for_agent(&args, AGENT_RETURN).await {
+                        // Nobody else could take over when it died; but
+                        // without an agent here, a head that becomes
+                        // eligible later would start them a second time.
+                        stop_services(&args, "the agent died and did not come back").await;
                     }
                     return Ok(());
                 }

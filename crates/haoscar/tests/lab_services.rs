@@ -713,6 +713,23 @@ agent = "heartbeat:Dummy"
     }
     // And on the standby head nothing of it runs.
     assert_eq!(h.res("head2", "app").state, "stopped");
+
+    // The agent dies again and does not come back: its guard waits for it
+    // (an agent would adopt the services), then stops them, so that a head
+    // leaving standby later cannot start a second instance.
+    let pid = after.expect("pid");
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    std::thread::sleep(Duration::from_secs(1));
+    h.lab.fault_kill("head1", false).expect("kill agent");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        alive(),
+        "the guard stopped the services without waiting for the agent"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || !alive()),
+        "the guard left the services of a dead agent running"
+    );
 }
 
 #[test]
