@@ -39,6 +39,13 @@ pub enum CallError {
     Timeout(Duration),
 }
 
+/// The address index after an RPC that used `used` failed, when `current`
+/// is in use now and the peer has `count` addresses; `None`: another RPC
+/// already moved on, keep `current`.
+fn next_address(current: usize, used: usize, count: usize) -> Option<usize> {
+    (current == used).then(|| (used + 1) % count.max(1))
+}
+
 /// The client side of the transport, shared by all [`PeerClient`]s.
 pub struct Client {
     transport: Arc<Transport>,
@@ -99,30 +106,39 @@ impl Client {
         })
     }
 
-    /// The address to use for `peer` now.
-    fn address(&self, target: NodeId, peer: &Peer) -> SocketAddr {
-        let i = self
-            .current
+    /// Index of the address in use for `target` now.
+    fn current_index(&self, target: NodeId) -> usize {
+        self.current
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&target)
             .copied()
-            .unwrap_or(0);
-        match i {
+            .unwrap_or(0)
+    }
+
+    /// The address to use for `peer` now.
+    fn address(&self, target: NodeId, peer: &Peer) -> SocketAddr {
+        match self.current_index(target) {
             0 => peer.addr,
             i => peer.alt.get(i - 1).copied().unwrap_or(peer.addr),
         }
     }
 
-    /// After a failure: the next RPC to `target` uses its next address
-    /// (a network may be down), on a fresh connection.
-    fn fail_over(&self, target: NodeId, peer: &Peer) {
+    /// After a failure of an RPC that used address `used`: the next RPC to
+    /// `target` uses the address after it (a network may be down), on a
+    /// fresh connection. Several RPCs failing on the same address move it
+    /// once: without that, two concurrent failures moved it back to the
+    /// broken address (seen when a channel was cut right after start).
+    fn fail_over(&self, target: NodeId, peer: &Peer, used: usize) {
         if peer.alt.is_empty() {
             return;
         }
         let mut cur = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let i = cur.entry(target).or_insert(0);
-        *i = (*i + 1) % (peer.alt.len() + 1);
+        let Some(next) = next_address(*i, used, peer.alt.len() + 1) else {
+            return;
+        };
+        *i = next;
         drop(cur);
         self.drop_connections(target);
     }
@@ -138,9 +154,10 @@ impl Client {
         idempotent: bool,
     ) -> Result<RpcResponse, CallError> {
         let peer = self.resolve(target, node)?;
+        let used = self.current_index(target);
         let res = self.call_once(target, &peer, req, ttl, idempotent).await;
         if res.is_err() {
-            self.fail_over(target, &peer);
+            self.fail_over(target, &peer, used);
         }
         res
     }
@@ -376,5 +393,27 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(self.client.backoff))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_address;
+
+    #[test]
+    fn concurrent_failures_move_the_address_once() {
+        // Two RPCs fail on address 0 of two: the first moves to 1, the
+        // second (which also used 0) leaves it there.
+        let mut cur = 0;
+        for used in [0, 0] {
+            if let Some(n) = next_address(cur, used, 2) {
+                cur = n;
+            }
+        }
+        assert_eq!(cur, 1);
+        // A failure on the current address moves on, wrapping around.
+        assert_eq!(next_address(1, 1, 2), Some(0));
+        assert_eq!(next_address(2, 2, 3), Some(0));
+        assert_eq!(next_address(0, 0, 1), Some(0));
     }
 }
