@@ -9,38 +9,15 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use haoscar_resources::service::{Check, Driver, ExecSpec, Health, Severity, Timeouts};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A unique temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("haoscar-exec-{}-{n}-{test}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod support;
+use support::TempDir;
 
 fn spec(dir: &TempDir, name: &str, command: &[&str]) -> ExecSpec {
     ExecSpec {
@@ -98,7 +75,7 @@ async fn gone(pid: u32) -> bool {
 
 #[tokio::test]
 async fn http_server_start_kill_restart() {
-    let dir = TempDir::new("http");
+    let dir = TempDir::new("exec", "http");
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let port_s = port.to_string();
@@ -159,7 +136,7 @@ async fn http_server_start_kill_restart() {
 
 #[tokio::test]
 async fn sigterm_ignored_then_sigkill() {
-    let dir = TempDir::new("term");
+    let dir = TempDir::new("exec", "term");
     let mut s = spec(&dir, "stubborn", &["sh", "-c", "trap '' TERM; sleep 1000"]);
     s.timeouts.stop = Duration::from_millis(300);
     let mut d = Driver::exec(s);
@@ -178,7 +155,7 @@ async fn sigterm_ignored_then_sigkill() {
 
 #[tokio::test]
 async fn adoption_after_driver_drop() {
-    let dir = TempDir::new("adopt");
+    let dir = TempDir::new("exec", "adopt");
     let s = spec(&dir, "sleeper", &["sleep", "1000"]);
     let mut d1 = Driver::exec(s.clone());
     d1.start().await.expect("start");
@@ -209,7 +186,7 @@ async fn adoption_after_driver_drop() {
 
 #[tokio::test]
 async fn adopted_process_is_stopped() {
-    let dir = TempDir::new("adoptstop");
+    let dir = TempDir::new("exec", "adoptstop");
     let s = spec(&dir, "sleeper", &["sleep", "1000"]);
     let mut d1 = Driver::exec(s.clone());
     d1.start().await.expect("start");
@@ -223,7 +200,7 @@ async fn adopted_process_is_stopped() {
 
 #[tokio::test]
 async fn pid_reuse_is_not_ours() {
-    let dir = TempDir::new("reuse");
+    let dir = TempDir::new("exec", "reuse");
     let s = spec(&dir, "victim", &["sleep", "1000"]);
     let mut other = std::process::Command::new("sleep")
         .arg("1000")
@@ -245,7 +222,7 @@ async fn pid_reuse_is_not_ours() {
 
 #[tokio::test]
 async fn check_never_passes() {
-    let dir = TempDir::new("nocheck");
+    let dir = TempDir::new("exec", "nocheck");
     let pid_out = dir.path().join("child.pid");
     let script = format!("echo $$ > {}; exec sleep 1000", pid_out.display());
     let mut s = spec(&dir, "deaf", &["sh", "-c", &script]);
@@ -275,7 +252,7 @@ async fn check_never_passes() {
 
 #[tokio::test]
 async fn exit_during_start() {
-    let dir = TempDir::new("early");
+    let dir = TempDir::new("exec", "early");
     let mut s = spec(&dir, "quitter", &["sh", "-c", "exit 3"]);
     s.check = Some(Check::Tcp(
         format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
@@ -292,7 +269,7 @@ async fn exit_during_start() {
 
 #[tokio::test]
 async fn failing_check_in_monitor() {
-    let dir = TempDir::new("monfail");
+    let dir = TempDir::new("exec", "monfail");
     let flag = dir.path().join("healthy");
     std::fs::write(&flag, "").expect("flag");
     let mut s = spec(&dir, "flaky", &["sleep", "1000"]);
@@ -317,7 +294,7 @@ async fn failing_check_in_monitor() {
 
 #[tokio::test]
 async fn bad_command() {
-    let dir = TempDir::new("bad");
+    let dir = TempDir::new("exec", "bad");
     let mut d = Driver::exec(spec(&dir, "ghost", &["/nonexistent/haoscar-ghost"]));
     let f = d.start().await.expect_err("cannot run");
     assert_eq!(f.severity, Severity::Hard);
@@ -345,7 +322,7 @@ async fn bad_command() {
 
 #[tokio::test]
 async fn exited_stays_pending_when_nothing_runs() {
-    let dir = TempDir::new("pending");
+    let dir = TempDir::new("exec", "pending");
     let mut d = Driver::exec(spec(&dir, "idle", &["sleep", "1000"]));
     assert!(tokio::time::timeout(Duration::from_millis(100), d.exited())
         .await
@@ -355,7 +332,7 @@ async fn exited_stays_pending_when_nothing_runs() {
 
 #[tokio::test]
 async fn environment_user_cwd_and_log() {
-    let dir = TempDir::new("env");
+    let dir = TempDir::new("exec", "env");
     let mut s = spec(
         &dir,
         "envy",
@@ -403,7 +380,7 @@ async fn services_get_their_own_session_and_the_default_nice_level() {
     // test process plays the agent (root can lower its nice level).
     // SAFETY: plain system call on this thread.
     let raised = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -5) } == 0;
-    let dir = TempDir::new("session");
+    let dir = TempDir::new("exec", "session");
     let mut d = Driver::exec(spec(&dir, "sess", &["sleep", "1000"]));
     d.start().await.expect("start");
     let pid = d.pid().expect("pid");
@@ -417,7 +394,7 @@ async fn services_get_their_own_session_and_the_default_nice_level() {
 
 #[tokio::test]
 async fn workers_left_by_a_dead_main_process_are_killed() {
-    let dir = TempDir::new("leftovers");
+    let dir = TempDir::new("exec", "leftovers");
     // The main process (sleep 2000 after exec) leaves a worker (sleep 1001)
     // in its process group.
     let mut d = Driver::exec(spec(

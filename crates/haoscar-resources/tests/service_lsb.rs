@@ -5,38 +5,14 @@
 //! directory, removed on drop.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use haoscar_resources::service::{
     lsb_start_severity, lsb_status_health, Driver, Health, LsbSpec, Severity, Timeouts,
 };
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A unique temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("haoscar-lsb-{}-{n}-{test}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod support;
+use support::TempDir;
 
 /// An init script for `sleep 1000` with a pidfile in `@DIR@`. A file
 /// `@DIR@/start-rc` forces start's exit code.
@@ -120,7 +96,7 @@ fn status_code_table() {
 
 #[tokio::test]
 async fn start_status_stop() {
-    let dir = TempDir::new("cycle");
+    let dir = TempDir::new("lsb", "cycle");
     let mut d = Driver::lsb(setup(&dir));
     assert_eq!(d.monitor().await, Health::Stopped);
     // The daemon inherits the script's stdout/stderr: start must return
@@ -168,7 +144,7 @@ async fn start_status_stop() {
 
 #[tokio::test]
 async fn start_failures() {
-    let dir = TempDir::new("fail");
+    let dir = TempDir::new("lsb", "fail");
     let mut d = Driver::lsb(setup(&dir));
     for (rc, severity) in [
         ("1", Severity::Soft),
@@ -189,7 +165,7 @@ async fn start_failures() {
 
 #[tokio::test]
 async fn missing_script_is_hard() {
-    let dir = TempDir::new("missing");
+    let dir = TempDir::new("lsb", "missing");
     let mut spec = setup(&dir);
     spec.script = dir.path().join("nope");
     let mut d = Driver::lsb(spec);
@@ -209,7 +185,7 @@ async fn missing_script_is_hard() {
 
 #[tokio::test]
 async fn hung_status_times_out() {
-    let dir = TempDir::new("hung");
+    let dir = TempDir::new("lsb", "hung");
     let script = dir.path().join("hung");
     std::fs::write(&script, "#!/bin/sh\nsleep 30\n").expect("script");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");

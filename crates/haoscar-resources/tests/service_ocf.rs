@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use haoscar_resources::service::{
@@ -17,30 +16,8 @@ use haoscar_resources::service::{
 
 const OCF_ROOT: &str = "/usr/lib/ocf";
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A unique temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("haoscar-ocf-{}-{n}-{test}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod support;
+use support::TempDir;
 
 fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -116,7 +93,7 @@ fn exit_code_table() {
 
 #[tokio::test]
 async fn dummy_lifecycle() {
-    let dir = TempDir::new("dummy");
+    let dir = TempDir::new("ocf", "dummy");
     let s = spec(&dir, "Dummy", &[("fake", "something")]);
     let state = s.rsc_tmp.join("Dummy-rsc-Dummy.state");
     let mut d = Driver::ocf(s);
@@ -135,7 +112,7 @@ async fn dummy_lifecycle() {
 
 #[tokio::test]
 async fn anything_runs_sleep() {
-    let dir = TempDir::new("anything");
+    let dir = TempDir::new("ocf", "anything");
     let pidfile = dir.path().join("anything.pid");
     let pidfile_s = pidfile.display().to_string();
     let mut d = Driver::ocf(spec(
@@ -222,7 +199,7 @@ async fn anything_params_checked() {
 
 #[tokio::test]
 async fn missing_agent_is_hard() {
-    let dir = TempDir::new("missing");
+    let dir = TempDir::new("ocf", "missing");
     let mut d = Driver::ocf(spec(&dir, "NoSuchAgent", &[]));
     let f = d.start().await.expect_err("missing");
     assert_eq!(f.severity, Severity::Hard);
@@ -239,7 +216,7 @@ async fn missing_agent_is_hard() {
 
 #[tokio::test]
 async fn start_timeout_kills_the_action() {
-    let dir = TempDir::new("delay");
+    let dir = TempDir::new("ocf", "delay");
     if !Path::new(OCF_ROOT)
         .join("resource.d/heartbeat/Delay")
         .exists()
@@ -318,7 +295,7 @@ fn test_spec(dir: &TempDir, p: &[(&str, &str)]) -> OcfSpec {
 
 #[tokio::test]
 async fn agent_environment() {
-    let dir = TempDir::new("env");
+    let dir = TempDir::new("ocf", "env");
     let s = test_spec(&dir, &[("ip", "10.0.0.1")]);
     let rsc_tmp = s.rsc_tmp.clone();
     let root = s.ocf_root.clone();
@@ -356,7 +333,7 @@ async fn agent_environment() {
 
 #[tokio::test]
 async fn agent_exit_codes() {
-    let dir = TempDir::new("codes");
+    let dir = TempDir::new("ocf", "codes");
     let mut d = OcfDriver::new(test_spec(
         &dir,
         &[

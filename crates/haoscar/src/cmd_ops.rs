@@ -58,7 +58,8 @@ pub struct EventsArgs {
     pub json: bool,
 }
 
-fn client(a: &AgentArgs, timeout: Duration) -> Result<Client> {
+/// A client of the local agent's Unix socket (actions are served there only).
+pub(crate) fn client(a: &AgentArgs, timeout: Duration) -> Result<Client> {
     let endpoint = resolve_endpoint(&a.cfg, a.socket.clone(), None)?;
     if !matches!(endpoint, Endpoint::Unix(_)) {
         bail!("actions are served on the agent's Unix socket only");
@@ -66,7 +67,7 @@ fn client(a: &AgentArgs, timeout: Duration) -> Result<Client> {
     Ok(Client::new(endpoint).with_timeout(timeout))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
@@ -74,7 +75,15 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn act<B: serde::Serialize>(a: &AgentArgs, path: &str, body: &B) -> Result<ExitCode> {
     crate::logging::init_cli();
-    let c = client(a, Duration::from_secs(15))?;
+    post_action(&client(a, Duration::from_secs(15))?, path, body)
+}
+
+/// POSTs an action and prints the agent's answer; a refusal is exit 1.
+pub(crate) fn post_action<B: serde::Serialize>(
+    c: &Client,
+    path: &str,
+    body: &B,
+) -> Result<ExitCode> {
     let reply: Result<ActionReply, ClientError> =
         runtime()?.block_on(async { c.post_json(path, body).await });
     match reply {

@@ -3,13 +3,11 @@
 //! the commands that act on them, through the local agent's Unix socket.
 //! Every action names who asked (`user@host`), which the events record.
 
-use crate::cmd_ops::AgentArgs;
-use crate::cmd_status::{clock, resolve_endpoint};
-use anyhow::{bail, Context, Result};
-use haoscar_api::{Client, ClientError, Endpoint};
-use haoscar_types::api::{
-    ActionReply, ConfigApplyRequest, ResourceList, ResourceRequest, ResourceStatus,
-};
+use crate::cmd_ops::{client, post_action, runtime, AgentArgs};
+use crate::cmd_status::clock;
+use anyhow::{Context, Result};
+use haoscar_api::ClientError;
+use haoscar_types::api::{ConfigApplyRequest, ResourceList, ResourceRequest, ResourceStatus};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -72,36 +70,6 @@ pub fn who() -> String {
     format!("{user}@{host}")
 }
 
-fn client(a: &AgentArgs, timeout: Duration) -> Result<Client> {
-    let endpoint = resolve_endpoint(&a.cfg, a.socket.clone(), None)?;
-    if !matches!(endpoint, Endpoint::Unix(_)) {
-        bail!("resource commands are served on the agent's Unix socket only");
-    }
-    Ok(Client::new(endpoint).with_timeout(timeout))
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
-fn post<B: serde::Serialize>(c: &Client, path: &str, body: &B) -> Result<ExitCode> {
-    let reply: Result<ActionReply, ClientError> =
-        runtime()?.block_on(async { c.post_json(path, body).await });
-    match reply {
-        Ok(r) => {
-            println!("{}", r.message);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(ClientError::Status { message, .. }) => {
-            eprintln!("haoscar: refused: {message}");
-            Ok(ExitCode::FAILURE)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 fn list(agent: &AgentArgs) -> Result<Result<ResourceList, String>> {
     let c = client(agent, Duration::from_secs(5))?;
     match runtime()?.block_on(async { c.get_json::<ResourceList>("/v1/resources").await }) {
@@ -158,7 +126,7 @@ pub fn run(cmd: ResourceCommand) -> Result<ExitCode> {
         ResourceCommand::Cleanup { agent, name } => (agent, name, "cleanup"),
     };
     let c = client(&agent, Duration::from_secs(15))?;
-    post(
+    post_action(
         &c,
         "/v1/resource",
         &ResourceRequest {
@@ -259,7 +227,7 @@ pub fn apply(agent: AgentArgs, file: PathBuf) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     let c = client(&agent, Duration::from_secs(40))?;
-    post(
+    post_action(
         &c,
         "/v1/config/apply",
         &ConfigApplyRequest {

@@ -924,16 +924,6 @@ impl Group {
             reason: reason.to_string(),
         };
         let st = self.snap();
-        let heads = self.candidates(&st);
-        let cands: Vec<Candidate<'_>> = heads
-            .iter()
-            .map(|(n, p, up, maint)| Candidate {
-                name: n,
-                priority: *p,
-                up: *up,
-                maintenance: *maint,
-            })
-            .collect();
         let records: Vec<Option<&ResourceRecord>> = self
             .members
             .iter()
@@ -943,14 +933,8 @@ impl Group {
         let target = if every_head {
             None
         } else {
-            failover_target(
-                &node,
-                &cands,
-                &records,
-                now_ms,
-                self.members[i].policy.failure_timeout,
-            )
-            .map(str::to_string)
+            let up = self.up_fn();
+            self.next_head(&st, &up, self.members[i].policy.failure_timeout)
         };
         // Failures elsewhere that still count, for the block reason.
         let timeout_ms = self.members[i].policy.failure_timeout.as_millis() as u64;
@@ -1010,20 +994,38 @@ impl Group {
         }
     }
 
-    /// Heads with (name, priority, up, maintenance).
-    fn candidates(&self, st: &Snap) -> Vec<(String, u32, bool, bool)> {
-        let snap = (self.ctx.membership)();
-        self.ctx
+    /// The head this group would fail over to now: up, not in
+    /// maintenance, where none of its members failed (`None`: nowhere).
+    fn next_head(
+        &self,
+        st: &Snap,
+        up: &(dyn Fn(&str) -> bool + Sync),
+        failure_timeout: Duration,
+    ) -> Option<String> {
+        let cands: Vec<Candidate<'_>> = self
+            .ctx
             .config
             .heads()
-            .map(|h| {
-                let up = h.name == self.ctx.node
-                    || snap.peers.iter().any(|p| {
-                        p.name == h.name && p.state == haoscar_core::membership::PeerState::Up
-                    });
-                (h.name.clone(), h.priority, up, st.in_maintenance(&h.name))
+            .map(|h| Candidate {
+                name: &h.name,
+                priority: h.priority,
+                up: up(&h.name),
+                maintenance: st.in_maintenance(&h.name),
             })
-            .collect()
+            .collect();
+        let records: Vec<Option<&ResourceRecord>> = self
+            .members
+            .iter()
+            .map(|m| record_of(st, m.name()))
+            .collect();
+        failover_target(
+            &self.ctx.node,
+            &cands,
+            &records,
+            now_unix_ms(),
+            failure_timeout,
+        )
+        .map(str::to_string)
     }
 
     /// Records that member `i` no longer runs here (if it was recorded).
@@ -1206,35 +1208,12 @@ impl Group {
     /// Publishes the members' status for the API.
     fn publish(&self) {
         let st = self.snap();
+        let up = self.up_fn();
         let now = self.epoch_now();
         let mut view = self.ctx.view.lock().unwrap_or_else(PoisonError::into_inner);
         for m in &self.members {
             let rec = record_of(&st, m.name()).cloned();
-            let next_head = {
-                let heads = self.candidates(&st);
-                let cands: Vec<Candidate<'_>> = heads
-                    .iter()
-                    .map(|(n, p, up, maint)| Candidate {
-                        name: n,
-                        priority: *p,
-                        up: *up,
-                        maintenance: *maint,
-                    })
-                    .collect();
-                let recs: Vec<Option<&ResourceRecord>> = self
-                    .members
-                    .iter()
-                    .map(|x| record_of(&st, x.name()))
-                    .collect();
-                failover_target(
-                    &self.ctx.node,
-                    &cands,
-                    &recs,
-                    now_unix_ms(),
-                    m.policy.failure_timeout,
-                )
-                .map(str::to_string)
-            };
+            let next_head = self.next_head(&st, &up, m.policy.failure_timeout);
             let ladder = m.ladder.explain(now, next_head.as_deref());
             let state = match (&rec, m.state) {
                 (Some(r), MState::Stopped) if r.blocked.is_some() => "blocked",

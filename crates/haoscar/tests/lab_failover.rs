@@ -125,17 +125,7 @@ impl Harness {
     }
 
     fn cli(&self, node: &str, args: &[&str]) -> (bool, String) {
-        let mut argv = vec!["haoscar".to_string()];
-        argv.extend(args.iter().map(|a| a.to_string()));
-        let out = self.lab.exec_output(node, &argv).expect("cli");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        haoscar_in(&self.lab, node, args)
     }
 
     /// Never two holders so far.

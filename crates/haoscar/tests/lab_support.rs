@@ -236,3 +236,18 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Runs `haoscar ARGS` inside `node`: (success, stdout + stderr).
+pub fn haoscar_in(lab: &Lab, node: &str, args: &[&str]) -> (bool, String) {
+    let mut argv = vec!["haoscar".to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let out = lab.exec_output(node, &argv).expect("run haoscar in the lab");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
