@@ -241,7 +241,9 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
 pub fn haoscar_in(lab: &Lab, node: &str, args: &[&str]) -> (bool, String) {
     let mut argv = vec!["haoscar".to_string()];
     argv.extend(args.iter().map(|a| a.to_string()));
-    let out = lab.exec_output(node, &argv).expect("run haoscar in the lab");
+    let out = lab
+        .exec_output(node, &argv)
+        .expect("run haoscar in the lab");
     (
         out.status.success(),
         format!(
