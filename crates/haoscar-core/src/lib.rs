@@ -5,5 +5,6 @@
 pub mod active;
 pub mod membership;
 pub mod mon;
-pub mod period;
+/// Time periods live with the configuration model (it validates them).
+pub use haoscar_types::period;
 pub mod recovery;

@@ -112,6 +112,21 @@ pub mod serde_text {
     }
 }
 
+/// Serde adapter for `Option<Duration>` (serialising `Some` only; pair it
+/// with `skip_serializing_if = "Option::is_none"`).
+pub mod serde_opt {
+    use super::format_duration;
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! Shared data types of HA-OSCAR: the cluster configuration model and its
-//! validation, ClusterShell-style node sets, durations, and the JSON shapes of
+//! validation, ClusterShell-style node sets, durations, mon's time periods, and the JSON shapes of
 //! the control API. Everything here is pure (no I/O beyond reading a config
 //! file's text) so every other crate can depend on it.
 
@@ -8,4 +8,6 @@ pub mod config;
 pub mod diagnostic;
 pub mod duration;
 pub mod nodeset;
+pub mod period;
 pub mod service;
+pub mod watchspec;

@@ -135,9 +135,20 @@ pub(super) struct RawConfig {
     pub channels: Vec<RawChannel>,
     pub nodes: Vec<RawNode>,
     pub resources: Vec<RawResource>,
+    pub monitoring: Option<super::watch::RawMonitoring>,
+    pub watches: Vec<super::watch::RawWatch>,
 }
 
-const TOP_KEYS: &[&str] = &["cluster", "api", "paths", "channel", "node", "resource"];
+const TOP_KEYS: &[&str] = &[
+    "cluster",
+    "api",
+    "paths",
+    "channel",
+    "node",
+    "resource",
+    "monitoring",
+    "watch",
+];
 const CLUSTER_KEYS: &[&str] = &[
     "name",
     "secret_file",
@@ -173,7 +184,7 @@ const VIP_KEYS: &[&str] = &[
     "announce_interval",
 ];
 
-type Table<'i> = DeTable<'i>;
+pub(super) type Table<'i> = DeTable<'i>;
 
 impl<'a> Cx<'a> {
     pub fn new(text: &'a str, path: &'a Path) -> Self {
@@ -194,7 +205,7 @@ impl<'a> Cx<'a> {
             .collect()
     }
 
-    fn locate(&mut self, field: String, span: &Range<usize>) {
+    pub(super) fn locate(&mut self, field: String, span: &Range<usize>) {
         self.locs.insert(field, span.clone());
     }
 
@@ -293,6 +304,13 @@ impl<'a> Cx<'a> {
         for (i, (t, span)) in self.tables(&doc, "resource").into_iter().enumerate() {
             let res = self.resource(t, span, &format!("resource[{i}]"));
             raw.resources.push(res);
+        }
+        if let Some((t, _)) = self.table(&doc, "", "monitoring") {
+            raw.monitoring = Some(self.monitoring(t));
+        }
+        for (i, (t, span)) in self.tables(&doc, "watch").into_iter().enumerate() {
+            let w = self.watch(t, span, &format!("watch[{i}]"));
+            raw.watches.push(w);
         }
         Some(raw)
     }
@@ -642,7 +660,7 @@ impl<'a> Cx<'a> {
     // ---- generic field readers -------------------------------------------------
 
     /// Reports keys of `t` that are not in `allowed`, suggesting close names.
-    fn check_keys(&mut self, t: &Table<'_>, path: &str, allowed: &[&str]) {
+    pub(super) fn check_keys(&mut self, t: &Table<'_>, path: &str, allowed: &[&str]) {
         for key in t.keys() {
             let name = key.get_ref();
             if !allowed.contains(&name.as_ref()) {
@@ -655,11 +673,15 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn get<'t, 'i>(&self, t: &'t Table<'i>, key: &str) -> Option<&'t Spanned<DeValue<'i>>> {
+    pub(super) fn get<'t, 'i>(
+        &self,
+        t: &'t Table<'i>,
+        key: &str,
+    ) -> Option<&'t Spanned<DeValue<'i>>> {
         t.get(key)
     }
 
-    fn table<'t, 'i>(
+    pub(super) fn table<'t, 'i>(
         &mut self,
         t: &'t Table<'i>,
         path: &str,
@@ -677,7 +699,7 @@ impl<'a> Cx<'a> {
     }
 
     /// The entries of an array of tables (`[[key]]`).
-    fn tables<'t, 'i>(
+    pub(super) fn tables<'t, 'i>(
         &mut self,
         t: &'t Table<'i>,
         key: &str,
@@ -709,7 +731,7 @@ impl<'a> Cx<'a> {
         out
     }
 
-    fn string(&mut self, t: &Table<'_>, path: &str, key: &str) -> Option<Sp<String>> {
+    pub(super) fn string(&mut self, t: &Table<'_>, path: &str, key: &str) -> Option<Sp<String>> {
         let v = self.get(t, key)?;
         match v.get_ref() {
             DeValue::String(s) => Some(Sp {
@@ -725,7 +747,12 @@ impl<'a> Cx<'a> {
     }
 
     /// A non-empty array of strings.
-    fn string_array(&mut self, t: &Table<'_>, path: &str, key: &str) -> Option<Sp<Vec<String>>> {
+    pub(super) fn string_array(
+        &mut self,
+        t: &Table<'_>,
+        path: &str,
+        key: &str,
+    ) -> Option<Sp<Vec<String>>> {
         let v = self.get(t, key)?;
         let field = join(path, key);
         let DeValue::Array(items) = v.get_ref() else {
@@ -760,7 +787,7 @@ impl<'a> Cx<'a> {
 
     /// A table of name -> text; integers, floats and booleans are taken as
     /// their text.
-    fn string_map(
+    pub(super) fn string_map(
         &mut self,
         t: &Table<'_>,
         path: &str,
@@ -800,7 +827,7 @@ impl<'a> Cx<'a> {
         out
     }
 
-    fn boolean(&mut self, t: &Table<'_>, path: &str, key: &str) -> Option<bool> {
+    pub(super) fn boolean(&mut self, t: &Table<'_>, path: &str, key: &str) -> Option<bool> {
         let v = self.get(t, key)?;
         match v.get_ref() {
             DeValue::Boolean(b) => Some(*b),
@@ -812,7 +839,7 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn uint(
+    pub(super) fn uint(
         &mut self,
         t: &Table<'_>,
         path: &str,
@@ -860,7 +887,12 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn duration(&mut self, t: &Table<'_>, path: &str, key: &str) -> Option<Sp<Duration>> {
+    pub(super) fn duration(
+        &mut self,
+        t: &Table<'_>,
+        path: &str,
+        key: &str,
+    ) -> Option<Sp<Duration>> {
         let s = self.string(t, path, key)?;
         match parse_duration(&s.v) {
             Ok(d) => Some(Sp { v: d, span: s.span }),
@@ -872,7 +904,7 @@ impl<'a> Cx<'a> {
     }
 }
 
-fn join(path: &str, key: &str) -> String {
+pub(super) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {

@@ -8,8 +8,13 @@
 mod decode;
 mod timing;
 mod validate;
+mod watch;
 
 pub use timing::{Timing, TimingPreset};
+pub use watch::{
+    all_heads, AlertAfter, MonitoringSection, Watch, WatchHost, WatchPeriod, WatchService,
+    DEFAULT_ALERT_DIRS, DEFAULT_MONITOR_DIRS, DEFAULT_SMTP_SERVER,
+};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Severity};
 use serde::Serialize;
@@ -45,6 +50,12 @@ pub struct Config {
     pub nodes: Vec<Node>,
     #[serde(rename = "resource", skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<Resource>,
+    /// `[monitoring]`, when written (see [`Config::monitoring`]).
+    #[serde(rename = "monitoring", skip_serializing_if = "Option::is_none")]
+    pub monitoring_section: Option<MonitoringSection>,
+    /// `[[watch]]`: host groups and the services watched on them.
+    #[serde(rename = "watch", skip_serializing_if = "Vec::is_empty")]
+    pub watches: Vec<Watch>,
 }
 
 /// `[cluster]`: cluster-wide identity and behaviour.
@@ -382,6 +393,18 @@ impl Config {
     }
     pub fn voters(&self) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(|n| n.role.votes())
+    }
+    /// `[monitoring]` as written or its defaults.
+    pub fn monitoring(&self) -> MonitoringSection {
+        self.monitoring_section
+            .clone()
+            .unwrap_or_else(|| MonitoringSection::defaults(&self.cluster.name))
+    }
+    /// Every watch service with its group: `(watch, service)`.
+    pub fn watch_services(&self) -> impl Iterator<Item = (&Watch, &WatchService)> {
+        self.watches
+            .iter()
+            .flat_map(|w| w.services.iter().map(move |s| (w, s)))
     }
     /// Unix socket of a node's control API.
     pub fn socket_path(&self, node: &str) -> PathBuf {

@@ -684,3 +684,208 @@ fn service_resource_problems() {
         "must share one placement",
     );
 }
+
+const WATCHES: &str = r#"
+[monitoring]
+smtp_server = "10.0.0.1:2525"
+mail_from = "ha@example.org"
+
+[[watch]]
+group = "heads"
+hosts = ["head[1-2]"]
+
+[[watch.service]]
+name = "state-disk"
+monitor = "disk /var/lib 10%"
+interval = "2h"
+critical = true
+
+[[watch]]
+group = "computes"
+hosts = ["node01", "192.168.1.50", "gw.example.org"]
+
+[[watch.service]]
+name = "ping"
+monitor = "ping"
+interval = "3s"
+failure_interval = "1s"
+on_down = "scontrol update nodename={node} state=drain reason='{summary}'"
+
+[[watch.service.period]]
+when = "wd {Sun-Sat}"
+alert = ["file.alert -f /tmp/alerts", "smtp root@localhost"]
+upalert = ["file.alert -f /tmp/alerts"]
+alertafter = "3 1m"
+alertevery = "1h"
+numalerts = 5
+
+[[watch.service]]
+name = "ssh"
+monitor = "tcp.monitor -p 22"
+depend = ["ping"]
+
+[[watch.service.period]]
+alert = ["syslog warning"]
+alertafter = 2
+"#;
+
+#[test]
+fn watch_lists() {
+    let cfg = ok(&format!("{MINIMAL}{WATCHES}"));
+    assert_eq!(cfg.watches.len(), 2);
+    let heads = &cfg.watches[0];
+    assert_eq!(
+        heads
+            .members
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect::<Vec<_>>(),
+        ["head1", "head2"]
+    );
+    assert!(heads.services[0].critical && heads.services[0].spec.is_local());
+    let c = &cfg.watches[1];
+    assert_eq!(
+        c.members,
+        vec![
+            WatchHost {
+                name: "node01".into(),
+                node: true,
+                address: Some("10.0.0.11".parse().unwrap())
+            },
+            WatchHost {
+                name: "192.168.1.50".into(),
+                node: false,
+                address: Some("192.168.1.50".parse().unwrap())
+            },
+            WatchHost {
+                name: "gw.example.org".into(),
+                node: false,
+                address: None
+            },
+        ]
+    );
+    let ping = &c.services[0];
+    assert_eq!(ping.interval_when(false), Duration::from_secs(3));
+    assert_eq!(ping.interval_when(true), Duration::from_secs(1));
+    let p = &ping.periods[0];
+    assert_eq!(
+        p.alertafter,
+        AlertAfter {
+            count: 3,
+            within: Some(Duration::from_secs(60))
+        }
+    );
+    assert_eq!(p.alerts.len(), 2);
+    assert_eq!(p.alertevery, Some(Duration::from_secs(3600)));
+    assert_eq!(p.numalerts, Some(5));
+    assert_eq!(c.services[1].depend, ["computes/ping"]);
+    assert_eq!(c.services[1].timeout, Duration::from_secs(30));
+    assert_eq!(cfg.monitoring().smtp_server.port(), 2525);
+    // Round trip through `config show`.
+    let shown = cfg.to_toml();
+    assert_eq!(ok(&shown), cfg, "{shown}");
+    // Without [monitoring], the defaults.
+    let plain = ok(MINIMAL);
+    assert_eq!(plain.monitoring().smtp_server.port(), 25);
+    assert!(plain.monitoring().monitor_dirs[0].ends_with("mon.d"));
+}
+
+#[test]
+fn watch_list_problems() {
+    let text = format!("{MINIMAL}{WATCHES}");
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // (replace, with, field, message)
+        (
+            "monitor = \"ping\"",
+            "monitor = \"ping 3\"",
+            "watch[1].service[0].monitor",
+            "unexpected \"3\"",
+        ),
+        (
+            "when = \"wd {Sun-Sat}\"",
+            "when = \"wd {Sun-Funday}\"",
+            "watch[1].service[0].period[0].when",
+            "period",
+        ),
+        (
+            "alertafter = \"3 1m\"",
+            "alertafter = \"3 soon\"",
+            "watch[1].service[0].period[0].alertafter",
+            "failure count",
+        ),
+        (
+            "alertafter = 2",
+            "alertafter = 0",
+            "watch[1].service[1].period[0].alertafter",
+            "from 1",
+        ),
+        (
+            "depend = [\"ping\"]",
+            "depend = [\"pong\"]",
+            "watch[1].service[1].depend",
+            "no watch service \"computes/pong\"",
+        ),
+        (
+            "hosts = [\"head[1-2]\"]",
+            "hosts = [\"head[1-3]\"]",
+            "watch[0].hosts",
+            "not a node",
+        ),
+        (
+            "hosts = [\"node01\", ",
+            "hosts = [\"node01\", \"bad host\", ",
+            "watch[1].hosts",
+            "not a host name, address",
+        ),
+        (
+            "smtp root@localhost",
+            "smtp root",
+            "watch[1].service[0].period[0].alert[1]",
+            "not an e-mail",
+        ),
+        (
+            "smtp_server = \"10.0.0.1:2525\"",
+            "smtp_server = \"mail\"",
+            "monitoring.smtp_server",
+            "address:port",
+        ),
+        (
+            "failure_interval = \"1s\"",
+            "failure_intervl = \"1s\"",
+            "watch[1].service[0].failure_intervl",
+            "did you mean \"failure_interval\"",
+        ),
+        (
+            "numalerts = 5",
+            "numalert = 5",
+            "watch[1].service[0].period[0].numalert",
+            "unknown key",
+        ),
+        (
+            "group = \"computes\"",
+            "group = \"heads\"",
+            "watch[1].group",
+            "defined twice",
+        ),
+        (
+            "interval = \"3s\"",
+            "interval = \"10ms\"",
+            "watch[1].service[0].interval",
+            "at least 100ms",
+        ),
+    ];
+    for (from, to, field, msg) in cases {
+        assert!(text.contains(from), "{from}");
+        let line = line_of(from);
+        assert_error(&text.replacen(from, to, 1), line, field, msg);
+    }
+    // A local check on a host that is not a node.
+    let bad = text.replacen("monitor = \"tcp.monitor -p 22\"", "monitor = \"load 4\"", 1);
+    assert_error(
+        &bad,
+        line_of("tcp.monitor -p 22"),
+        "watch[1].service[1].monitor",
+        "not a node of the cluster",
+    );
+}

@@ -36,6 +36,16 @@ pub(super) fn validate(cx: &mut Cx<'_>, raw: RawConfig) -> Option<Config> {
     let nodes = nodes(cx, &raw, &channels);
     quorum_checks(cx, &raw, &nodes);
     let resources = resources(cx, &raw, &nodes);
+    let cluster_name = raw
+        .cluster
+        .as_ref()
+        .and_then(|c| c.name.as_ref())
+        .map_or("cluster", |n| n.v.as_str());
+    let monitoring_section = raw
+        .monitoring
+        .as_ref()
+        .map(|m| super::watch::validate_monitoring(cx, m, cluster_name));
+    let watches = super::watch::validate_watches(cx, &raw.watches, &nodes);
     Some(Config {
         cluster: cluster?,
         api,
@@ -43,6 +53,8 @@ pub(super) fn validate(cx: &mut Cx<'_>, raw: RawConfig) -> Option<Config> {
         channels,
         nodes,
         resources,
+        monitoring_section,
+        watches,
     })
 }
 
@@ -61,7 +73,7 @@ fn path_or(cx: &mut Cx<'_>, v: &Option<Sp<String>>, field: &str, default: &str) 
     }
 }
 
-fn is_simple_name(s: &str) -> bool {
+pub(super) fn is_simple_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.chars()
