@@ -8,3 +8,4 @@ pub mod mon;
 /// Time periods live with the configuration model (it validates them).
 pub use haoscar_types::period;
 pub mod recovery;
+pub mod watch;
