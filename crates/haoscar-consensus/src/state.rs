@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use haoscar_types::api::Event;
 use haoscar_types::service::ResourceRecord;
+use haoscar_types::watch::AlertMemory;
 use serde::{Deserialize, Serialize};
 
 use crate::types::Command;
@@ -42,6 +43,19 @@ pub struct ClusterState {
     /// configuration differs from the cluster's), as they reported it.
     #[serde(default)]
     pub ineligible: BTreeMap<String, String>,
+    /// What the monitoring already said, per watch service (`group/service`).
+    #[serde(default)]
+    pub watch_memory: BTreeMap<String, AlertMemory>,
+    /// Alert silences: `group` or `group/service` -> until (Unix ms).
+    #[serde(default)]
+    pub silences: BTreeMap<String, Silence>,
+}
+
+/// A maintenance silence of watch alerts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Silence {
+    pub until_unix_ms: u64,
+    pub by: String,
 }
 
 /// A configuration distributed through the replicated state.
@@ -76,6 +90,14 @@ pub struct PendingSwitchover {
 }
 
 impl ClusterState {
+    /// Silences in force, as `target -> until` (Unix ms), for the engine.
+    pub fn silences_until(&self) -> BTreeMap<String, u64> {
+        self.silences
+            .iter()
+            .map(|(k, v)| (k.clone(), v.until_unix_ms))
+            .collect()
+    }
+
     /// Whether `node` is in maintenance mode.
     pub fn in_maintenance(&self, node: &str) -> bool {
         self.maintenance.get(node).copied().unwrap_or(false)
@@ -186,6 +208,26 @@ impl ClusterState {
                 Some(r) => self.ineligible.insert(node.clone(), r.clone()).as_ref() != Some(r),
                 None => self.ineligible.remove(node).is_some(),
             },
+            Command::WatchRemember { key, memory } => {
+                self.watch_memory
+                    .insert(key.clone(), memory.clone())
+                    .as_ref()
+                    != Some(memory)
+            }
+            Command::WatchSilence {
+                target,
+                until_unix_ms,
+                by,
+            } => match until_unix_ms {
+                0 => self.silences.remove(target).is_some(),
+                &until => {
+                    let new = Silence {
+                        until_unix_ms: until,
+                        by: by.clone(),
+                    };
+                    self.silences.insert(target.clone(), new.clone()) != Some(new)
+                }
+            },
             Command::Noop => false,
         }
     }
@@ -248,6 +290,39 @@ mod tests {
         assert_eq!(s.events.len(), MAX_EVENTS);
         assert_eq!(s.events.front().map(|e| e.id), Some(10));
         assert_eq!(s.events.back().map(|e| e.id), Some(MAX_EVENTS as u64 + 9));
+    }
+
+    #[test]
+    fn watch_memory_and_silences() {
+        use haoscar_types::watch::AlertMemory;
+        let mut s = ClusterState::default();
+        let memory = AlertMemory {
+            startup_sent: true,
+            ..AlertMemory::default()
+        };
+        let remember = Command::WatchRemember {
+            key: "computes/ping".into(),
+            memory: memory.clone(),
+        };
+        assert!(s.apply(&remember));
+        assert!(!s.apply(&remember));
+        assert_eq!(s.watch_memory["computes/ping"], memory);
+        let silence = |until| Command::WatchSilence {
+            target: "computes".into(),
+            until_unix_ms: until,
+            by: "root@head1".into(),
+        };
+        assert!(s.apply(&silence(5_000)));
+        assert!(!s.apply(&silence(5_000)));
+        assert_eq!(s.silences_until()["computes"], 5_000);
+        assert!(s.apply(&silence(0)));
+        assert!(s.silences.is_empty());
+        // An old snapshot without these fields still loads.
+        let old: ClusterState = serde_json::from_str(
+            r#"{"active":null,"term":0,"config_digest":null,"maintenance":{},"events":[]}"#,
+        )
+        .unwrap();
+        assert!(old.watch_memory.is_empty());
     }
 
     #[test]

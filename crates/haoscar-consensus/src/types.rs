@@ -117,6 +117,19 @@ pub enum Command {
         node: String,
         reason: Option<String>,
     },
+    /// The monitoring's memory of what it said about a watch service
+    /// (committed before the alerts it records are sent).
+    WatchRemember {
+        key: String,
+        memory: haoscar_types::watch::AlertMemory,
+    },
+    /// Silences alerts of `group` or `group/service` until the time;
+    /// `until_unix_ms = 0` lifts the silence.
+    WatchSilence {
+        target: String,
+        until_unix_ms: u64,
+        by: String,
+    },
     /// Changes nothing; commits an entry (e.g. to confirm leadership).
     Noop,
 }

@@ -17,6 +17,10 @@ use haoscar_types::config::{Watch, WatchService};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+pub use haoscar_types::watch::{
+    AlertKind, AlertMemory, HostState, HostView, PeriodMemory, ServiceView,
+};
+
 /// One host's outcome in a check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostResult {
@@ -34,39 +38,6 @@ pub struct CheckResult {
     /// First line (external monitors) or the failing hosts' summaries.
     pub summary: String,
     pub detail: String,
-}
-
-/// What was already said about a service, per period (replicated).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AlertMemory {
-    #[serde(default)]
-    pub periods: Vec<PeriodMemory>,
-    /// Hosts whose `on_down` command ran (and whose `on_up` has not yet).
-    #[serde(default)]
-    pub actioned: BTreeSet<String>,
-    #[serde(default)]
-    pub startup_sent: bool,
-}
-
-/// Alert memory of one period.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeriodMemory {
-    /// A failure alert was sent for the current failure.
-    pub alerted: bool,
-    /// Failure alerts sent for the current failure.
-    pub sent: u32,
-    pub last_ms: u64,
-    /// Hosts the last alert reported down.
-    pub down_hosts: BTreeSet<String>,
-}
-
-/// Kind of an alert, as mon's `MON_ALERTTYPE`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlertKind {
-    Failure,
-    Up,
-    Startup,
 }
 
 /// What the shell must do, in order.
@@ -94,19 +65,6 @@ pub enum Action {
     },
 }
 
-/// State of a host for one service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HostState {
-    /// Not checked yet.
-    Unknown,
-    Up,
-    /// Failing, but not `alertafter` times yet.
-    Failing,
-    /// Failing `alertafter` times: down.
-    Down,
-}
-
 #[derive(Debug, Clone)]
 struct Host {
     ok: Option<bool>,
@@ -129,29 +87,6 @@ struct Service {
     failed_checks: u64,
     since_ms: u64,
     failing: bool,
-}
-
-/// Status of one service for `watch status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceView {
-    pub key: String,
-    /// `up`, `failing`, `down` or `unknown`.
-    pub state: HostState,
-    pub since_ms: u64,
-    pub last_check_ms: Option<u64>,
-    pub summary: String,
-    pub checks: u64,
-    pub failed_checks: u64,
-    pub hosts: Vec<HostView>,
-}
-
-/// Status of one host of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostView {
-    pub host: String,
-    pub state: HostState,
-    pub since_ms: u64,
-    pub summary: String,
 }
 
 /// The time and the replicated facts a decision needs.

@@ -161,6 +161,9 @@ pub struct Counters {
     /// Authentic, unseen heartbeats older than one already accepted on the
     /// same link: recorded by the replay window, not used for liveness.
     pub out_of_order: u64,
+    /// Authentic reports received (each copy, one per shared channel).
+    pub reports_received: u64,
+    pub reports_sent: u64,
 }
 
 impl Counters {
@@ -279,8 +282,19 @@ struct Inner {
     peers: Vec<PeerEntry>,
     peer_index: HashMap<String, usize>,
     events: broadcast::Sender<MembershipEvent>,
+    reports: broadcast::Sender<Report>,
     state: Mutex<State>,
 }
+
+/// An authenticated report received from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub from: String,
+    pub body: Vec<u8>,
+}
+
+/// Capacity of the report broadcast channel.
+const REPORT_CAPACITY: usize = 1024;
 
 /// Handle on a running heartbeat service. Dropping it stops the tasks too;
 /// [`HeartbeatHandle::shutdown`] also waits for them.
@@ -290,6 +304,7 @@ pub struct HeartbeatHandle {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     local_addrs: Vec<(String, SocketAddr)>,
+    sockets: Vec<Arc<UdpSocket>>,
 }
 
 impl HeartbeatHandle {
@@ -320,6 +335,31 @@ impl HeartbeatHandle {
     /// than 256 events gets `RecvError::Lagged`; use `snapshot` to resync.
     pub fn subscribe(&self) -> broadcast::Receiver<MembershipEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// Reports received from now on (authenticated, replay-checked, from
+    /// the peer's address on the channel).
+    pub fn subscribe_reports(&self) -> broadcast::Receiver<Report> {
+        self.inner.reports.subscribe()
+    }
+
+    /// Sends a report to `peer` on every channel shared with it (the
+    /// receiver gets one copy per working channel). Returns the number of
+    /// copies sent.
+    pub async fn send_report(&self, peer: &str, body: Vec<u8>) -> usize {
+        let datagrams = self.inner.build_reports(peer, body);
+        let mut sent = 0;
+        for (ci, addr, bytes) in datagrams {
+            let Some(sock) = self.sockets.get(ci) else {
+                continue;
+            };
+            match sock.send_to(&bytes, addr).await {
+                Ok(_) => sent += 1,
+                Err(e) => self.inner.on_io_error("send", ci, &e),
+            }
+        }
+        self.inner.lock().counters.reports_sent += sent as u64;
+        sent
     }
 
     /// Bound address of each channel socket, `(channel, address)`.
@@ -496,7 +536,9 @@ pub async fn spawn_with_sockets(
     let boot = cfg.boot;
     let start = Instant::now();
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    let (reports, _) = broadcast::channel(REPORT_CAPACITY);
     let inner = Arc::new(Inner {
+        reports,
         peer_index: peers
             .iter()
             .enumerate()
@@ -536,7 +578,7 @@ pub async fn spawn_with_sockets(
     }
     tasks.push(tokio::spawn(timer_loop(
         Arc::clone(&inner),
-        sockets,
+        sockets.clone(),
         stop.subscribe(),
     )));
     info!(
@@ -551,6 +593,7 @@ pub async fn spawn_with_sockets(
         stop,
         tasks,
         local_addrs,
+        sockets,
     })
 }
 
@@ -706,6 +749,9 @@ impl Inner {
             return self.drop_packet(DropReason::UnknownPeer, ci, src, &detail);
         };
         let peer = &self.peers[pi];
+        if env.kind == MessageKind::REPORT {
+            return self.accept_report(pi, ci, &env, src);
+        }
         if env.kind != MessageKind::HEARTBEAT {
             let detail = format!(
                 "from {:?}: unsupported message kind {}",
@@ -745,6 +791,74 @@ impl Inner {
             return self.drop_packet(DropReason::WrongAddress, ci, src, &detail);
         }
         self.accept(pi, ci, &env, hb, src, at);
+    }
+
+    /// A report: from the peer's address on this channel, never seen.
+    fn accept_report(&self, pi: usize, ci: usize, env: &Envelope, src: SocketAddr) {
+        let peer = &self.peers[pi];
+        let expected = peer.addrs[ci];
+        if expected.is_none_or(|e| e.ip().to_canonical() != src.ip().to_canonical()) {
+            let detail = format!(
+                "report from {:?}: source {} is not its address",
+                peer.name,
+                src.ip()
+            );
+            return self.drop_packet(DropReason::WrongAddress, ci, src, &detail);
+        }
+        {
+            let mut st = self.lock();
+            let Some(link) = st.links.get_mut(&(pi, ci)) else {
+                drop(st);
+                return self.drop_packet(DropReason::WrongAddress, ci, src, "no link");
+            };
+            if let Err(r) = link.guard.accept(env.boot, env.seq) {
+                let reason = match r {
+                    Rejected::StaleBoot => DropReason::StaleBoot,
+                    Rejected::Replayed | Rejected::TooOld => DropReason::Replay,
+                };
+                drop(st);
+                let detail = format!("report from {:?} seq {}: {r}", peer.name, env.seq);
+                return self.drop_packet(reason, ci, src, &detail);
+            }
+            st.counters.reports_received += 1;
+        }
+        // No subscriber is fine.
+        let _ = self.reports.send(Report {
+            from: peer.name.clone(),
+            body: env.body.clone(),
+        });
+    }
+
+    /// Envelopes carrying a report to `peer` on each shared channel.
+    fn build_reports(&self, peer: &str, body: Vec<u8>) -> Vec<(usize, SocketAddr, Vec<u8>)> {
+        let Some(&pi) = self.peer_index.get(peer) else {
+            return Vec::new();
+        };
+        let p = &self.peers[pi];
+        let mut out = Vec::new();
+        let mut st = self.lock();
+        for (ci, addr) in p.addrs.iter().enumerate() {
+            let Some(addr) = addr else { continue };
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            let env = Envelope {
+                kind: MessageKind::REPORT,
+                cluster: self.cluster.clone(),
+                from: self.local.clone(),
+                to: p.name.clone(),
+                boot: self.boot,
+                seq,
+                body: body.clone(),
+            };
+            match wire::encode(&env, &self.key) {
+                Ok(bytes) => out.push((ci, *addr, bytes)),
+                Err(e) => {
+                    st.counters.send_errors += 1;
+                    warn!(peer, error = %e, "cannot encode report");
+                }
+            }
+        }
+        out
     }
 
     fn accept(

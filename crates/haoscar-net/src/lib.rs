@@ -9,3 +9,4 @@ pub mod replay;
 pub mod wire;
 
 pub use haoscar_core::membership::BootId;
+pub use heartbeat::Report;

@@ -11,7 +11,7 @@
 //! off  size  field
 //!   0     4  magic "HXO1"
 //!   4     1  version (= 1)
-//!   5     1  kind (1 = heartbeat; other values reserved for e.g. Raft RPCs)
+//!   5     1  kind (1 = heartbeat, 2 = report; other values reserved)
 //!   6   1+n  cluster name
 //!     1+n    from node name
 //!     1+n    to node name
@@ -83,6 +83,9 @@ pub struct MessageKind(pub u8);
 impl MessageKind {
     /// A liveness heartbeat; body = [`Heartbeat`].
     pub const HEARTBEAT: Self = Self(1);
+    /// A report pushed to a peer (monitoring results of a node's local
+    /// checks); the body is opaque here (JSON for its consumer).
+    pub const REPORT: Self = Self(2);
 }
 
 /// One authenticated message between two nodes.

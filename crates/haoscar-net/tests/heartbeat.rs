@@ -634,3 +634,77 @@ async fn a_withheld_heartbeat_delivered_late_does_not_resurrect_a_dead_peer() {
     proxy_task.abort();
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_delivered_once_per_channel_and_replays_are_dropped() {
+    // b -> proxy -> a, on one channel; the proxy captures what it forwards.
+    let a_sock = bind("127.0.0.1").await;
+    let b_sock = bind("127.0.0.1").await;
+    let proxy = Arc::new(bind("127.0.0.1").await);
+    let (a_addr, proxy_addr) = (addr(&a_sock), addr(&proxy));
+    let captured: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let proxy_task = {
+        let (proxy, captured) = (proxy.clone(), captured.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let Ok((n, _)) = proxy.recv_from(&mut buf).await else {
+                    return;
+                };
+                let _ = proxy.send_to(&buf[..n], a_addr).await;
+                captured.lock().expect("lock").push(buf[..n].to_vec());
+            }
+        })
+    };
+    let (a, b) = spawn_through_proxy(a_sock, b_sock, proxy_addr).await;
+    let mut reports = a.subscribe_reports();
+    // b sends to "a" at a's real address (b's peer entry points at the proxy:
+    // the report goes through it too).
+    assert_eq!(b.send_report("a", b"{\"hello\":1}".to_vec()).await, 1);
+    let got = tokio::time::timeout(DEADLINE, reports.recv())
+        .await
+        .expect("report in time")
+        .expect("report");
+    assert_eq!(got.from, "b");
+    assert_eq!(got.body, b"{\"hello\":1}");
+    // Replaying every captured datagram (heartbeats and the report): no new
+    // report, every copy counted as a replay.
+    let before = a.snapshot();
+    let replay: Vec<Vec<u8>> = captured.lock().expect("lock").clone();
+    for bytes in &replay {
+        proxy.send_to(bytes, a_addr).await.expect("replay");
+    }
+    let n = replay.len() as u64;
+    wait_for(&a, "every replay counted", |s| {
+        s.counters.dropped_replay >= before.counters.dropped_replay + n
+    })
+    .await;
+    assert!(matches!(
+        reports.try_recv(),
+        Err(broadcast::error::TryRecvError::Empty)
+    ));
+    // A report under another key is dropped as forged.
+    let forged = wire::encode(
+        &Envelope {
+            kind: MessageKind::REPORT,
+            cluster: "oscar".into(),
+            from: "b".into(),
+            to: "a".into(),
+            boot: b.boot(),
+            seq: u64::MAX / 2,
+            body: b"{}".to_vec(),
+        },
+        &ClusterKey::new(b"another key, also 32 bytes long!").expect("key"),
+    )
+    .expect("encode");
+    proxy.send_to(&forged, a_addr).await.expect("send");
+    wait_for(&a, "forgery counted", |s| {
+        s.counters.dropped_bad_mac > before.counters.dropped_bad_mac
+    })
+    .await;
+    assert!(reports.try_recv().is_err());
+    assert_eq!(a.snapshot().counters.reports_received, 1);
+    proxy_task.abort();
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -10,4 +10,5 @@ pub mod duration;
 pub mod nodeset;
 pub mod period;
 pub mod service;
+pub mod watch;
 pub mod watchspec;
