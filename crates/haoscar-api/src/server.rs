@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use haoscar_types::api::{
     Action, ActionReply, ApiError, ConfigApplyRequest, Event, Health, ResourceList,
-    ResourceRequest, StandbyRequest, Status, SwitchoverRequest,
+    ResourceRequest, SilenceRequest, StandbyRequest, Status, SwitchoverRequest, WatchStatus,
 };
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -39,6 +39,10 @@ pub trait AgentView: Send + Sync + 'static {
     }
     /// The service resources as this node sees them (`None`: not a head).
     fn resources(&self) -> Option<ResourceList> {
+        None
+    }
+    /// The monitoring as this node sees it (`None`: not a head).
+    fn watch(&self) -> Option<WatchStatus> {
         None
     }
 }
@@ -76,6 +80,7 @@ pub fn router(view: Shared, actions: bool) -> Router {
             .route("/v1/standby", post(standby))
             .route("/v1/resource", post(resource_action))
             .route("/v1/config/apply", post(config_apply))
+            .route("/v1/watch/silence", post(silence))
     } else {
         r
     };
@@ -83,6 +88,7 @@ pub fn router(view: Shared, actions: bool) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/events", get(events))
         .route("/v1/resources", get(resources))
+        .route("/v1/watch", get(watch_status))
         .route("/v1/config", get(config))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -190,6 +196,32 @@ async fn config_apply(
                 "bad body: {} (expected {{\"text\": \"...\", \"file\": \"PATH\", \"by\": \"WHO\"}})",
                 e.body_text()
             ),
+        ),
+    }
+}
+
+async fn silence(
+    State(v): State<Shared>,
+    body: Result<Json<SilenceRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => run_action(v, Action::Silence(req)).await,
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad body: {} (expected {{\"target\": \"GROUP[/SERVICE]\", \"for_ms\": 7200000, \"by\": \"WHO\"}})",
+                e.body_text()
+            ),
+        ),
+    }
+}
+
+async fn watch_status(State(v): State<Shared>) -> Response {
+    match v.watch() {
+        Some(w) => Json(w).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this node does not run the monitoring (ask a head)".to_string(),
         ),
     }
 }

@@ -5,6 +5,7 @@
 pub mod active;
 pub mod membership;
 pub mod mon;
+pub mod mon_import;
 /// Time periods live with the configuration model (it validates them).
 pub use haoscar_types::period;
 pub mod recovery;

@@ -42,6 +42,10 @@ pub struct Status {
     /// (such a head is never made active).
     #[serde(default)]
     pub config_problem: Option<String>,
+    /// One line per watch group of nodes ("computes: 62 up, 2 down: node07
+    /// (ping: timeout since 12:03), ..."), on the head running the checks.
+    #[serde(default)]
+    pub monitoring: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,6 +250,54 @@ pub enum Action {
     Standby(StandbyRequest),
     Resource(ResourceRequest),
     ApplyConfig(ConfigApplyRequest),
+    Silence(SilenceRequest),
+}
+
+/// `POST /v1/watch/silence` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SilenceRequest {
+    /// `group` or `group/service`.
+    pub target: String,
+    /// How long, in milliseconds; 0 lifts the silence.
+    pub for_ms: u64,
+    pub by: String,
+}
+
+/// `GET /v1/watch`: the monitoring as this node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchStatus {
+    pub node: String,
+    pub active: Option<String>,
+    /// Whether this node runs the checks (the active head does).
+    pub running_here: bool,
+    pub services: Vec<WatchServiceStatus>,
+    pub silences: Vec<SilenceStatus>,
+}
+
+/// One watch service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchServiceStatus {
+    /// `group/service`.
+    pub key: String,
+    pub monitor: String,
+    pub interval_ms: u64,
+    /// State built from the checks on this node (`None`: not checked here).
+    pub view: Option<crate::watch::ServiceView>,
+    pub next_check_unix_ms: Option<u64>,
+    /// Alerts delivered and delivery failures, on this node since start.
+    pub alerts_sent: u64,
+    pub alert_failures: u64,
+    /// What was already said (replicated).
+    pub memory: crate::watch::AlertMemory,
+    pub silenced_until_unix_ms: Option<u64>,
+}
+
+/// A silence in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SilenceStatus {
+    pub target: String,
+    pub until_unix_ms: u64,
+    pub by: String,
 }
 
 /// `GET /v1/resources`: the service resources as this node sees them.

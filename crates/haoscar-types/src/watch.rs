@@ -39,7 +39,6 @@ pub enum AlertKind {
     Startup,
 }
 
-
 /// State of a host for one service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,7 +51,6 @@ pub enum HostState {
     /// Failing `alertafter` times: down.
     Down,
 }
-
 
 /// Status of one service for `watch status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,4 +74,3 @@ pub struct HostView {
     pub since_ms: u64,
     pub summary: String,
 }
-

@@ -219,6 +219,8 @@ struct Agent {
     config_path: PathBuf,
     /// This agent itself, for actions that outlive the API call.
     this: OnceLock<std::sync::Weak<Agent>>,
+    /// Health monitoring (watch lists).
+    monitoring: OnceLock<Arc<crate::monitoring::Monitoring>>,
 }
 
 /// The configuration this node runs and how it relates to the cluster's.
@@ -537,6 +539,64 @@ impl Agent {
         }
     }
 
+    /// `haoscar watch silence TARGET --for D` (or `--lift`).
+    async fn silence(
+        &self,
+        fo: &Failover,
+        req: api::SilenceRequest,
+    ) -> Result<api::ActionReply, (u16, String)> {
+        let cfg = self.current().config;
+        let known = cfg.watches.iter().any(|w| {
+            w.group == req.target || w.services.iter().any(|s| w.key(s) == req.target)
+        });
+        if !known {
+            let keys: Vec<String> = cfg
+                .watches
+                .iter()
+                .flat_map(|w| {
+                    std::iter::once(w.group.clone())
+                        .chain(w.services.iter().map(move |s| w.key(s)))
+                })
+                .collect();
+            return Err((
+                404,
+                format!(
+                    "no watch group or service {:?} (known: {})",
+                    req.target,
+                    keys.join(", ")
+                ),
+            ));
+        }
+        let until = if req.for_ms == 0 {
+            0
+        } else {
+            crate::monitoring::unix_ms_now().saturating_add(req.for_ms)
+        };
+        let cmd = haoscar_consensus::Command::WatchSilence {
+            target: req.target.clone(),
+            until_unix_ms: until,
+            by: req.by.clone(),
+        };
+        match tokio::time::timeout(Duration::from_secs(5), fo.consensus.propose(cmd)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err((503, format!("cannot record the silence: {e}"))),
+            Err(_) => return Err((503, "cannot record the silence: no quorum".to_string())),
+        }
+        let message = if until == 0 {
+            format!("alerts of {} are no longer silenced", req.target)
+        } else {
+            format!(
+                "alerts of {} silenced for {} (until {}), by {}",
+                req.target,
+                haoscar_types::duration::format_duration(Duration::from_millis(req.for_ms)),
+                crate::monitoring::clock_full(until),
+                req.by
+            )
+        };
+        self.record("watch_silence", Some(&req.target), message.clone());
+        Ok(api::ActionReply { message })
+    }
+
     /// Records in the replicated state whether this head may be made
     /// active (only on heads, only when it changes; best effort: retried at
     /// the next applied entry).
@@ -730,7 +790,19 @@ impl AgentView for Agent {
             recent_events: self.events(20),
             resources: self.resources().map(|l| l.resources).unwrap_or_default(),
             config_problem: self.current().problem,
+            monitoring: self
+                .monitoring
+                .get()
+                .map(|m| m.summary_lines())
+                .unwrap_or_default(),
         }
+    }
+
+    fn watch(&self) -> Option<api::WatchStatus> {
+        if self.role != Role::Head {
+            return None;
+        }
+        self.monitoring.get().map(|m| m.status())
     }
 
     /// The replicated history (on heads and witnesses) merged with this
@@ -827,6 +899,7 @@ impl AgentView for Agent {
             let message = match action {
                 api::Action::Resource(req) => return this.resource_action(&fo, req).await,
                 api::Action::ApplyConfig(req) => return this.apply_config(&fo, req).await,
+                api::Action::Silence(req) => return this.silence(&fo, req).await,
                 api::Action::Switchover(req) => {
                     if let Some(t) = &req.to {
                         match config.node(t).map(|n| n.role) {
@@ -1065,6 +1138,7 @@ async fn agent_main(
         }),
         config_path,
         this: OnceLock::new(),
+        monitoring: OnceLock::new(),
     });
     let _ = agent.this.set(Arc::downgrade(&agent));
     // Heads and witnesses: the consensus node, and on heads the active role.
@@ -1159,6 +1233,45 @@ async fn agent_main(
                     }
                 }
             }));
+        }
+    }
+    // Health monitoring: local checks everywhere, the schedule on heads.
+    {
+        let mon = crate::monitoring::Monitoring::new(
+            config.clone(),
+            node.clone(),
+            agent.failover.get().cloned(),
+        );
+        let _ = agent.monitoring.set(mon.clone());
+        let recorder: crate::monitoring::Recorder = {
+            let a = agent.clone();
+            Arc::new(move |k: &str, s: Option<&str>, m: String| a.record(k, s, m))
+        };
+        let sender: crate::monitoring::ReportSender = {
+            let a = agent.clone();
+            Arc::new(move |to: String, body: Vec<u8>| {
+                let a = a.clone();
+                Box::pin(async move {
+                    a.heartbeat.send_report(&to, body).await;
+                })
+            })
+        };
+        side_tasks.push(tokio::spawn(crate::monitoring::local_loop(
+            mon.clone(),
+            sender,
+            recorder.clone(),
+            stop_rx.clone(),
+        )));
+        if me.role == Role::Head {
+            side_tasks.push(tokio::spawn(crate::monitoring::report_loop(
+                mon.clone(),
+                agent.heartbeat.subscribe_reports(),
+            )));
+            side_tasks.push(tokio::spawn(crate::monitoring::active_loop(
+                mon,
+                recorder,
+                stop_rx.clone(),
+            )));
         }
     }
     let socket = config.socket_path(&node);

@@ -19,6 +19,7 @@ mod guard;
 mod lab_cmd;
 mod labwatch;
 mod logging;
+mod monitoring;
 mod services;
 
 use clap::{Parser, Subcommand};

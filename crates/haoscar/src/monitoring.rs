@@ -1,0 +1,973 @@
+//! The monitoring shell around the pure engine (`haoscar_core::watch`):
+//! on every node, the local checks (process, load, disk, memory) of the
+//! watch groups it belongs to, pushed to the heads as authenticated
+//! reports; on the active head, the schedule of the network and external
+//! checks, the engine fed with every result, the alert memory committed to
+//! the replicated state before an alert is sent, the alerts delivered (mon
+//! alert scripts, SMTP, webhook, syslog) and the `on_down` / `on_up`
+//! commands run. A head whose own `critical` check fails makes itself
+//! ineligible and hands the active role over.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use haoscar_core::period::TimeParts;
+use haoscar_core::watch::{Action, AlertKind, CheckResult, Ctx, Engine, HostResult};
+use haoscar_monitor::probe::{HttpProbe, Pinger};
+use haoscar_monitor::Outcome;
+use haoscar_types::api::{SilenceStatus, WatchServiceStatus, WatchStatus};
+use haoscar_types::config::{Config, Role, Watch, WatchHost, WatchService};
+use haoscar_types::watchspec::{AlertSpec, FreeSpace, LoadWindow, MonitorSpec, SyslogLevel};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::failover::Failover;
+
+/// Checks running at once on the active head (each host is one check).
+const MAX_CONCURRENT_CHECKS: usize = 512;
+/// Longest an alert delivery may take.
+const ALERT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A pushed local result older than this many intervals counts as "no
+/// report" (the node or its agent is down).
+const STALE_INTERVALS: u32 = 3;
+
+/// Sends a report body to a head (through the heartbeat channels).
+pub type ReportSender = Arc<
+    dyn Fn(String, Vec<u8>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Records an event: (kind, subject, message).
+pub type Recorder = Arc<dyn Fn(&str, Option<&str>, String) + Send + Sync>;
+
+/// What a node pushes to the heads: its latest local results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LocalReport {
+    results: Vec<LocalResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LocalResult {
+    key: String,
+    ok: bool,
+    summary: String,
+    at_unix_ms: u64,
+}
+
+/// Monitoring of this node, shared with the API.
+pub struct Monitoring {
+    config: Config,
+    node: String,
+    failover: Option<Arc<Failover>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    engine: Engine,
+    /// Latest pushed result per (service key, host) and when it arrived.
+    reports: HashMap<(String, String), (LocalResult, u64)>,
+    next_check: BTreeMap<String, u64>,
+    alerts_sent: BTreeMap<String, u64>,
+    alert_failures: BTreeMap<String, u64>,
+    running: bool,
+    /// This head's own critical checks failing in a row.
+    critical_streak: BTreeMap<String, u32>,
+}
+
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The local calendar time of a Unix time (for periods).
+pub fn local_time(unix_secs: i64) -> TimeParts {
+    TimeParts::from_unix(unix_secs, utc_offset(unix_secs))
+}
+
+fn utc_offset(unix_secs: i64) -> i64 {
+    let t: libc::time_t = unix_secs;
+    // SAFETY: an all-zero `tm` is valid; localtime_r only writes into it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    let r = unsafe { libc::localtime_r(&t, &mut tm) };
+    if r.is_null() {
+        0
+    } else {
+        tm.tm_gmtoff
+    }
+}
+
+impl Monitoring {
+    pub fn new(config: Config, node: String, failover: Option<Arc<Failover>>) -> Arc<Monitoring> {
+        Arc::new(Monitoring {
+            config,
+            node,
+            failover,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn has_watches(&self) -> bool {
+        !self.config.watches.is_empty()
+    }
+}
+
+// ---- local checks (every node) --------------------------------------------------
+
+/// Runs a local check now.
+pub fn run_local(spec: &MonitorSpec) -> Option<Outcome> {
+    use haoscar_monitor::local;
+    Some(match spec {
+        MonitorSpec::Process { name } => local::process(name),
+        MonitorSpec::Load { window, max } => local::load(
+            match window {
+                LoadWindow::One => local::LoadWindow::One,
+                LoadWindow::Five => local::LoadWindow::Five,
+                LoadWindow::Fifteen => local::LoadWindow::Fifteen,
+            },
+            *max,
+        ),
+        MonitorSpec::Disk { path, min_free } => local::disk(
+            path,
+            match min_free {
+                FreeSpace::Percent(p) => local::FreeSpace::Percent(*p),
+                FreeSpace::Bytes(b) => local::FreeSpace::Bytes(*b),
+            },
+        ),
+        MonitorSpec::Memory {
+            min_available_percent,
+        } => local::memory(*min_available_percent),
+        _ => return None,
+    })
+}
+
+/// The local services this node takes part in: (watch, service).
+fn my_local_services<'c>(config: &'c Config, node: &str) -> Vec<(&'c Watch, &'c WatchService)> {
+    config
+        .watch_services()
+        .filter(|(w, s)| s.spec.is_local() && w.members.iter().any(|h| h.name == node))
+        .collect()
+}
+
+/// Every node: runs its local checks at their intervals and pushes the
+/// results to every head (and to itself when it is a head).
+pub async fn local_loop(
+    mon: Arc<Monitoring>,
+    send: ReportSender,
+    record: Recorder,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mine: Vec<(String, WatchService)> = my_local_services(&mon.config, &mon.node)
+        .into_iter()
+        .map(|(w, s)| (w.key(s), s.clone()))
+        .collect();
+    if mine.is_empty() {
+        return;
+    }
+    let heads: Vec<String> = mon
+        .config
+        .heads()
+        .map(|n| n.name.clone())
+        .filter(|n| *n != mon.node)
+        .collect();
+    let is_head = mon
+        .config
+        .node(&mon.node)
+        .is_some_and(|n| n.role == Role::Head);
+    let mut due: BTreeMap<String, tokio::time::Instant> = mine
+        .iter()
+        .map(|(k, _)| (k.clone(), tokio::time::Instant::now()))
+        .collect();
+    loop {
+        let now = tokio::time::Instant::now();
+        let mut results = Vec::new();
+        for (key, svc) in &mine {
+            if due.get(key).is_some_and(|d| *d <= now) {
+                let spec = svc.spec.clone();
+                let outcome = tokio::task::spawn_blocking(move || run_local(&spec))
+                    .await
+                    .ok()
+                    .flatten();
+                let Some(o) = outcome else { continue };
+                if is_head && svc.critical {
+                    mon.on_own_critical(key, svc, &o, &record).await;
+                }
+                results.push(LocalResult {
+                    key: key.clone(),
+                    ok: o.ok,
+                    summary: o.summary,
+                    at_unix_ms: unix_ms_now(),
+                });
+                due.insert(key.clone(), now + svc.interval_when(!results.last().is_some_and(|r| r.ok)));
+            }
+        }
+        if !results.is_empty() {
+            let report = LocalReport { results };
+            if is_head {
+                mon.take_report(&mon.node.clone(), report.clone());
+            }
+            match serde_json::to_vec(&report) {
+                Ok(body) => {
+                    for h in &heads {
+                        send(h.clone(), body.clone()).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot encode a local report"),
+            }
+        }
+        let next = due.values().min().copied().unwrap_or(now + Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+impl Monitoring {
+    /// Stores a node's pushed results (any head; the active one uses them).
+    fn take_report(&self, from: &str, report: LocalReport) {
+        let now = unix_ms_now();
+        let mut st = self.lock();
+        for r in report.results {
+            // Only results for services the sender is a host of.
+            let member = self
+                .config
+                .watch_services()
+                .any(|(w, s)| w.key(s) == r.key && w.members.iter().any(|h| h.name == from));
+            if member {
+                st.reports.insert((r.key.clone(), from.to_string()), (r, now));
+            }
+        }
+    }
+
+    /// A head's own critical check: after `alertafter` failures in a row
+    /// it makes itself ineligible and, if active, hands over.
+    async fn on_own_critical(&self, key: &str, svc: &WatchService, o: &Outcome, record: &Recorder) {
+        let Some(fo) = &self.failover else { return };
+        let need = svc.periods.first().map_or(1, |p| p.alertafter.count);
+        let streak = {
+            let mut st = self.lock();
+            let s = st.critical_streak.entry(key.to_string()).or_insert(0);
+            *s = if o.ok { 0 } else { s.saturating_add(1) };
+            *s
+        };
+        let reason = format!("critical watch {key} failing: {}", o.summary);
+        let marked = fo
+            .consensus
+            .with_state(|s| s.ineligible.get(&self.node).cloned());
+        let ours = marked.as_deref().is_some_and(|r| r.starts_with("critical watch "));
+        if streak >= need && marked.is_none() {
+            record("watch_critical", Some(key), format!("{} on {}: {reason}; this head is no longer eligible", key, self.node));
+            let cmd = haoscar_consensus::Command::SetIneligible {
+                node: self.node.clone(),
+                reason: Some(reason),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd)).await;
+            if fo.is_active() {
+                match fo.switchover(None, &format!("watch {key}")).await {
+                    Ok(m) => record("watch_critical", Some(key), format!("handed over: {m}")),
+                    Err((_, m)) => record("watch_critical", Some(key), format!("cannot hand over: {m}")),
+                }
+            }
+        } else if o.ok && ours {
+            record("watch_critical", Some(key), format!("{key} on {} passes again; this head is eligible again", self.node));
+            let cmd = haoscar_consensus::Command::SetIneligible {
+                node: self.node.clone(),
+                reason: None,
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd)).await;
+        }
+    }
+}
+
+/// Every head: stores the reports pushed by the nodes.
+pub async fn report_loop(
+    mon: Arc<Monitoring>,
+    mut rx: tokio::sync::broadcast::Receiver<haoscar_net::Report>,
+) {
+    loop {
+        match rx.recv().await {
+            Ok(r) => match serde_json::from_slice::<LocalReport>(&r.body) {
+                Ok(report) => mon.take_report(&r.from, report),
+                Err(e) => tracing::warn!(from = %r.from, error = %e, "unreadable monitoring report"),
+            },
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "monitoring reports arrived faster than read");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+// ---- the active head's schedule -------------------------------------------------
+
+/// The active head: schedules the checks, feeds the engine, acts.
+pub async fn active_loop(
+    mon: Arc<Monitoring>,
+    record: Recorder,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(fo) = mon.failover.clone() else { return };
+    if !mon.has_watches() {
+        return;
+    }
+    let pinger = match Pinger::new() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            record("watch_error", None, format!("ping checks cannot run: {e}"));
+            None
+        }
+    };
+    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS));
+    let (tx, mut rx) = mpsc::channel::<(String, CheckResult)>(1024);
+    let mut active = fo.active_watch();
+    let mut in_flight: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let running = fo.is_active();
+        let was = {
+            let mut st = mon.lock();
+            let was = st.running;
+            st.running = running;
+            if running && !was {
+                // Fresh: the replicated memory says what was already said.
+                st.engine = Engine::new();
+                st.next_check.clear();
+            }
+            was
+        };
+        if running != was {
+            record(
+                "watch_running",
+                None,
+                if running {
+                    format!("monitoring runs on {} from now on", mon.node)
+                } else {
+                    format!("monitoring stopped on {} (no longer active)", mon.node)
+                },
+            );
+        }
+        let now = unix_ms_now();
+        let mut next_wake = now + 1_000;
+        if running {
+            for (w, s) in mon.config.watch_services() {
+                let key = w.key(s);
+                if in_flight.contains(&key) {
+                    continue;
+                }
+                let due = *mon.lock().next_check.entry(key.clone()).or_insert(now);
+                if due > now {
+                    next_wake = next_wake.min(due);
+                    continue;
+                }
+                in_flight.insert(key.clone());
+                let failing = mon.lock().engine.failing(&key);
+                let next = now + s.interval_when(failing).as_millis() as u64;
+                mon.lock().next_check.insert(key.clone(), next);
+                next_wake = next_wake.min(next);
+                let (w, s) = (w.clone(), s.clone());
+                let (tx, limit, pinger, mon2) = (tx.clone(), limit.clone(), pinger.clone(), mon.clone());
+                tokio::spawn(async move {
+                    let result = run_service(&mon2, &w, &s, pinger.as_ref(), &limit).await;
+                    let _ = tx.send((w.key(&s), result)).await;
+                });
+            }
+        }
+        let sleep = Duration::from_millis(next_wake.saturating_sub(unix_ms_now()).max(10));
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            Some((key, result)) = rx.recv() => {
+                in_flight.remove(&key);
+                if fo.is_active() {
+                    mon.on_result(&fo, &key, result, &record).await;
+                }
+            }
+            _ = active.changed() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One round of a service over its hosts.
+async fn run_service(
+    mon: &Monitoring,
+    w: &Watch,
+    s: &WatchService,
+    pinger: Option<&Pinger>,
+    limit: &Arc<Semaphore>,
+) -> CheckResult {
+    let at_ms = unix_ms_now();
+    let hosts: Vec<HostResult> = match &s.spec {
+        MonitorSpec::External { program, args } => {
+            return run_external(mon, w, s, program, args, at_ms).await
+        }
+        spec if spec.is_local() => mon.local_results(w, s, at_ms),
+        spec => {
+            let mut tasks = Vec::with_capacity(w.members.len());
+            for h in &w.members {
+                let (h, spec, timeout) = (h.clone(), spec.clone(), s.timeout);
+                let pinger = pinger.cloned();
+                let limit = limit.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _permit = limit.acquire_owned().await;
+                    let o = check_host(&h, &spec, timeout, pinger.as_ref()).await;
+                    HostResult {
+                        host: h.name.clone(),
+                        ok: o.ok,
+                        summary: o.summary,
+                    }
+                }));
+            }
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                if let Ok(r) = t.await {
+                    out.push(r);
+                }
+            }
+            out
+        }
+    };
+    let failing: Vec<String> = hosts
+        .iter()
+        .filter(|h| !h.ok)
+        .map(|h| format!("{} ({})", h.host, h.summary))
+        .collect();
+    CheckResult {
+        at_ms,
+        summary: failing.join(", "),
+        detail: String::new(),
+        hosts,
+    }
+}
+
+async fn resolve(h: &WatchHost) -> Option<IpAddr> {
+    if let Some(a) = h.address {
+        return Some(a);
+    }
+    tokio::net::lookup_host((h.name.as_str(), 0))
+        .await
+        .ok()?
+        .map(|a| a.ip())
+        .next()
+}
+
+async fn check_host(h: &WatchHost, spec: &MonitorSpec, timeout: Duration, pinger: Option<&Pinger>) -> Outcome {
+    let Some(ip) = resolve(h).await else {
+        return Outcome::fail(format!("cannot resolve {}", h.name), Duration::ZERO);
+    };
+    match spec {
+        MonitorSpec::Ping => match (ip, pinger) {
+            (IpAddr::V4(v4), Some(p)) => p.ping(v4, timeout).await,
+            (IpAddr::V6(_), _) => Outcome::fail("ping: IPv6 is not supported yet", Duration::ZERO),
+            (_, None) => Outcome::fail("ping: no ICMP socket", Duration::ZERO),
+        },
+        MonitorSpec::Tcp { port, send, expect } => {
+            haoscar_monitor::probe::tcp(
+                SocketAddr::new(ip, *port),
+                send.as_deref(),
+                expect.as_deref(),
+                timeout,
+            )
+            .await
+        }
+        MonitorSpec::Http {
+            port,
+            path,
+            status,
+            body,
+            max_latency,
+            host,
+        } => {
+            let probe = HttpProbe {
+                addr: SocketAddr::new(ip, *port),
+                host: host.clone().unwrap_or_else(|| h.name.clone()),
+                path: path.clone(),
+                status: *status,
+                body_contains: body.clone(),
+                max_latency: *max_latency,
+            };
+            haoscar_monitor::probe::http(&probe, timeout).await
+        }
+        _ => Outcome::fail("not a network check", Duration::ZERO),
+    }
+}
+
+async fn run_external(
+    mon: &Monitoring,
+    w: &Watch,
+    s: &WatchService,
+    program: &str,
+    args: &[String],
+    at_ms: u64,
+) -> CheckResult {
+    let dirs = mon.config.monitoring().monitor_dirs;
+    let hosts: Vec<String> = w.members.iter().map(|h| h.name.clone()).collect();
+    let fail_all = |why: String| CheckResult {
+        at_ms,
+        hosts: hosts
+            .iter()
+            .map(|h| HostResult {
+                host: h.clone(),
+                ok: false,
+                summary: why.clone(),
+            })
+            .collect(),
+        summary: why.clone(),
+        detail: String::new(),
+    };
+    let path = match haoscar_monitor::external::resolve_program(program, &dirs) {
+        Ok(p) => p,
+        Err(e) => return fail_all(e.to_string()),
+    };
+    let key = w.key(s);
+    let mut env = vec![
+        ("MON_GROUP".to_string(), w.group.clone()),
+        ("MON_SERVICE".to_string(), s.name.clone()),
+        ("MON_DESCRIPTION".to_string(), s.description.clone().unwrap_or_default()),
+    ];
+    if let Some(v) = mon.lock().engine.view(w, s) {
+        env.push(("MON_LAST_SUMMARY".to_string(), v.summary.clone()));
+        env.push(("MON_LAST_OUTPUT".to_string(), v.summary));
+    }
+    let _ = key;
+    let run = haoscar_monitor::external::MonitorRun {
+        program: path,
+        args: args.to_vec(),
+        hosts: hosts.clone(),
+        env,
+        timeout: s.timeout,
+    };
+    let r = haoscar_monitor::external::run_monitor(&run).await;
+    let failing: BTreeSet<&str> = r.failing_hosts.iter().map(String::as_str).collect();
+    CheckResult {
+        at_ms,
+        hosts: hosts
+            .iter()
+            .map(|h| HostResult {
+                host: h.clone(),
+                ok: r.outcome.ok || !failing.contains(h.as_str()),
+                summary: if failing.contains(h.as_str()) {
+                    r.outcome.summary.clone()
+                } else {
+                    String::new()
+                },
+            })
+            .collect(),
+        summary: r.outcome.summary,
+        detail: r.outcome.detail,
+    }
+}
+
+impl Monitoring {
+    /// The latest pushed results of a local service's hosts; a host whose
+    /// agent has not reported for a few intervals fails.
+    fn local_results(&self, w: &Watch, s: &WatchService, now: u64) -> Vec<HostResult> {
+        let key = w.key(s);
+        let stale_ms = (s.interval * STALE_INTERVALS + s.timeout).as_millis() as u64;
+        let st = self.lock();
+        w.members
+            .iter()
+            .map(|h| match st.reports.get(&(key.clone(), h.name.clone())) {
+                Some((r, got)) if now.saturating_sub(*got) <= stale_ms => HostResult {
+                    host: h.name.clone(),
+                    ok: r.ok,
+                    summary: r.summary.clone(),
+                },
+                Some((_, got)) => HostResult {
+                    host: h.name.clone(),
+                    ok: false,
+                    summary: format!(
+                        "no report from its agent for {}s",
+                        now.saturating_sub(*got) / 1000
+                    ),
+                },
+                None => HostResult {
+                    host: h.name.clone(),
+                    ok: false,
+                    summary: "no report from its agent yet".to_string(),
+                },
+            })
+            .collect()
+    }
+
+    /// Feeds a result to the engine and carries out its decisions.
+    async fn on_result(&self, fo: &Failover, key: &str, r: CheckResult, record: &Recorder) {
+        let Some((w, s)) = self.config.watch_services().find(|(w, s)| w.key(s) == key) else {
+            return;
+        };
+        let (memory, silences) = fo
+            .consensus
+            .with_state(|st| (st.watch_memory.clone(), st.silences_until()));
+        let now = unix_ms_now();
+        let cx = Ctx {
+            now_ms: now,
+            time: local_time((now / 1000) as i64),
+            memory: &memory,
+            silences: &silences,
+        };
+        let actions = self.lock().engine.on_result(w, s, r, &cx);
+        let mut remembered = true;
+        for a in actions {
+            match a {
+                Action::Remember { key, memory } => {
+                    let cmd = haoscar_consensus::Command::WatchRemember {
+                        key: key.clone(),
+                        memory,
+                    };
+                    remembered = matches!(
+                        tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd)).await,
+                        Ok(Ok(_))
+                    );
+                    if !remembered {
+                        record(
+                            "watch_error",
+                            Some(&key),
+                            format!("{key}: cannot record the alert state (no quorum?): alerts held back"),
+                        );
+                    }
+                }
+                Action::Alert {
+                    key,
+                    period,
+                    kind,
+                    hosts,
+                    summary,
+                    detail,
+                } if remembered => {
+                    let Some(p) = s.periods.get(period) else { continue };
+                    let specs = match kind {
+                        AlertKind::Failure => &p.alerts,
+                        AlertKind::Up => &p.upalerts,
+                        AlertKind::Startup => &p.startupalerts,
+                    };
+                    for spec in specs {
+                        let ok = self
+                            .deliver(w, s, spec, kind, &hosts, &summary, &detail, now)
+                            .await;
+                        let mut st = self.lock();
+                        match &ok {
+                            Ok(()) => *st.alerts_sent.entry(key.clone()).or_default() += 1,
+                            Err(_) => *st.alert_failures.entry(key.clone()).or_default() += 1,
+                        }
+                        drop(st);
+                        let target = alert_name(spec);
+                        match ok {
+                            Ok(()) => record(
+                                "watch_alert",
+                                Some(&key),
+                                format!("{} alert via {target}: {summary}", kind_name(kind)),
+                            ),
+                            Err(e) => record(
+                                "watch_alert_failed",
+                                Some(&key),
+                                format!("{} alert via {target} failed: {e}", kind_name(kind)),
+                            ),
+                        }
+                    }
+                }
+                Action::Command { key, host, up } if remembered => {
+                    let template = if up { &s.on_up } else { &s.on_down };
+                    if let Some(t) = template {
+                        let summary = self
+                            .lock()
+                            .engine
+                            .view(w, s)
+                            .and_then(|v| v.hosts.into_iter().find(|h| h.host == host))
+                            .map(|h| h.summary)
+                            .unwrap_or_default();
+                        let cmd = expand(t, &host, &s.name, &w.group, &summary);
+                        let rec = record.clone();
+                        let timeout = s.timeout;
+                        tokio::spawn(async move {
+                            let what = if up { "on_up" } else { "on_down" };
+                            let msg = match run_command(&cmd, timeout).await {
+                                Ok(()) => format!("{key}: {what} for {host} ran: {cmd}"),
+                                Err(e) => format!("{key}: {what} for {host} failed ({e}): {cmd}"),
+                            };
+                            rec("watch_action", Some(&key), msg);
+                        });
+                    }
+                }
+                Action::Changed {
+                    key,
+                    host,
+                    up,
+                    summary,
+                } => record(
+                    if up { "watch_host_up" } else { "watch_host_failing" },
+                    Some(&key),
+                    if up {
+                        format!("{key}: {host} passes again")
+                    } else {
+                        format!("{key}: {host} fails: {summary}")
+                    },
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver(
+        &self,
+        w: &Watch,
+        s: &WatchService,
+        spec: &AlertSpec,
+        kind: AlertKind,
+        hosts: &[String],
+        summary: &str,
+        detail: &str,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        use haoscar_monitor::alert;
+        let m = self.config.monitoring();
+        let time_unix = (now_ms / 1000) as i64;
+        match spec {
+            AlertSpec::Script { program, args } => {
+                let path = haoscar_monitor::external::resolve_program(program, &m.alert_dirs)
+                    .map_err(|e| e.to_string())?;
+                let call = alert::AlertCall {
+                    service: s.name.clone(),
+                    group: w.group.clone(),
+                    hosts: hosts.to_vec(),
+                    time_unix,
+                    kind: match kind {
+                        AlertKind::Failure => alert::AlertKind::Failure,
+                        AlertKind::Up => alert::AlertKind::Up,
+                        AlertKind::Startup => alert::AlertKind::Startup,
+                    },
+                    summary: summary.to_string(),
+                    detail: detail.to_string(),
+                    env: vec![
+                        ("MON_DESCRIPTION".into(), s.description.clone().unwrap_or_default()),
+                        ("MON_RETVAL".into(), if kind == AlertKind::Failure { "1" } else { "0" }.into()),
+                    ],
+                };
+                alert::run_alert_script(&path, args, &call, ALERT_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            AlertSpec::Smtp { to } => {
+                let subject = format!("[{}] {} {}", self.config.cluster.name, kind_name(kind), summary);
+                let body = format!("{summary}\n\n{detail}\n\n-- \nHA-OSCAR on {}\n", self.node);
+                alert::smtp_send(m.smtp_server, &self.node, &m.mail_from, to, &subject, &body, ALERT_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            AlertSpec::Webhook { url } => {
+                let body = serde_json::json!({
+                    "cluster": self.config.cluster.name,
+                    "from": self.node,
+                    "group": w.group,
+                    "service": s.name,
+                    "kind": kind_name(kind),
+                    "hosts": hosts,
+                    "summary": summary,
+                    "detail": detail,
+                    "time_unix": time_unix,
+                });
+                alert::webhook(url, &body.to_string(), ALERT_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            AlertSpec::Syslog { level } => {
+                let sev = match (kind, level) {
+                    (AlertKind::Failure, SyslogLevel::Crit) => alert::Severity::Crit,
+                    (AlertKind::Failure, SyslogLevel::Warning) => alert::Severity::Warning,
+                    (AlertKind::Failure, SyslogLevel::Notice) => alert::Severity::Notice,
+                    (AlertKind::Failure, SyslogLevel::Info) => alert::Severity::Info,
+                    _ => alert::Severity::Notice,
+                };
+                alert::syslog(sev, "haoscar", summary).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// `GET /v1/watch`.
+    pub fn status(&self) -> WatchStatus {
+        let (memory, silences, active) = match &self.failover {
+            Some(fo) => fo.consensus.with_state(|st| {
+                (st.watch_memory.clone(), st.silences.clone(), st.active.clone())
+            }),
+            None => Default::default(),
+        };
+        let now = unix_ms_now();
+        let st = self.lock();
+        let services = self
+            .config
+            .watch_services()
+            .map(|(w, s)| {
+                let key = w.key(s);
+                let group = w.group.clone();
+                let silenced = [key.as_str(), group.as_str()]
+                    .iter()
+                    .filter_map(|k| silences.get(*k))
+                    .map(|s| s.until_unix_ms)
+                    .filter(|&u| u > now)
+                    .max();
+                WatchServiceStatus {
+                    monitor: s.monitor.clone(),
+                    interval_ms: s.interval.as_millis() as u64,
+                    view: if st.running { st.engine.view(w, s) } else { None },
+                    next_check_unix_ms: if st.running { st.next_check.get(&key).copied() } else { None },
+                    alerts_sent: st.alerts_sent.get(&key).copied().unwrap_or(0),
+                    alert_failures: st.alert_failures.get(&key).copied().unwrap_or(0),
+                    memory: memory.get(&key).cloned().unwrap_or_default(),
+                    silenced_until_unix_ms: silenced,
+                    key,
+                }
+            })
+            .collect();
+        WatchStatus {
+            node: self.node.clone(),
+            active,
+            running_here: st.running,
+            services,
+            silences: silences
+                .into_iter()
+                .filter(|(_, s)| s.until_unix_ms > now)
+                .map(|(target, s)| SilenceStatus {
+                    target,
+                    until_unix_ms: s.until_unix_ms,
+                    by: s.by,
+                })
+                .collect(),
+        }
+    }
+
+    /// Lines for `haoscar status`: per watch group of cluster nodes, how
+    /// many hosts are up and which are down, with why and since when.
+    pub fn summary_lines(&self) -> Vec<String> {
+        let st = self.lock();
+        if !st.running {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for w in &self.config.watches {
+            let mut down: BTreeMap<String, String> = BTreeMap::new();
+            let mut seen = false;
+            for s in &w.services {
+                let Some(v) = st.engine.view(w, s) else { continue };
+                seen = true;
+                for h in v.hosts {
+                    if h.state == haoscar_types::watch::HostState::Down {
+                        down.entry(h.host.clone()).or_insert_with(|| {
+                            format!("{} ({}: {} since {})", h.host, s.name, h.summary, clock(h.since_ms))
+                        });
+                    }
+                }
+            }
+            if !seen {
+                continue;
+            }
+            let up = w.members.len() - down.len();
+            let mut line = format!("{}: {up} up, {} down", w.group, down.len());
+            if !down.is_empty() {
+                line.push_str(": ");
+                line.push_str(&down.into_values().collect::<Vec<_>>().join(", "));
+            }
+            out.push(line);
+        }
+        out
+    }
+}
+
+/// `HH:MM` local time of a Unix time in ms.
+fn clock(ms: u64) -> String {
+    let t = local_time((ms / 1000) as i64);
+    format!("{:02}:{:02}", t.hour, t.minute)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` local time of a Unix time in ms.
+pub fn clock_full(ms: u64) -> String {
+    let t = local_time((ms / 1000) as i64);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year, t.month, t.mday, t.hour, t.minute, t.second
+    )
+}
+
+fn kind_name(k: AlertKind) -> &'static str {
+    match k {
+        AlertKind::Failure => "failure",
+        AlertKind::Up => "up",
+        AlertKind::Startup => "startup",
+    }
+}
+
+fn alert_name(spec: &AlertSpec) -> String {
+    match spec {
+        AlertSpec::Script { program, .. } => program.clone(),
+        AlertSpec::Smtp { to } => format!("smtp to {}", to.join(", ")),
+        AlertSpec::Webhook { url } => format!("webhook {url}"),
+        AlertSpec::Syslog { .. } => "syslog".to_string(),
+    }
+}
+
+/// Expands `{node}`, `{service}`, `{group}` and `{summary}`; the values are
+/// quoted for the shell when the template does not quote them itself.
+pub fn expand(template: &str, node: &str, service: &str, group: &str, summary: &str) -> String {
+    let clean = |v: &str| -> String {
+        v.chars()
+            .filter(|c| !matches!(c, '\'' | '"' | '`' | '$' | '\\' | '\n' | '\r'))
+            .collect()
+    };
+    template
+        .replace("{node}", &clean(node))
+        .replace("{service}", &clean(service))
+        .replace("{group}", &clean(group))
+        .replace("{summary}", &clean(summary))
+}
+
+async fn run_command(cmd: &str, timeout: Duration) -> Result<(), String> {
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(st)) if st.success() => Ok(()),
+        Ok(Ok(st)) => Err(format!("exit status {st}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(format!("timed out after {}s", timeout.as_secs()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_expand_without_shell_injection() {
+        assert_eq!(
+            expand(
+                "scontrol update nodename={node} state=drain reason='{summary}'",
+                "node07",
+                "ping",
+                "computes",
+                "timeout; rm -rf / 'x' $(reboot)"
+            ),
+            "scontrol update nodename=node07 state=drain reason='timeout; rm -rf / x (reboot)'"
+        );
+    }
+
+    #[test]
+    fn local_time_has_the_zone_offset() {
+        let t = local_time(0);
+        assert!(t.year == 1970 || t.year == 1969);
+    }
+}
