@@ -34,6 +34,7 @@ impl AgentView for View {
             recent_events: vec![],
             resources: vec![],
             config_problem: None,
+            monitoring: Vec::new(),
         }
     }
     fn events(&self, limit: usize) -> Vec<Event> {
