@@ -290,6 +290,19 @@ pub struct WatchServiceStatus {
     /// What was already said (replicated).
     pub memory: crate::watch::AlertMemory,
     pub silenced_until_unix_ms: Option<u64>,
+    /// Latency of the recent passed checks (ms), on this node.
+    #[serde(default)]
+    pub latency_ms: Option<LatencySummary>,
+}
+
+/// Percentiles of check latencies, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
 /// A silence in force.

@@ -546,16 +546,16 @@ impl Agent {
         req: api::SilenceRequest,
     ) -> Result<api::ActionReply, (u16, String)> {
         let cfg = self.current().config;
-        let known = cfg.watches.iter().any(|w| {
-            w.group == req.target || w.services.iter().any(|s| w.key(s) == req.target)
-        });
+        let known = cfg
+            .watches
+            .iter()
+            .any(|w| w.group == req.target || w.services.iter().any(|s| w.key(s) == req.target));
         if !known {
             let keys: Vec<String> = cfg
                 .watches
                 .iter()
                 .flat_map(|w| {
-                    std::iter::once(w.group.clone())
-                        .chain(w.services.iter().map(move |s| w.key(s)))
+                    std::iter::once(w.group.clone()).chain(w.services.iter().map(move |s| w.key(s)))
                 })
                 .collect();
             return Err((

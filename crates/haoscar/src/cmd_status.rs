@@ -174,6 +174,12 @@ pub fn render(s: &Status) -> String {
     if let Some(p) = &s.config_problem {
         let _ = writeln!(o, "CONFIGURATION DIFFERS: {p}");
     }
+    if !s.monitoring.is_empty() {
+        let _ = writeln!(o, "monitoring (from {}):", s.node);
+        for line in &s.monitoring {
+            let _ = writeln!(o, "  {line}");
+        }
+    }
     if !s.resources.is_empty() {
         let _ = writeln!(o, "resources (on {}):", s.node);
         for r in &s.resources {

@@ -12,6 +12,7 @@ mod cmd_nodeset;
 mod cmd_ops;
 mod cmd_resource;
 mod cmd_status;
+mod cmd_watch;
 mod config_apply;
 mod demo;
 mod failover;
@@ -68,6 +69,9 @@ enum Command {
     /// List, inspect and act on the service resources.
     #[command(subcommand)]
     Resource(cmd_resource::ResourceCommand),
+    /// Health monitoring: watch list status, silences, mon.cf import.
+    #[command(subcommand)]
+    Watch(cmd_watch::WatchCommand),
     /// Write a new random cluster key (mode 0600).
     Keygen(cmd_keygen::KeygenArgs),
     /// Fold, expand or count node sets (`node[01-16]`), like ClusterShell's cluset.
@@ -100,6 +104,7 @@ fn main() -> std::process::ExitCode {
         | Command::Standby(_)
         | Command::Events(_)
         | Command::Resource(_)
+        | Command::Watch(_)
         | Command::Keygen(_)
         | Command::Nodeset(_)
         | Command::Version => true,
@@ -121,6 +126,7 @@ fn main() -> std::process::ExitCode {
         Command::Standby(args) => cmd_ops::standby(args),
         Command::Events(args) => cmd_ops::events(args),
         Command::Resource(cmd) => cmd_resource::run(cmd),
+        Command::Watch(cmd) => cmd_watch::run(cmd),
         Command::Keygen(args) => cmd_keygen::run(args),
         Command::Nodeset(args) => cmd_nodeset::run(args),
         Command::Lab(cmd) => {

@@ -32,6 +32,8 @@ const ALERT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A pushed local result older than this many intervals counts as "no
 /// report" (the node or its agent is down).
 const STALE_INTERVALS: u32 = 3;
+/// Check latencies kept per service for `watch status`.
+const LATENCY_KEEP: usize = 10_000;
 
 /// Sends a report body to a head (through the heartbeat channels).
 pub type ReportSender = Arc<
@@ -74,6 +76,10 @@ struct State {
     alerts_sent: BTreeMap<String, u64>,
     alert_failures: BTreeMap<String, u64>,
     running: bool,
+    /// When this head started running the checks (Unix ms).
+    running_since: u64,
+    /// Recent check latencies per service, in ms (at most [`LATENCY_KEEP`]).
+    latencies: BTreeMap<String, std::collections::VecDeque<f32>>,
     /// This head's own critical checks failing in a row.
     critical_streak: BTreeMap<String, u32>,
 }
@@ -208,7 +214,10 @@ pub async fn local_loop(
                     summary: o.summary,
                     at_unix_ms: unix_ms_now(),
                 });
-                due.insert(key.clone(), now + svc.interval_when(!results.last().is_some_and(|r| r.ok)));
+                due.insert(
+                    key.clone(),
+                    now + svc.interval_when(!results.last().is_some_and(|r| r.ok)),
+                );
             }
         }
         if !results.is_empty() {
@@ -225,7 +234,11 @@ pub async fn local_loop(
                 Err(e) => tracing::warn!(error = %e, "cannot encode a local report"),
             }
         }
-        let next = due.values().min().copied().unwrap_or(now + Duration::from_secs(60));
+        let next = due
+            .values()
+            .min()
+            .copied()
+            .unwrap_or(now + Duration::from_secs(60));
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = stop.changed() => return,
@@ -245,7 +258,8 @@ impl Monitoring {
                 .watch_services()
                 .any(|(w, s)| w.key(s) == r.key && w.members.iter().any(|h| h.name == from));
             if member {
-                st.reports.insert((r.key.clone(), from.to_string()), (r, now));
+                st.reports
+                    .insert((r.key.clone(), from.to_string()), (r, now));
             }
         }
     }
@@ -265,9 +279,18 @@ impl Monitoring {
         let marked = fo
             .consensus
             .with_state(|s| s.ineligible.get(&self.node).cloned());
-        let ours = marked.as_deref().is_some_and(|r| r.starts_with("critical watch "));
+        let ours = marked
+            .as_deref()
+            .is_some_and(|r| r.starts_with("critical watch "));
         if streak >= need && marked.is_none() {
-            record("watch_critical", Some(key), format!("{} on {}: {reason}; this head is no longer eligible", key, self.node));
+            record(
+                "watch_critical",
+                Some(key),
+                format!(
+                    "{} on {}: {reason}; this head is no longer eligible",
+                    key, self.node
+                ),
+            );
             let cmd = haoscar_consensus::Command::SetIneligible {
                 node: self.node.clone(),
                 reason: Some(reason),
@@ -276,11 +299,22 @@ impl Monitoring {
             if fo.is_active() {
                 match fo.switchover(None, &format!("watch {key}")).await {
                     Ok(m) => record("watch_critical", Some(key), format!("handed over: {m}")),
-                    Err((_, m)) => record("watch_critical", Some(key), format!("cannot hand over: {m}")),
+                    Err((_, m)) => record(
+                        "watch_critical",
+                        Some(key),
+                        format!("cannot hand over: {m}"),
+                    ),
                 }
             }
         } else if o.ok && ours {
-            record("watch_critical", Some(key), format!("{key} on {} passes again; this head is eligible again", self.node));
+            record(
+                "watch_critical",
+                Some(key),
+                format!(
+                    "{key} on {} passes again; this head is eligible again",
+                    self.node
+                ),
+            );
             let cmd = haoscar_consensus::Command::SetIneligible {
                 node: self.node.clone(),
                 reason: None,
@@ -299,7 +333,9 @@ pub async fn report_loop(
         match rx.recv().await {
             Ok(r) => match serde_json::from_slice::<LocalReport>(&r.body) {
                 Ok(report) => mon.take_report(&r.from, report),
-                Err(e) => tracing::warn!(from = %r.from, error = %e, "unreadable monitoring report"),
+                Err(e) => {
+                    tracing::warn!(from = %r.from, error = %e, "unreadable monitoring report")
+                }
             },
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "monitoring reports arrived faster than read");
@@ -317,7 +353,9 @@ pub async fn active_loop(
     record: Recorder,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let Some(fo) = mon.failover.clone() else { return };
+    let Some(fo) = mon.failover.clone() else {
+        return;
+    };
     if !mon.has_watches() {
         return;
     }
@@ -329,7 +367,7 @@ pub async fn active_loop(
         }
     };
     let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS));
-    let (tx, mut rx) = mpsc::channel::<(String, CheckResult)>(1024);
+    let (tx, mut rx) = mpsc::channel::<(String, CheckResult, Vec<f32>)>(1024);
     let mut active = fo.active_watch();
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
     loop {
@@ -342,6 +380,7 @@ pub async fn active_loop(
                 // Fresh: the replicated memory says what was already said.
                 st.engine = Engine::new();
                 st.next_check.clear();
+                st.running_since = unix_ms_now();
             }
             was
         };
@@ -375,18 +414,27 @@ pub async fn active_loop(
                 mon.lock().next_check.insert(key.clone(), next);
                 next_wake = next_wake.min(next);
                 let (w, s) = (w.clone(), s.clone());
-                let (tx, limit, pinger, mon2) = (tx.clone(), limit.clone(), pinger.clone(), mon.clone());
+                let (tx, limit, pinger, mon2) =
+                    (tx.clone(), limit.clone(), pinger.clone(), mon.clone());
                 tokio::spawn(async move {
-                    let result = run_service(&mon2, &w, &s, pinger.as_ref(), &limit).await;
-                    let _ = tx.send((w.key(&s), result)).await;
+                    let (result, lat) = run_service(&mon2, &w, &s, pinger.as_ref(), &limit).await;
+                    let _ = tx.send((w.key(&s), result, lat)).await;
                 });
             }
         }
         let sleep = Duration::from_millis(next_wake.saturating_sub(unix_ms_now()).max(10));
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
-            Some((key, result)) = rx.recv() => {
+            Some((key, result, lat)) = rx.recv() => {
                 in_flight.remove(&key);
+                {
+                    let mut st = mon.lock();
+                    let q = st.latencies.entry(key.clone()).or_default();
+                    q.extend(lat);
+                    while q.len() > LATENCY_KEEP {
+                        q.pop_front();
+                    }
+                }
                 if fo.is_active() {
                     mon.on_result(&fo, &key, result, &record).await;
                 }
@@ -404,11 +452,14 @@ async fn run_service(
     s: &WatchService,
     pinger: Option<&Pinger>,
     limit: &Arc<Semaphore>,
-) -> CheckResult {
+) -> (CheckResult, Vec<f32>) {
     let at_ms = unix_ms_now();
+    let started = tokio::time::Instant::now();
+    let mut latencies = Vec::new();
     let hosts: Vec<HostResult> = match &s.spec {
         MonitorSpec::External { program, args } => {
-            return run_external(mon, w, s, program, args, at_ms).await
+            let r = run_external(mon, w, s, program, args, at_ms).await;
+            return (r, vec![started.elapsed().as_secs_f32() * 1000.0]);
         }
         spec if spec.is_local() => mon.local_results(w, s, at_ms),
         spec => {
@@ -420,16 +471,20 @@ async fn run_service(
                 tasks.push(tokio::spawn(async move {
                     let _permit = limit.acquire_owned().await;
                     let o = check_host(&h, &spec, timeout, pinger.as_ref()).await;
-                    HostResult {
+                    let r = HostResult {
                         host: h.name.clone(),
                         ok: o.ok,
                         summary: o.summary,
-                    }
+                    };
+                    (r, o.latency.as_secs_f32() * 1000.0)
                 }));
             }
             let mut out = Vec::with_capacity(tasks.len());
             for t in tasks {
-                if let Ok(r) = t.await {
+                if let Ok((r, lat)) = t.await {
+                    if r.ok {
+                        latencies.push(lat);
+                    }
                     out.push(r);
                 }
             }
@@ -441,12 +496,13 @@ async fn run_service(
         .filter(|h| !h.ok)
         .map(|h| format!("{} ({})", h.host, h.summary))
         .collect();
-    CheckResult {
+    let result = CheckResult {
         at_ms,
         summary: failing.join(", "),
         detail: String::new(),
         hosts,
-    }
+    };
+    (result, latencies)
 }
 
 async fn resolve(h: &WatchHost) -> Option<IpAddr> {
@@ -460,7 +516,12 @@ async fn resolve(h: &WatchHost) -> Option<IpAddr> {
         .next()
 }
 
-async fn check_host(h: &WatchHost, spec: &MonitorSpec, timeout: Duration, pinger: Option<&Pinger>) -> Outcome {
+async fn check_host(
+    h: &WatchHost,
+    spec: &MonitorSpec,
+    timeout: Duration,
+    pinger: Option<&Pinger>,
+) -> Outcome {
     let Some(ip) = resolve(h).await else {
         return Outcome::fail(format!("cannot resolve {}", h.name), Duration::ZERO);
     };
@@ -532,7 +593,10 @@ async fn run_external(
     let mut env = vec![
         ("MON_GROUP".to_string(), w.group.clone()),
         ("MON_SERVICE".to_string(), s.name.clone()),
-        ("MON_DESCRIPTION".to_string(), s.description.clone().unwrap_or_default()),
+        (
+            "MON_DESCRIPTION".to_string(),
+            s.description.clone().unwrap_or_default(),
+        ),
     ];
     if let Some(v) = mon.lock().engine.view(w, s) {
         env.push(("MON_LAST_SUMMARY".to_string(), v.summary.clone()));
@@ -574,8 +638,12 @@ impl Monitoring {
         let key = w.key(s);
         let stale_ms = (s.interval * STALE_INTERVALS + s.timeout).as_millis() as u64;
         let st = self.lock();
+        // Right after taking over, nodes have not reported to us yet:
+        // their hosts stay unknown rather than fail.
+        let settling = now.saturating_sub(st.running_since) <= stale_ms;
         w.members
             .iter()
+            .filter(|h| !settling || st.reports.contains_key(&(key.clone(), h.name.clone())))
             .map(|h| match st.reports.get(&(key.clone(), h.name.clone())) {
                 Some((r, got)) if now.saturating_sub(*got) <= stale_ms => HostResult {
                     host: h.name.clone(),
@@ -624,7 +692,8 @@ impl Monitoring {
                         memory,
                     };
                     remembered = matches!(
-                        tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd)).await,
+                        tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd))
+                            .await,
                         Ok(Ok(_))
                     );
                     if !remembered {
@@ -643,7 +712,9 @@ impl Monitoring {
                     summary,
                     detail,
                 } if remembered => {
-                    let Some(p) = s.periods.get(period) else { continue };
+                    let Some(p) = s.periods.get(period) else {
+                        continue;
+                    };
                     let specs = match kind {
                         AlertKind::Failure => &p.alerts,
                         AlertKind::Up => &p.upalerts,
@@ -703,7 +774,11 @@ impl Monitoring {
                     up,
                     summary,
                 } => record(
-                    if up { "watch_host_up" } else { "watch_host_failing" },
+                    if up {
+                        "watch_host_up"
+                    } else {
+                        "watch_host_failing"
+                    },
                     Some(&key),
                     if up {
                         format!("{key}: {host} passes again")
@@ -748,8 +823,14 @@ impl Monitoring {
                     summary: summary.to_string(),
                     detail: detail.to_string(),
                     env: vec![
-                        ("MON_DESCRIPTION".into(), s.description.clone().unwrap_or_default()),
-                        ("MON_RETVAL".into(), if kind == AlertKind::Failure { "1" } else { "0" }.into()),
+                        (
+                            "MON_DESCRIPTION".into(),
+                            s.description.clone().unwrap_or_default(),
+                        ),
+                        (
+                            "MON_RETVAL".into(),
+                            if kind == AlertKind::Failure { "1" } else { "0" }.into(),
+                        ),
                     ],
                 };
                 alert::run_alert_script(&path, args, &call, ALERT_TIMEOUT)
@@ -757,11 +838,24 @@ impl Monitoring {
                     .map_err(|e| e.to_string())
             }
             AlertSpec::Smtp { to } => {
-                let subject = format!("[{}] {} {}", self.config.cluster.name, kind_name(kind), summary);
+                let subject = format!(
+                    "[{}] {} {}",
+                    self.config.cluster.name,
+                    kind_name(kind),
+                    summary
+                );
                 let body = format!("{summary}\n\n{detail}\n\n-- \nHA-OSCAR on {}\n", self.node);
-                alert::smtp_send(m.smtp_server, &self.node, &m.mail_from, to, &subject, &body, ALERT_TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string())
+                alert::smtp_send(
+                    m.smtp_server,
+                    &self.node,
+                    &m.mail_from,
+                    to,
+                    &subject,
+                    &body,
+                    ALERT_TIMEOUT,
+                )
+                .await
+                .map_err(|e| e.to_string())
             }
             AlertSpec::Webhook { url } => {
                 let body = serde_json::json!({
@@ -796,7 +890,11 @@ impl Monitoring {
     pub fn status(&self) -> WatchStatus {
         let (memory, silences, active) = match &self.failover {
             Some(fo) => fo.consensus.with_state(|st| {
-                (st.watch_memory.clone(), st.silences.clone(), st.active.clone())
+                (
+                    st.watch_memory.clone(),
+                    st.silences.clone(),
+                    st.active.clone(),
+                )
             }),
             None => Default::default(),
         };
@@ -817,11 +915,20 @@ impl Monitoring {
                 WatchServiceStatus {
                     monitor: s.monitor.clone(),
                     interval_ms: s.interval.as_millis() as u64,
-                    view: if st.running { st.engine.view(w, s) } else { None },
-                    next_check_unix_ms: if st.running { st.next_check.get(&key).copied() } else { None },
+                    view: if st.running {
+                        st.engine.view(w, s)
+                    } else {
+                        None
+                    },
+                    next_check_unix_ms: if st.running {
+                        st.next_check.get(&key).copied()
+                    } else {
+                        None
+                    },
                     alerts_sent: st.alerts_sent.get(&key).copied().unwrap_or(0),
                     alert_failures: st.alert_failures.get(&key).copied().unwrap_or(0),
                     memory: memory.get(&key).cloned().unwrap_or_default(),
+                    latency_ms: st.latencies.get(&key).and_then(|q| percentiles(q)),
                     silenced_until_unix_ms: silenced,
                     key,
                 }
@@ -856,12 +963,20 @@ impl Monitoring {
             let mut down: BTreeMap<String, String> = BTreeMap::new();
             let mut seen = false;
             for s in &w.services {
-                let Some(v) = st.engine.view(w, s) else { continue };
+                let Some(v) = st.engine.view(w, s) else {
+                    continue;
+                };
                 seen = true;
                 for h in v.hosts {
                     if h.state == haoscar_types::watch::HostState::Down {
                         down.entry(h.host.clone()).or_insert_with(|| {
-                            format!("{} ({}: {} since {})", h.host, s.name, h.summary, clock(h.since_ms))
+                            format!(
+                                "{} ({}: {} since {})",
+                                h.host,
+                                s.name,
+                                h.summary,
+                                clock(h.since_ms)
+                            )
                         });
                     }
                 }
@@ -879,6 +994,23 @@ impl Monitoring {
         }
         out
     }
+}
+
+/// Percentiles of the latencies of the passed checks kept.
+fn percentiles(q: &std::collections::VecDeque<f32>) -> Option<haoscar_types::api::LatencySummary> {
+    if q.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f32> = q.iter().copied().collect();
+    v.sort_by(f32::total_cmp);
+    let at = |p: f64| f64::from(v[((v.len() - 1) as f64 * p).round() as usize]);
+    Some(haoscar_types::api::LatencySummary {
+        count: v.len() as u64,
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+        max: at(1.0),
+    })
 }
 
 /// `HH:MM` local time of a Unix time in ms.
