@@ -4,6 +4,7 @@
 //! carried over differently) with its line. Pure: tree in, text out.
 
 use crate::mon::{MonConfig, MonProblem, Service};
+use haoscar_types::config::{DEFAULT_ALERT_DIRS, DEFAULT_MONITOR_DIRS};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -15,6 +16,13 @@ pub struct Imported {
     /// What was not carried over, or carried over differently, by line
     /// (the reader's own problems included).
     pub notes: Vec<MonProblem>,
+}
+
+/// Whether a mon directory list is covered by HA-OSCAR's default list.
+fn is_default(list: &str, defaults: &[&str]) -> bool {
+    list.split(':')
+        .map(|d| d.trim().trim_end_matches('/'))
+        .all(|d| defaults.contains(&d))
 }
 
 /// Globals that only concern the mon daemon itself.
@@ -148,14 +156,16 @@ pub fn import(cfg: &MonConfig) -> Imported {
     let mut monitoring = String::new();
     for g in &cfg.globals {
         match g.key.as_str() {
-            "alertdir" => {
+            // Debian's directories are HA-OSCAR's defaults: nothing to write.
+            "alertdir" if !is_default(&g.args, DEFAULT_ALERT_DIRS) => {
                 let dirs: Vec<String> = g.args.split(':').map(|d| quote(d.trim())).collect();
                 let _ = writeln!(monitoring, "alert_dirs = [{}]", dirs.join(", "));
             }
-            "mondir" => {
+            "mondir" if !is_default(&g.args, DEFAULT_MONITOR_DIRS) => {
                 let dirs: Vec<String> = g.args.split(':').map(|d| quote(d.trim())).collect();
                 let _ = writeln!(monitoring, "monitor_dirs = [{}]", dirs.join(", "));
             }
+            "alertdir" | "mondir" => {}
             k if DAEMON_ONLY.contains(&k) => note(
                 &mut notes,
                 g.line,
@@ -404,8 +414,17 @@ watch ServiceMonitor
     fn the_seed_watch_list_imports_with_notes_by_line() {
         let out = import(&crate::mon::parse(SEED));
         let t = &out.toml;
+        assert!(
+            !t.contains("[monitoring]"),
+            "Debian's directories are the defaults:\n{t}"
+        );
+        let other = import(&crate::mon::parse("alertdir = /opt/mon/alert.d\n"));
+        assert!(
+            other.toml.contains("alert_dirs = [\"/opt/mon/alert.d\"]"),
+            "{}",
+            other.toml
+        );
         for want in [
-            "alert_dirs = [\"/usr/lib/mon/alert.d\"]",
             "group = \"servicemonitor\"",
             "hosts = [\"head1\", \"head2\"]",
             "name = \"process_server\"",

@@ -20,6 +20,8 @@ pub enum BenchCommand {
     Failover(crate::bench_failover::FailoverArgs),
     /// Self-healing: exec service SIGKILL -> answering again, OCF monitor-driven restart, agent CPU with 50 resources.
     Recovery(crate::bench_recovery::RecoveryArgs),
+    /// Health monitoring on the active head: CPU, memory and check latency with 1,000 simulated hosts x 3 services, idle overhead of a small watch list; optionally against mon.
+    Monitor(crate::bench_monitor::MonitorArgs),
     /// Node-set parsing, expansion and folding speed (no root needed).
     Nodeset {
         /// Repetitions of each measurement (the fastest is reported).
@@ -117,6 +119,11 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             crate::labwatch::require_root("haoscar bench recovery")?;
             crate::labwatch::install_interrupt_handler()?;
             crate::bench_recovery::run(args)
+        }
+        BenchCommand::Monitor(args) => {
+            crate::labwatch::require_root("haoscar bench monitor")?;
+            crate::labwatch::install_interrupt_handler()?;
+            crate::bench_monitor::run(args)
         }
         BenchCommand::Nodeset { runs } => nodeset(runs.max(1)),
     }

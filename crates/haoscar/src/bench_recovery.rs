@@ -185,7 +185,7 @@ fn percent(cpu: Duration, wall: Duration) -> f64 {
 }
 
 /// CPU of a process including its waited-for children (cutime + cstime).
-fn cpu_with_children(pid: i32) -> Result<Duration> {
+pub(crate) fn cpu_with_children(pid: i32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     let after = stat

@@ -5,6 +5,7 @@
 mod agent;
 mod bench;
 mod bench_failover;
+mod bench_monitor;
 mod bench_recovery;
 mod cmd_config;
 mod cmd_keygen;

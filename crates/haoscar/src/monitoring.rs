@@ -32,6 +32,8 @@ const ALERT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A pushed local result older than this many intervals counts as "no
 /// report" (the node or its agent is down).
 const STALE_INTERVALS: u32 = 3;
+/// A node sends its latest local results again this often.
+const REPORT_REFRESH: Duration = Duration::from_secs(10);
 /// Check latencies kept per service for `watch status`.
 const LATENCY_KEEP: usize = 10_000;
 
@@ -65,6 +67,10 @@ pub struct Monitoring {
     node: String,
     failover: Option<Arc<Failover>>,
     state: Mutex<State>,
+    /// Local results as they arrive (pushed by nodes, or this head's own),
+    /// for the active head to feed at once.
+    fresh_tx: mpsc::Sender<(String, LocalReport)>,
+    fresh_rx: Mutex<Option<mpsc::Receiver<(String, LocalReport)>>>,
 }
 
 #[derive(Default)]
@@ -111,11 +117,14 @@ fn utc_offset(unix_secs: i64) -> i64 {
 
 impl Monitoring {
     pub fn new(config: Config, node: String, failover: Option<Arc<Failover>>) -> Arc<Monitoring> {
+        let (fresh_tx, fresh_rx) = mpsc::channel(4096);
         Arc::new(Monitoring {
             config,
             node,
             failover,
             state: Mutex::new(State::default()),
+            fresh_tx,
+            fresh_rx: Mutex::new(Some(fresh_rx)),
         })
     }
 
@@ -190,6 +199,8 @@ pub async fn local_loop(
         .config
         .node(&mon.node)
         .is_some_and(|n| n.role == Role::Head);
+    let mut latest: BTreeMap<String, LocalResult> = BTreeMap::new();
+    let mut next_refresh = tokio::time::Instant::now() + REPORT_REFRESH;
     let mut due: BTreeMap<String, tokio::time::Instant> = mine
         .iter()
         .map(|(k, _)| (k.clone(), tokio::time::Instant::now()))
@@ -197,6 +208,7 @@ pub async fn local_loop(
     loop {
         let now = tokio::time::Instant::now();
         let mut results = Vec::new();
+        let refresh = now >= next_refresh;
         for (key, svc) in &mine {
             if due.get(key).is_some_and(|d| *d <= now) {
                 let spec = svc.spec.clone();
@@ -220,10 +232,19 @@ pub async fn local_loop(
                 );
             }
         }
-        if !results.is_empty() {
-            let report = LocalReport { results };
+        for r in &results {
+            latest.insert(r.key.clone(), r.clone());
+        }
+        // New results at once; all of them again every REPORT_REFRESH, so a
+        // head that started later or lost a datagram has them (the heads
+        // feed a result once, by its time).
+        if !results.is_empty() || refresh {
+            next_refresh = now + REPORT_REFRESH;
+            let report = LocalReport {
+                results: latest.values().cloned().collect(),
+            };
             if is_head {
-                mon.take_report(&mon.node.clone(), report.clone());
+                let _ = mon.fresh_tx.try_send((mon.node.clone(), report.clone()));
             }
             match serde_json::to_vec(&report) {
                 Ok(body) => {
@@ -238,7 +259,8 @@ pub async fn local_loop(
             .values()
             .min()
             .copied()
-            .unwrap_or(now + Duration::from_secs(60));
+            .unwrap_or(now + Duration::from_secs(60))
+            .min(next_refresh);
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = stop.changed() => return,
@@ -247,21 +269,70 @@ pub async fn local_loop(
 }
 
 impl Monitoring {
-    /// Stores a node's pushed results (any head; the active one uses them).
-    fn take_report(&self, from: &str, report: LocalReport) {
+    /// Stores a node's pushed results (every head keeps them, the active
+    /// one feeds them); returns them as `(service key, host result)`.
+    fn take_report(&self, from: &str, report: LocalReport) -> Vec<(String, HostResult)> {
         let now = unix_ms_now();
         let mut st = self.lock();
+        let mut out = Vec::new();
         for r in report.results {
             // Only results for services the sender is a host of.
             let member = self
                 .config
                 .watch_services()
                 .any(|(w, s)| w.key(s) == r.key && w.members.iter().any(|h| h.name == from));
-            if member {
+            let seen = st
+                .reports
+                .get(&(r.key.clone(), from.to_string()))
+                .is_some_and(|(old, _)| old.at_unix_ms == r.at_unix_ms);
+            if member && seen {
+                // The same check again (a refresh): the node is alive.
+                st.reports
+                    .insert((r.key.clone(), from.to_string()), (r, now));
+            } else if member {
+                out.push((
+                    r.key.clone(),
+                    HostResult {
+                        host: from.to_string(),
+                        ok: r.ok,
+                        summary: r.summary.clone(),
+                    },
+                ));
                 st.reports
                     .insert((r.key.clone(), from.to_string()), (r, now));
             }
         }
+        out
+    }
+
+    /// The stored results still fresh, as `(service key, host result)`.
+    fn stored_fresh(&self) -> Vec<(String, HostResult)> {
+        let now = unix_ms_now();
+        let st = self.lock();
+        self.config
+            .watch_services()
+            .filter(|(_, s)| s.spec.is_local())
+            .flat_map(|(w, s)| {
+                let key = w.key(s);
+                let stale_ms = (s.interval * STALE_INTERVALS + s.timeout).as_millis() as u64;
+                w.members
+                    .iter()
+                    .filter_map(|h| {
+                        let (r, got) = st.reports.get(&(key.clone(), h.name.clone()))?;
+                        (now.saturating_sub(*got) <= stale_ms).then(|| {
+                            (
+                                key.clone(),
+                                HostResult {
+                                    host: h.name.clone(),
+                                    ok: r.ok,
+                                    summary: r.summary.clone(),
+                                },
+                            )
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// A head's own critical check: after `alertafter` failures in a row
@@ -332,7 +403,11 @@ pub async fn report_loop(
     loop {
         match rx.recv().await {
             Ok(r) => match serde_json::from_slice::<LocalReport>(&r.body) {
-                Ok(report) => mon.take_report(&r.from, report),
+                Ok(report) => {
+                    if mon.fresh_tx.try_send((r.from.clone(), report)).is_err() {
+                        tracing::warn!(from = %r.from, "monitoring report dropped: queue full");
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(from = %r.from, error = %e, "unreadable monitoring report")
                 }
@@ -370,6 +445,14 @@ pub async fn active_loop(
     let (tx, mut rx) = mpsc::channel::<(String, CheckResult, Vec<f32>)>(1024);
     let mut active = fo.active_watch();
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
+    let Some(mut fresh) = mon
+        .fresh_rx
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    else {
+        return;
+    };
     loop {
         let running = fo.is_active();
         let was = {
@@ -384,6 +467,18 @@ pub async fn active_loop(
             }
             was
         };
+        if running && !was {
+            // What the nodes reported before this head took over.
+            for (key, host) in mon.stored_fresh() {
+                let r = CheckResult {
+                    at_ms: unix_ms_now(),
+                    summary: String::new(),
+                    detail: String::new(),
+                    hosts: vec![host],
+                };
+                mon.on_result(&fo, &key, r, &record).await;
+            }
+        }
         if running != was {
             record(
                 "watch_running",
@@ -435,8 +530,23 @@ pub async fn active_loop(
                         q.pop_front();
                     }
                 }
-                if fo.is_active() {
+                // A local service's round carries only the silent hosts.
+                if fo.is_active() && !result.hosts.is_empty() {
                     mon.on_result(&fo, &key, result, &record).await;
+                }
+            }
+            Some((from, report)) = fresh.recv() => {
+                let results = mon.take_report(&from, report);
+                if fo.is_active() && mon.lock().running {
+                    for (key, host) in results {
+                        let r = CheckResult {
+                            at_ms: unix_ms_now(),
+                            summary: if host.ok { String::new() } else { format!("{} ({})", host.host, host.summary) },
+                            detail: String::new(),
+                            hosts: vec![host],
+                        };
+                        mon.on_result(&fo, &key, r, &record).await;
+                    }
                 }
             }
             _ = active.changed() => {}
@@ -572,6 +682,16 @@ async fn run_external(
 ) -> CheckResult {
     let dirs = mon.config.monitoring().monitor_dirs;
     let hosts: Vec<String> = w.members.iter().map(|h| h.name.clone()).collect();
+    // Cluster nodes are passed by address (their names need not resolve
+    // where the agent runs); other hosts as written, as mon does.
+    let args_of: Vec<String> = w
+        .members
+        .iter()
+        .map(|h| match (h.node, h.address) {
+            (true, Some(a)) => a.to_string(),
+            _ => h.name.clone(),
+        })
+        .collect();
     let fail_all = |why: String| CheckResult {
         at_ms,
         hosts: hosts
@@ -606,12 +726,18 @@ async fn run_external(
     let run = haoscar_monitor::external::MonitorRun {
         program: path,
         args: args.to_vec(),
-        hosts: hosts.clone(),
+        hosts: args_of.clone(),
         env,
         timeout: s.timeout,
     };
     let r = haoscar_monitor::external::run_monitor(&run).await;
-    let failing: BTreeSet<&str> = r.failing_hosts.iter().map(String::as_str).collect();
+    // Back from the arguments to the host names.
+    let failing: BTreeSet<&str> = r
+        .failing_hosts
+        .iter()
+        .filter_map(|f| args_of.iter().position(|a| a == f))
+        .map(|i| hosts[i].as_str())
+        .collect();
     CheckResult {
         at_ms,
         hosts: hosts
@@ -632,8 +758,8 @@ async fn run_external(
 }
 
 impl Monitoring {
-    /// The latest pushed results of a local service's hosts; a host whose
-    /// agent has not reported for a few intervals fails.
+    /// The hosts of a local service whose agent has not reported for a few
+    /// intervals (they fail); fresh results were fed as they arrived.
     fn local_results(&self, w: &Watch, s: &WatchService, now: u64) -> Vec<HostResult> {
         let key = w.key(s);
         let stale_ms = (s.interval * STALE_INTERVALS + s.timeout).as_millis() as u64;
@@ -643,26 +769,22 @@ impl Monitoring {
         let settling = now.saturating_sub(st.running_since) <= stale_ms;
         w.members
             .iter()
-            .filter(|h| !settling || st.reports.contains_key(&(key.clone(), h.name.clone())))
-            .map(|h| match st.reports.get(&(key.clone(), h.name.clone())) {
-                Some((r, got)) if now.saturating_sub(*got) <= stale_ms => HostResult {
-                    host: h.name.clone(),
-                    ok: r.ok,
-                    summary: r.summary.clone(),
-                },
-                Some((_, got)) => HostResult {
+            .filter_map(|h| match st.reports.get(&(key.clone(), h.name.clone())) {
+                Some((_, got)) if now.saturating_sub(*got) <= stale_ms => None,
+                None if settling => None,
+                Some((_, got)) => Some(HostResult {
                     host: h.name.clone(),
                     ok: false,
                     summary: format!(
                         "no report from its agent for {}s",
                         now.saturating_sub(*got) / 1000
                     ),
-                },
-                None => HostResult {
+                }),
+                None => Some(HostResult {
                     host: h.name.clone(),
                     ok: false,
                     summary: "no report from its agent yet".to_string(),
-                },
+                }),
             })
             .collect()
     }
