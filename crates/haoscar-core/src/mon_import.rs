@@ -97,9 +97,9 @@ fn simple_name(s: &str) -> String {
 
 fn duration(d: Duration) -> String {
     let s = d.as_secs();
-    if s > 0 && s % 3600 == 0 {
+    if s > 0 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s > 0 && s % 60 == 0 {
+    } else if s > 0 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
@@ -310,8 +310,8 @@ fn service(toml: &mut String, notes: &mut Vec<MonProblem>, cfg: &MonConfig, s: &
                 let _ = writeln!(toml, "{kind} = [{}]", list.join(", "));
             }
         }
-        match p.alertafter {
-            Some(a) => match (a.failures, a.within) {
+        if let Some(a) = p.alertafter {
+            match (a.failures, a.within) {
                 (Some(n), None) => {
                     let _ = writeln!(toml, "alertafter = {n}");
                 }
@@ -342,8 +342,7 @@ fn service(toml: &mut String, notes: &mut Vec<MonProblem>, cfg: &MonConfig, s: &
                     );
                 }
                 (None, None) => {}
-            },
-            None => {}
+            }
         }
         match p.alertevery {
             Some(t) => {
