@@ -1050,7 +1050,7 @@ impl Monitoring {
                     alerts_sent: st.alerts_sent.get(&key).copied().unwrap_or(0),
                     alert_failures: st.alert_failures.get(&key).copied().unwrap_or(0),
                     memory: memory.get(&key).cloned().unwrap_or_default(),
-                    latency_ms: st.latencies.get(&key).and_then(|q| percentiles(q)),
+                    latency_ms: st.latencies.get(&key).and_then(percentiles),
                     silenced_until_unix_ms: silenced,
                     key,
                 }
