@@ -534,3 +534,47 @@ fn config_check_reads_the_ocf_agents_meta_data() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn watch_import_converts_a_mon_cf_that_config_check_accepts() {
+    let dir = tempdir("watch-import");
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ha-oscar-mon.cf");
+    let out = haoscar(&["watch", "import", seed.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let toml = String::from_utf8_lossy(&out.stdout).to_string();
+    let notes = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(toml.contains("group = \"servicemonitor\""), "{toml}");
+    assert!(toml.contains("monitor = \"load 50 --window 15\""), "{toml}");
+    // Each note names the file and the line of the directive.
+    assert!(notes.contains("ha-oscar-mon.cf:6: histlength"), "{notes}");
+    assert!(
+        notes.contains("ha-oscar-mon.cf:14: \"netsnmp-proc.monitor\""),
+        "{notes}"
+    );
+    // Appended to the documented example (heads head1 and head2), it is valid.
+    let cluster = std::fs::read_to_string(example()).expect("example");
+    let file = dir.join("cluster.toml");
+    std::fs::write(&file, format!("{cluster}\n{toml}")).expect("write");
+    let check = haoscar(&["config", "check", file.to_str().expect("utf-8")]);
+    assert!(check.status.success(), "{}\n{toml}", text(&check));
+    // A bad watch entry is reported with its file, line and field.
+    std::fs::write(
+        &file,
+        format!(
+            "{cluster}\n{}",
+            toml.replace("\"process haoscar\"", "\"process\"")
+        ),
+    )
+    .expect("write");
+    let check = haoscar(&["config", "check", file.to_str().expect("utf-8")]);
+    assert!(!check.status.success());
+    let t = text(&check);
+    assert!(
+        t.contains("watch[0].service[0].monitor") && t.contains("process: missing NAME"),
+        "{t}"
+    );
+    // A file that cannot be read is an error, not an empty import.
+    let missing = haoscar(&["watch", "import", "/nonexistent/mon.cf"]);
+    assert!(!missing.status.success());
+    assert!(text(&missing).contains("cannot read /nonexistent/mon.cf"));
+}
