@@ -43,6 +43,9 @@ pub struct ClusterState {
     /// configuration differs from the cluster's), as they reported it.
     #[serde(default)]
     pub ineligible: BTreeMap<String, String>,
+    /// Heads whose critical watch checks fail, with the reason.
+    #[serde(default)]
+    pub critical: BTreeMap<String, String>,
     /// What the monitoring already said, per watch service (`group/service`).
     #[serde(default)]
     pub watch_memory: BTreeMap<String, AlertMemory>,
@@ -208,6 +211,25 @@ impl ClusterState {
                 Some(r) => self.ineligible.insert(node.clone(), r.clone()).as_ref() != Some(r),
                 None => self.ineligible.remove(node).is_some(),
             },
+            Command::SetCritical { node, reason } => match reason {
+                Some(r) => self.critical.insert(node.clone(), r.clone()).as_ref() != Some(r),
+                None => self.critical.remove(node).is_some(),
+            },
+            Command::StepAside {
+                node,
+                reason,
+                others,
+            } => {
+                let other = others
+                    .iter()
+                    .any(|o| o != node && self.may_be_active(o) && !self.critical.contains_key(o));
+                other
+                    && self
+                        .ineligible
+                        .insert(node.clone(), reason.clone())
+                        .as_ref()
+                        != Some(reason)
+            }
             Command::WatchRemember { key, memory } => {
                 self.watch_memory
                     .insert(key.clone(), memory.clone())
@@ -290,6 +312,38 @@ mod tests {
         assert_eq!(s.events.len(), MAX_EVENTS);
         assert_eq!(s.events.front().map(|e| e.id), Some(10));
         assert_eq!(s.events.back().map(|e| e.id), Some(MAX_EVENTS as u64 + 9));
+    }
+
+    #[test]
+    fn only_one_of_two_heads_steps_aside() {
+        let mut s = ClusterState::default();
+        let aside = |node: &str, other: &str| Command::StepAside {
+            node: node.into(),
+            reason: "critical watch heads/disk failing".into(),
+            others: vec![other.into()],
+        };
+        assert!(s.apply(&aside("head1", "head2")));
+        assert!(!s.apply(&aside("head2", "head1")), "head1 is out already");
+        assert!(s.ineligible.contains_key("head1") && !s.ineligible.contains_key("head2"));
+        // Nor when the other head's critical check fails too.
+        let mut s = ClusterState::default();
+        s.apply(&Command::SetCritical {
+            node: "head2".into(),
+            reason: Some("disk".into()),
+        });
+        assert!(!s.apply(&aside("head1", "head2")));
+        s.apply(&Command::SetCritical {
+            node: "head2".into(),
+            reason: None,
+        });
+        assert!(s.apply(&aside("head1", "head2")));
+        // A head in maintenance cannot take over either.
+        let mut s = ClusterState::default();
+        s.apply(&Command::SetMaintenance {
+            node: "head2".into(),
+            on: true,
+        });
+        assert!(!s.apply(&aside("head1", "head2")));
     }
 
     #[test]

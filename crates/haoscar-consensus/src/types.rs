@@ -117,6 +117,19 @@ pub enum Command {
         node: String,
         reason: Option<String>,
     },
+    /// `node`'s critical watch checks fail (`Some`) or pass again (`None`).
+    SetCritical {
+        node: String,
+        reason: Option<String>,
+    },
+    /// Like `SetIneligible` with a reason, applied only if one of `others`
+    /// may still be made active and has no failing critical check at that
+    /// point in the log: two failing heads cannot both step aside.
+    StepAside {
+        node: String,
+        reason: String,
+        others: Vec<String>,
+    },
     /// The monitoring's memory of what it said about a watch service
     /// (committed before the alerts it records are sent).
     WatchRemember {

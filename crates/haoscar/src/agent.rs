@@ -610,6 +610,13 @@ impl Agent {
         if now == reason {
             return;
         }
+        // A failing critical watch check is the monitoring's to lift.
+        let critical = now
+            .as_deref()
+            .is_some_and(|r| r.starts_with(crate::monitoring::CRITICAL_REASON_PREFIX));
+        if reason.is_none() && critical {
+            return;
+        }
         let cmd = haoscar_consensus::Command::SetIneligible {
             node: self.node.clone(),
             reason,

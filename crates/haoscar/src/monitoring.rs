@@ -32,6 +32,8 @@ const ALERT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A pushed local result older than this many intervals counts as "no
 /// report" (the node or its agent is down).
 const STALE_INTERVALS: u32 = 3;
+/// How a head marked ineligible by its own critical check says so.
+pub const CRITICAL_REASON_PREFIX: &str = "critical watch ";
 /// A node sends its latest local results again this often.
 const REPORT_REFRESH: Duration = Duration::from_secs(10);
 /// Check latencies kept per service for `watch status`.
@@ -346,14 +348,57 @@ impl Monitoring {
             *s = if o.ok { 0 } else { s.saturating_add(1) };
             *s
         };
-        let reason = format!("critical watch {key} failing: {}", o.summary);
+        let reason = format!("{CRITICAL_REASON_PREFIX}{key} failing: {}", o.summary);
         let marked = fo
             .consensus
             .with_state(|s| s.ineligible.get(&self.node).cloned());
         let ours = marked
             .as_deref()
-            .is_some_and(|r| r.starts_with("critical watch "));
+            .is_some_and(|r| r.starts_with(CRITICAL_REASON_PREFIX));
+        // Failing or passing, as the other heads must know before one of
+        // them steps aside.
+        let critical_now = fo
+            .consensus
+            .with_state(|s| s.critical.get(&self.node).cloned());
+        let want = (!o.ok).then(|| reason.clone());
+        if critical_now.is_some() != want.is_some() {
+            let cmd = haoscar_consensus::Command::SetCritical {
+                node: self.node.clone(),
+                reason: want,
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd)).await;
+        }
         if streak >= need && marked.is_none() {
+            // Committed only if another head may still take over (checked
+            // in log order: two failing heads cannot both step aside).
+            let others: Vec<String> = self
+                .config
+                .heads()
+                .map(|n| n.name.clone())
+                .filter(|n| *n != self.node)
+                .collect();
+            let cmd = haoscar_consensus::Command::StepAside {
+                node: self.node.clone(),
+                reason: reason.clone(),
+                others,
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd)).await;
+            let aside = fo
+                .consensus
+                .with_state(|s| s.ineligible.get(&self.node) == Some(&reason));
+            if !aside {
+                if streak == need {
+                    record(
+                        "watch_critical",
+                        Some(key),
+                        format!(
+                            "{key} on {}: {reason}; no other head may take over, so this one stays eligible",
+                            self.node
+                        ),
+                    );
+                }
+                return;
+            }
             record(
                 "watch_critical",
                 Some(key),
@@ -362,19 +407,25 @@ impl Monitoring {
                     key, self.node
                 ),
             );
-            let cmd = haoscar_consensus::Command::SetIneligible {
-                node: self.node.clone(),
-                reason: Some(reason),
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd)).await;
             if fo.is_active() {
                 match fo.switchover(None, &format!("watch {key}")).await {
                     Ok(m) => record("watch_critical", Some(key), format!("handed over: {m}")),
-                    Err((_, m)) => record(
-                        "watch_critical",
-                        Some(key),
-                        format!("cannot hand over: {m}"),
-                    ),
+                    Err((_, m)) => {
+                        // Nobody took over: stay eligible rather than leave
+                        // the cluster without a head that may be active.
+                        record(
+                            "watch_critical",
+                            Some(key),
+                            format!("cannot hand over ({m}): this head stays eligible"),
+                        );
+                        let cmd = haoscar_consensus::Command::SetIneligible {
+                            node: self.node.clone(),
+                            reason: None,
+                        };
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd))
+                                .await;
+                    }
                 }
             }
         } else if o.ok && ours {

@@ -384,3 +384,80 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
+
+/// The active role as `node` sees it.
+fn active_seen_by(lab: &haoscar_lab::Lab, node: &str) -> Option<String> {
+    let (ok, out) = haoscar_in(lab, node, &["status", "--json"]);
+    if !ok {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v.get("active")?.as_str().map(str::to_string)
+}
+
+#[test]
+fn a_failing_critical_head_check_hands_the_active_role_over() {
+    if !lab_tests_enabled("a_failing_critical_head_check_hands_the_active_role_over") {
+        return;
+    }
+    // The checked directory exists in a head's own state directory only
+    // when the test creates it there: missing, the check fails on that head.
+    let extra = r#"
+[[watch]]
+group = "heads"
+hosts = ["head1", "head2"]
+
+[[watch.service]]
+name = "state-disk"
+monitor = "disk /var/lib/haoscar/critical 1%"
+interval = "1s"
+critical = true
+
+[[watch.service.period]]
+alertafter = 2
+"#;
+    let name = unique_name('c');
+    let lab = LabGuard::up(&LabSpec {
+        timing: "fast".into(),
+        extra_config: extra.to_string(),
+        ..LabSpec::named(&name, haoscar_bin())
+    });
+    let state = |node: &str| lab.spec().dir.join("nodes").join(node).join("state");
+    assert!(
+        eventually(Duration::from_secs(20), || active_seen_by(&lab, "head1")
+            .as_deref()
+            == Some("head1")),
+        "head1 never became active"
+    );
+    // Both failing: nobody else could take over, head1 stays active.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(active_seen_by(&lab, "head2").as_deref(), Some("head1"));
+    let (_, events) = haoscar_in(&lab, "head1", &["events", "--limit", "200"]);
+    assert!(events.contains("no other head may take over"), "{events}");
+    // head2's disk becomes fine: head1 (still failing) hands over.
+    std::fs::create_dir_all(state("head2").join("critical")).expect("mkdir");
+    assert!(
+        eventually(Duration::from_secs(20), || active_seen_by(&lab, "head2")
+            .as_deref()
+            == Some("head2")),
+        "head1 with a failing critical check did not hand over"
+    );
+    let (_, events) = haoscar_in(&lab, "head2", &["events", "--limit", "300"]);
+    assert!(events.contains("is no longer eligible"), "{events}");
+    // head1's disk fine again: eligible again (a switchover to it works).
+    std::fs::create_dir_all(state("head1").join("critical")).expect("mkdir");
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let (_, e) = haoscar_in(&lab, "head2", &["events", "--limit", "300"]);
+            e.contains("eligible again")
+        }),
+        "head1 never became eligible again"
+    );
+    let (ok, out) = haoscar_in(&lab, "head2", &["switchover", "--to", "head1"]);
+    assert!(ok, "switchover back: {out}");
+    assert!(eventually(Duration::from_secs(10), || active_seen_by(
+        &lab, "head2"
+    )
+    .as_deref()
+        == Some("head1")));
+}
