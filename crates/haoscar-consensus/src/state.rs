@@ -46,6 +46,10 @@ pub struct ClusterState {
     /// Heads whose critical watch checks fail, with the reason.
     #[serde(default)]
     pub critical: BTreeMap<String, String>,
+    /// Heads whose critical watch checks passed last (only these may take
+    /// over from a head that steps aside).
+    #[serde(default)]
+    pub critical_passing: std::collections::BTreeSet<String>,
     /// What the monitoring already said, per watch service (`group/service`).
     #[serde(default)]
     pub watch_memory: BTreeMap<String, AlertMemory>,
@@ -212,17 +216,23 @@ impl ClusterState {
                 None => self.ineligible.remove(node).is_some(),
             },
             Command::SetCritical { node, reason } => match reason {
-                Some(r) => self.critical.insert(node.clone(), r.clone()).as_ref() != Some(r),
-                None => self.critical.remove(node).is_some(),
+                Some(r) => {
+                    let was = self.critical_passing.remove(node);
+                    self.critical.insert(node.clone(), r.clone()).as_ref() != Some(r) || was
+                }
+                None => {
+                    let was = self.critical.remove(node).is_some();
+                    self.critical_passing.insert(node.clone()) || was
+                }
             },
             Command::StepAside {
                 node,
                 reason,
                 others,
             } => {
-                let other = others
-                    .iter()
-                    .any(|o| o != node && self.may_be_active(o) && !self.critical.contains_key(o));
+                let other = others.iter().any(|o| {
+                    o != node && self.may_be_active(o) && self.critical_passing.contains(o)
+                });
                 other
                     && self
                         .ineligible
@@ -316,17 +326,26 @@ mod tests {
 
     #[test]
     fn only_one_of_two_heads_steps_aside() {
+        let passing = |node: &str| Command::SetCritical {
+            node: node.into(),
+            reason: None,
+        };
         let mut s = ClusterState::default();
+        // head2 never reported its checks: it cannot be relied on.
         let aside = |node: &str, other: &str| Command::StepAside {
             node: node.into(),
             reason: "critical watch heads/disk failing".into(),
             others: vec![other.into()],
         };
+        assert!(!s.apply(&aside("head1", "head2")));
+        s.apply(&passing("head1"));
+        s.apply(&passing("head2"));
         assert!(s.apply(&aside("head1", "head2")));
         assert!(!s.apply(&aside("head2", "head1")), "head1 is out already");
         assert!(s.ineligible.contains_key("head1") && !s.ineligible.contains_key("head2"));
         // Nor when the other head's critical check fails too.
         let mut s = ClusterState::default();
+        s.apply(&passing("head2"));
         s.apply(&Command::SetCritical {
             node: "head2".into(),
             reason: Some("disk".into()),
@@ -339,6 +358,7 @@ mod tests {
         assert!(s.apply(&aside("head1", "head2")));
         // A head in maintenance cannot take over either.
         let mut s = ClusterState::default();
+        s.apply(&passing("head2"));
         s.apply(&Command::SetMaintenance {
             node: "head2".into(),
             on: true,

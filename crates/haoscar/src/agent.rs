@@ -352,7 +352,7 @@ impl Agent {
             return Err((
                 409,
                 format!(
-                    "config apply changes service resources only; this file also changes {}: install it on every node and restart the agents instead",
+                    "config apply changes service resources and watch lists only; this file also changes {}: install it on every node and restart the agents instead",
                     bad.join(", ")
                 ),
             ));
@@ -456,11 +456,13 @@ impl Agent {
             Verdict::Adopt => {
                 let Some(a) = applied else { return };
                 let path = self.config_path.display().to_string();
-                // The cluster's resources with this node's other sections
-                // (which may differ during a rolling restart).
+                // The cluster's resources and watch lists with this node's
+                // other sections (which may differ during a rolling restart).
                 let new = match config::parse(&a.text, Path::new(&path)) {
                     Ok(l) => Config {
                         resources: l.config.resources,
+                        monitoring_section: l.config.monitoring_section,
+                        watches: l.config.watches,
                         ..cur.config.clone()
                     },
                     Err(d) => {
@@ -505,6 +507,9 @@ impl Agent {
                     Some(s) => s.lock().await.apply(&new.resources).await,
                     None => Default::default(),
                 };
+                if let Some(m) = self.monitoring.get() {
+                    m.set_config(new.clone());
+                }
                 let full = new.digest();
                 self.heartbeat.set_config_digest(full);
                 self.set_current(Current {

@@ -65,7 +65,10 @@ struct LocalResult {
 
 /// Monitoring of this node, shared with the API.
 pub struct Monitoring {
-    config: Config,
+    /// The configuration monitored (replaced by `config apply`).
+    config: Mutex<Arc<Config>>,
+    /// Wakes the loops when the configuration changes.
+    changed: tokio::sync::watch::Sender<u64>,
     node: String,
     failover: Option<Arc<Failover>>,
     state: Mutex<State>,
@@ -121,7 +124,8 @@ impl Monitoring {
     pub fn new(config: Config, node: String, failover: Option<Arc<Failover>>) -> Arc<Monitoring> {
         let (fresh_tx, fresh_rx) = mpsc::channel(4096);
         Arc::new(Monitoring {
-            config,
+            config: Mutex::new(Arc::new(config)),
+            changed: tokio::sync::watch::channel(0).0,
             node,
             failover,
             state: Mutex::new(State::default()),
@@ -134,8 +138,26 @@ impl Monitoring {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn has_watches(&self) -> bool {
-        !self.config.watches.is_empty()
+    /// The configuration monitored now.
+    fn cfg(&self) -> Arc<Config> {
+        self.config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Monitors another configuration (after `config apply`): services no
+    /// longer listed are forgotten, new ones start with their first check.
+    pub fn set_config(&self, config: Config) {
+        let keys: BTreeSet<String> = config.watch_services().map(|(w, s)| w.key(s)).collect();
+        *self.config.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+        {
+            let mut st = self.lock();
+            st.engine.retain(&keys);
+            st.next_check.retain(|k, _| keys.contains(k));
+            st.reports.retain(|(k, _), _| keys.contains(k));
+        }
+        self.changed.send_modify(|v| *v += 1);
     }
 }
 
@@ -184,23 +206,43 @@ pub async fn local_loop(
     record: Recorder,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mine: Vec<(String, WatchService)> = my_local_services(&mon.config, &mon.node)
+    let mut changed = mon.changed.subscribe();
+    loop {
+        let cfg = mon.cfg();
+        changed.mark_unchanged();
+        let stopped = local_rounds(&mon, &cfg, &send, &record, &mut stop, &mut changed).await;
+        if stopped {
+            return;
+        }
+    }
+}
+
+/// Runs the local checks of one configuration until it changes (`false`)
+/// or the agent stops (`true`).
+async fn local_rounds(
+    mon: &Arc<Monitoring>,
+    cfg: &Config,
+    send: &ReportSender,
+    record: &Recorder,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    changed: &mut tokio::sync::watch::Receiver<u64>,
+) -> bool {
+    let mine: Vec<(String, WatchService)> = my_local_services(cfg, &mon.node)
         .into_iter()
         .map(|(w, s)| (w.key(s), s.clone()))
         .collect();
     if mine.is_empty() {
-        return;
+        tokio::select! {
+            _ = changed.changed() => return false,
+            _ = stop.changed() => return true,
+        }
     }
-    let heads: Vec<String> = mon
-        .config
+    let heads: Vec<String> = cfg
         .heads()
         .map(|n| n.name.clone())
         .filter(|n| *n != mon.node)
         .collect();
-    let is_head = mon
-        .config
-        .node(&mon.node)
-        .is_some_and(|n| n.role == Role::Head);
+    let is_head = cfg.node(&mon.node).is_some_and(|n| n.role == Role::Head);
     let mut latest: BTreeMap<String, LocalResult> = BTreeMap::new();
     let mut next_refresh = tokio::time::Instant::now() + REPORT_REFRESH;
     let mut due: BTreeMap<String, tokio::time::Instant> = mine
@@ -220,7 +262,7 @@ pub async fn local_loop(
                     .flatten();
                 let Some(o) = outcome else { continue };
                 if is_head && svc.critical {
-                    mon.on_own_critical(key, svc, &o, &record).await;
+                    mon.on_own_critical(key, svc, &o, record).await;
                 }
                 results.push(LocalResult {
                     key: key.clone(),
@@ -265,7 +307,8 @@ pub async fn local_loop(
             .min(next_refresh);
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
-            _ = stop.changed() => return,
+            _ = changed.changed() => return false,
+            _ = stop.changed() => return true,
         }
     }
 }
@@ -275,12 +318,12 @@ impl Monitoring {
     /// one feeds them); returns them as `(service key, host result)`.
     fn take_report(&self, from: &str, report: LocalReport) -> Vec<(String, HostResult)> {
         let now = unix_ms_now();
+        let cfg = self.cfg();
         let mut st = self.lock();
         let mut out = Vec::new();
         for r in report.results {
             // Only results for services the sender is a host of.
-            let member = self
-                .config
+            let member = cfg
                 .watch_services()
                 .any(|(w, s)| w.key(s) == r.key && w.members.iter().any(|h| h.name == from));
             let seen = st
@@ -310,9 +353,9 @@ impl Monitoring {
     /// The stored results still fresh, as `(service key, host result)`.
     fn stored_fresh(&self) -> Vec<(String, HostResult)> {
         let now = unix_ms_now();
+        let cfg = self.cfg();
         let st = self.lock();
-        self.config
-            .watch_services()
+        cfg.watch_services()
             .filter(|(_, s)| s.spec.is_local())
             .flat_map(|(w, s)| {
                 let key = w.key(s);
@@ -357,11 +400,17 @@ impl Monitoring {
             .is_some_and(|r| r.starts_with(CRITICAL_REASON_PREFIX));
         // Failing or passing, as the other heads must know before one of
         // them steps aside.
-        let critical_now = fo
-            .consensus
-            .with_state(|s| s.critical.get(&self.node).cloned());
+        let recorded = fo.consensus.with_state(|s| {
+            if s.critical.contains_key(&self.node) {
+                Some(false)
+            } else if s.critical_passing.contains(&self.node) {
+                Some(true)
+            } else {
+                None
+            }
+        });
         let want = (!o.ok).then(|| reason.clone());
-        if critical_now.is_some() != want.is_some() {
+        if recorded != Some(o.ok) {
             let cmd = haoscar_consensus::Command::SetCritical {
                 node: self.node.clone(),
                 reason: want,
@@ -369,14 +418,22 @@ impl Monitoring {
             let _ = tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd)).await;
         }
         if streak >= need && marked.is_none() {
-            // Committed only if another head may still take over (checked
-            // in log order: two failing heads cannot both step aside).
+            // Committed only if another head of the group may still take
+            // over and its checks pass (decided in log order: two failing
+            // heads cannot both step aside).
             let others: Vec<String> = self
-                .config
-                .heads()
-                .map(|n| n.name.clone())
-                .filter(|n| *n != self.node)
-                .collect();
+                .cfg()
+                .watches
+                .iter()
+                .find(|w| w.key(svc) == key)
+                .map(|w| {
+                    w.members
+                        .iter()
+                        .map(|h| h.name.clone())
+                        .filter(|n| *n != self.node)
+                        .collect()
+                })
+                .unwrap_or_default();
             let cmd = haoscar_consensus::Command::StepAside {
                 node: self.node.clone(),
                 reason: reason.clone(),
@@ -482,9 +539,7 @@ pub async fn active_loop(
     let Some(fo) = mon.failover.clone() else {
         return;
     };
-    if !mon.has_watches() {
-        return;
-    }
+    let mut changed = mon.changed.subscribe();
     let pinger = match Pinger::new() {
         Ok(p) => Some(p),
         Err(e) => {
@@ -544,7 +599,8 @@ pub async fn active_loop(
         let now = unix_ms_now();
         let mut next_wake = now + 1_000;
         if running {
-            for (w, s) in mon.config.watch_services() {
+            let cfg = mon.cfg();
+            for (w, s) in cfg.watch_services() {
                 let key = w.key(s);
                 if in_flight.contains(&key) {
                     continue;
@@ -601,6 +657,8 @@ pub async fn active_loop(
                 }
             }
             _ = active.changed() => {}
+            // New watch lists: scheduled from the next turn on.
+            _ = changed.changed() => {}
             _ = stop.changed() => return,
         }
     }
@@ -731,7 +789,7 @@ async fn run_external(
     args: &[String],
     at_ms: u64,
 ) -> CheckResult {
-    let dirs = mon.config.monitoring().monitor_dirs;
+    let dirs = mon.cfg().monitoring().monitor_dirs;
     let hosts: Vec<String> = w.members.iter().map(|h| h.name.clone()).collect();
     // Cluster nodes are passed by address (their names need not resolve
     // where the agent runs); other hosts as written, as mon does.
@@ -842,7 +900,8 @@ impl Monitoring {
 
     /// Feeds a result to the engine and carries out its decisions.
     async fn on_result(&self, fo: &Failover, key: &str, r: CheckResult, record: &Recorder) {
-        let Some((w, s)) = self.config.watch_services().find(|(w, s)| w.key(s) == key) else {
+        let cfg = self.cfg();
+        let Some((w, s)) = cfg.watch_services().find(|(w, s)| w.key(s) == key) else {
             return;
         };
         let (memory, silences) = fo
@@ -977,7 +1036,8 @@ impl Monitoring {
         now_ms: u64,
     ) -> Result<(), String> {
         use haoscar_monitor::alert;
-        let m = self.config.monitoring();
+        let cfg = self.cfg();
+        let m = cfg.monitoring();
         let time_unix = (now_ms / 1000) as i64;
         match spec {
             AlertSpec::Script { program, args } => {
@@ -1011,12 +1071,7 @@ impl Monitoring {
                     .map_err(|e| e.to_string())
             }
             AlertSpec::Smtp { to } => {
-                let subject = format!(
-                    "[{}] {} {}",
-                    self.config.cluster.name,
-                    kind_name(kind),
-                    summary
-                );
+                let subject = format!("[{}] {} {}", cfg.cluster.name, kind_name(kind), summary);
                 let body = format!("{summary}\n\n{detail}\n\n-- \nHA-OSCAR on {}\n", self.node);
                 alert::smtp_send(
                     m.smtp_server,
@@ -1032,7 +1087,7 @@ impl Monitoring {
             }
             AlertSpec::Webhook { url } => {
                 let body = serde_json::json!({
-                    "cluster": self.config.cluster.name,
+                    "cluster": cfg.cluster.name,
                     "from": self.node,
                     "group": w.group,
                     "service": s.name,
@@ -1073,8 +1128,8 @@ impl Monitoring {
         };
         let now = unix_ms_now();
         let st = self.lock();
-        let services = self
-            .config
+        let cfg = self.cfg();
+        let services = cfg
             .watch_services()
             .map(|(w, s)| {
                 let key = w.key(s);
@@ -1132,7 +1187,8 @@ impl Monitoring {
             return Vec::new();
         }
         let mut out = Vec::new();
-        for w in &self.config.watches {
+        let cfg = self.cfg();
+        for w in &cfg.watches {
             let mut down: BTreeMap<String, String> = BTreeMap::new();
             let mut seen = false;
             for s in &w.services {

@@ -34,6 +34,15 @@ const SEED_MON_CF: &str = concat!(
     "/tests/fixtures/ha-oscar-mon.cf"
 );
 
+/// One lab at a time (labs share the default address ranges).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
@@ -93,6 +102,7 @@ fn compute_down_alerts_once_follows_failover_and_heals() {
     if !lab_tests_enabled("compute_down_alerts_once_follows_failover_and_heals") {
         return;
     }
+    let _serial = serial();
     let name = unique_name('w');
     let dir = tempdir(&name);
     let spec = LabSpec {
@@ -400,6 +410,7 @@ fn a_failing_critical_head_check_hands_the_active_role_over() {
     if !lab_tests_enabled("a_failing_critical_head_check_hands_the_active_role_over") {
         return;
     }
+    let _serial = serial();
     // The checked directory exists in a head's own state directory only
     // when the test creates it there: missing, the check fails on that head.
     let extra = r#"
@@ -460,4 +471,20 @@ alertafter = 2
     )
     .as_deref()
         == Some("head1")));
+
+    // `config apply` distributes a changed watch list: the new service is
+    // checked at once, without restarting an agent.
+    let etc = lab.spec().dir.join("nodes/head1/etc");
+    let text = std::fs::read_to_string(etc.join("cluster.toml")).expect("cluster.toml");
+    let added = "\n[[watch]]\ngroup = \"voters\"\nhosts = [\"witness1\"]\n\n[[watch.service]]\nname = \"ping\"\nmonitor = \"ping\"\ninterval = \"1s\"\n";
+    std::fs::write(etc.join("new.toml"), format!("{text}{added}")).expect("write new config");
+    let (ok, out) = haoscar_in(&lab, "head1", &["config", "apply", "/etc/haoscar/new.toml"]);
+    assert!(ok, "config apply: {out}");
+    assert!(
+        eventually(Duration::from_secs(15), || watch_status(&lab, "head1")
+            .is_some_and(
+                |s| host_state(&s, "voters/ping", "witness1") == Some(HostState::Up)
+            )),
+        "the applied watch service never ran"
+    );
 }

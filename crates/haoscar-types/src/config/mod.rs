@@ -422,15 +422,22 @@ impl Config {
         fnv1a(self.to_toml().as_bytes())
     }
 
-    /// The identity of the `[[resource]]` entries alone: what `config
-    /// apply` distributes and what a head must agree on to be active.
+    /// The identity of the `[[resource]]` entries and the watch lists
+    /// (`[monitoring]`, `[[watch]]`): what `config apply` distributes and
+    /// what a head must agree on to be active.
     pub fn resources_digest(&self) -> u64 {
         #[derive(Serialize)]
         struct Only<'a> {
             resource: &'a [Resource],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            monitoring: &'a Option<MonitoringSection>,
+            #[serde(skip_serializing_if = "<[Watch]>::is_empty")]
+            watch: &'a [Watch],
         }
         let text = toml::to_string(&Only {
             resource: &self.resources,
+            monitoring: &self.monitoring_section,
+            watch: &self.watches,
         })
         .unwrap_or_default();
         fnv1a(text.as_bytes())
