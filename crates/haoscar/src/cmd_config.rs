@@ -114,8 +114,19 @@ fn check(files: Vec<PathBuf>, strict: bool, quiet: bool, json: bool) -> Result<E
                 if !quiet {
                     let heads = config.heads().count();
                     let voters = config.voters().count();
+                    // Watch lists are mentioned only when there are some.
+                    let watched = config.watch_services().count();
+                    let watch = if watched == 0 {
+                        String::new()
+                    } else {
+                        format!(
+                            ", {} in {}",
+                            plural(watched, "watch service", "watch services"),
+                            plural(config.watches.len(), "group", "groups")
+                        )
+                    };
                     println!(
-                        "{}: ok: cluster {:?}, {} ({}, {}, {}), {}, {}, {}",
+                        "{}: ok: cluster {:?}, {} ({}, {}, {}), {}, {}{watch}, {}",
                         file.display(),
                         config.cluster.name,
                         plural(config.nodes.len(), "node", "nodes"),

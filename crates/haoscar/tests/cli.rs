@@ -578,3 +578,40 @@ fn watch_import_converts_a_mon_cf_that_config_check_accepts() {
     assert!(!missing.status.success());
     assert!(text(&missing).contains("cannot read /nonexistent/mon.cf"));
 }
+
+/// The TOML blocks of a Markdown file after `from` (a heading).
+fn toml_blocks(md: &str, from: &str) -> Vec<String> {
+    let start = md.find(from).unwrap_or_else(|| panic!("no {from:?}"));
+    md[start..]
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn documented_watch_lists_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempdir("doc-watch");
+    let example = std::fs::read_to_string(example()).expect("example");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let conf = std::fs::read_to_string(root.join("docs/configuration.md")).expect("docs");
+    let cases = [
+        ("README", toml_blocks(&readme, "## Example")[0].clone()),
+        (
+            "configuration.md",
+            format!("{example}\n{}", toml_blocks(&conf, "## Watch lists")[0]),
+        ),
+    ];
+    for (what, text) in cases {
+        let file = dir.join("c.toml");
+        std::fs::write(&file, &text).expect("write");
+        let out = haoscar(&["config", "check", file.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "{what}: {}", text(&out));
+        assert!(
+            text(&out).contains("watch service"),
+            "{what}: {}",
+            text(&out)
+        );
+    }
+}
