@@ -603,9 +603,9 @@ fn documented_watch_lists_are_valid() {
             format!("{example}\n{}", toml_blocks(&conf, "## Watch lists")[0]),
         ),
     ];
-    for (what, text) in cases {
+    for (what, toml) in cases {
         let file = dir.join("c.toml");
-        std::fs::write(&file, &text).expect("write");
+        std::fs::write(&file, &toml).expect("write");
         let out = haoscar(&["config", "check", file.to_str().expect("utf-8")]);
         assert!(out.status.success(), "{what}: {}", text(&out));
         assert!(
