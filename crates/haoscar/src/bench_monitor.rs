@@ -543,9 +543,21 @@ fn mon_opstatus(lab: &Lab, node: &str) -> Result<BTreeMap<String, String>> {
     let text = lab.in_netns(node, move || -> std::io::Result<String> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(b"list opstatus\nquit\n")?;
+        // One command per read: mon handles only the first line of what
+        // arrives at once, so read its answer up to the status line.
+        s.write_all(b"list opstatus\n")?;
         let mut out = String::new();
-        s.read_to_string(&mut out)?;
+        let mut buf = [0u8; 65536];
+        while !out
+            .lines()
+            .any(|l| l.starts_with("220 ") || l.starts_with("5"))
+        {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            out.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
         Ok(out)
     })??;
     let line = text
@@ -662,7 +674,12 @@ fn run_mon(lab: &Lab, node: &str, hosts: &[Ipv4Addr], secs: u64) -> Result<MonRe
     let t = Instant::now();
     loop {
         check_interrupt()?;
-        if let Ok(s) = mon_opstatus(lab, node) {
+        let status = mon_opstatus(lab, node);
+        let last = match &status {
+            Ok(s) => format!("{s:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        if let Ok(s) = status {
             let done = s.get("last_check").is_some_and(|v| !v.is_empty())
                 && s.get("monitor_running").map(String::as_str) == Some("0");
             if done {
@@ -682,7 +699,7 @@ fn run_mon(lab: &Lab, node: &str, hosts: &[Ipv4Addr], secs: u64) -> Result<MonRe
         }
         if t.elapsed() > Duration::from_secs(90) {
             let log = std::fs::read_to_string(dir.join("mon.out")).unwrap_or_default();
-            bail!("mon did not complete a round within 90 s; its output:\n{log}");
+            bail!("mon did not complete a round within 90 s (last status: {last}); its output:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(500));
     }

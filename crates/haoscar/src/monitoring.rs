@@ -899,7 +899,13 @@ impl Monitoring {
     }
 
     /// Feeds a result to the engine and carries out its decisions.
-    async fn on_result(&self, fo: &Failover, key: &str, r: CheckResult, record: &Recorder) {
+    async fn on_result(
+        self: &Arc<Self>,
+        fo: &Failover,
+        key: &str,
+        r: CheckResult,
+        record: &Recorder,
+    ) {
         let cfg = self.cfg();
         let Some((w, s)) = cfg.watch_services().find(|(w, s)| w.key(s) == key) else {
             return;
@@ -952,29 +958,39 @@ impl Monitoring {
                         AlertKind::Up => &p.upalerts,
                         AlertKind::Startup => &p.startupalerts,
                     };
-                    for spec in specs {
-                        let ok = self
-                            .deliver(w, s, spec, kind, &hosts, &summary, &detail, now)
-                            .await;
-                        let mut st = self.lock();
-                        match &ok {
-                            Ok(()) => *st.alerts_sent.entry(key.clone()).or_default() += 1,
-                            Err(_) => *st.alert_failures.entry(key.clone()).or_default() += 1,
-                        }
-                        drop(st);
-                        let target = alert_name(spec);
-                        match ok {
-                            Ok(()) => record(
-                                "watch_alert",
-                                Some(&key),
-                                format!("{} alert via {target}: {summary}", kind_name(kind)),
-                            ),
-                            Err(e) => record(
-                                "watch_alert_failed",
-                                Some(&key),
-                                format!("{} alert via {target} failed: {e}", kind_name(kind)),
-                            ),
-                        }
+                    // Delivered in the background, each on its own: a slow
+                    // relay or script does not hold up the checks.
+                    for spec in specs.clone() {
+                        let (mon, w, s) = (self.clone(), w.clone(), s.clone());
+                        let (key, hosts, summary, detail) =
+                            (key.clone(), hosts.clone(), summary.clone(), detail.clone());
+                        let record = record.clone();
+                        tokio::spawn(async move {
+                            let ok = mon
+                                .deliver(&w, &s, &spec, kind, &hosts, &summary, &detail, now)
+                                .await;
+                            {
+                                let mut st = mon.lock();
+                                let counter = match &ok {
+                                    Ok(()) => &mut st.alerts_sent,
+                                    Err(_) => &mut st.alert_failures,
+                                };
+                                *counter.entry(key.clone()).or_default() += 1;
+                            }
+                            let target = alert_name(&spec);
+                            match ok {
+                                Ok(()) => record(
+                                    "watch_alert",
+                                    Some(&key),
+                                    format!("{} alert via {target}: {summary}", kind_name(kind)),
+                                ),
+                                Err(e) => record(
+                                    "watch_alert_failed",
+                                    Some(&key),
+                                    format!("{} alert via {target} failed: {e}", kind_name(kind)),
+                                ),
+                            }
+                        });
                     }
                 }
                 Action::Command { key, host, up } if remembered => {
