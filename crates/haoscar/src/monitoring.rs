@@ -27,6 +27,8 @@ use crate::failover::Failover;
 
 /// Checks running at once on the active head (each host is one check).
 const MAX_CONCURRENT_CHECKS: usize = 512;
+/// Checks of one service's round running at once.
+const PER_ROUND: usize = 256;
 /// Longest an alert delivery may take.
 const ALERT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A pushed local result older than this many intervals counts as "no
@@ -682,30 +684,34 @@ async fn run_service(
         }
         spec if spec.is_local() => mon.local_results(w, s, at_ms),
         spec => {
-            let mut tasks = Vec::with_capacity(w.members.len());
-            for h in &w.members {
-                let (h, spec, timeout) = (h.clone(), spec.clone(), s.timeout);
-                let pinger = pinger.cloned();
-                let limit = limit.clone();
-                tasks.push(tokio::spawn(async move {
-                    let _permit = limit.acquire_owned().await;
-                    let o = check_host(&h, &spec, timeout, pinger.as_ref()).await;
-                    let r = HostResult {
-                        host: h.name.clone(),
-                        ok: o.ok,
-                        summary: o.summary,
-                    };
-                    (r, o.latency.as_secs_f32() * 1000.0)
-                }));
-            }
-            let mut out = Vec::with_capacity(tasks.len());
-            for t in tasks {
-                if let Ok((r, lat)) = t.await {
-                    if r.ok {
-                        latencies.push(lat);
+            // One task per round: its hosts' checks are futures polled
+            // together (no task per check), at most PER_ROUND at once.
+            use futures_util::StreamExt;
+            let timeout = s.timeout;
+            let spec = Arc::new(spec.clone());
+            let pinger = pinger.cloned();
+            let limit = limit.clone();
+            let mut checks = futures_util::stream::iter(w.members.clone())
+                .map(move |h| {
+                    let (spec, pinger, limit) = (spec.clone(), pinger.clone(), limit.clone());
+                    async move {
+                        let _permit = limit.acquire().await;
+                        let o = check_host(&h, &spec, timeout, pinger.as_ref()).await;
+                        let r = HostResult {
+                            host: h.name,
+                            ok: o.ok,
+                            summary: o.summary,
+                        };
+                        (r, o.latency.as_secs_f32() * 1000.0)
                     }
-                    out.push(r);
+                })
+                .buffer_unordered(PER_ROUND);
+            let mut out = Vec::with_capacity(w.members.len());
+            while let Some((r, lat)) = checks.next().await {
+                if r.ok {
+                    latencies.push(lat);
                 }
+                out.push(r);
             }
             out
         }
