@@ -184,13 +184,22 @@ impl Engine {
         s.detail = r.detail.clone();
         s.checks += 1;
         for hr in &r.hosts {
-            let h = s.hosts.entry(hr.host.clone()).or_insert(Host {
-                ok: None,
-                since_ms: r.at_ms,
-                summary: String::new(),
-                streak: 0,
-                failures: VecDeque::new(),
-            });
+            // A lookup first: no key allocation for a host already known.
+            if !s.hosts.contains_key(&hr.host) {
+                s.hosts.insert(
+                    hr.host.clone(),
+                    Host {
+                        ok: None,
+                        since_ms: r.at_ms,
+                        summary: String::new(),
+                        streak: 0,
+                        failures: VecDeque::new(),
+                    },
+                );
+            }
+            let Some(h) = s.hosts.get_mut(&hr.host) else {
+                continue;
+            };
             if h.ok != Some(hr.ok) {
                 if h.ok.is_some() || !hr.ok {
                     out.push(Action::Changed {
@@ -203,7 +212,9 @@ impl Engine {
                 h.since_ms = r.at_ms;
             }
             h.ok = Some(hr.ok);
-            h.summary = hr.summary.clone();
+            if h.summary != hr.summary {
+                h.summary.clone_from(&hr.summary);
+            }
             if hr.ok {
                 h.streak = 0;
             } else {

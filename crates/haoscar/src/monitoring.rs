@@ -916,9 +916,16 @@ impl Monitoring {
         let Some((w, s)) = cfg.watch_services().find(|(w, s)| w.key(s) == key) else {
             return;
         };
-        let (memory, silences) = fo
-            .consensus
-            .with_state(|st| (st.watch_memory.clone(), st.silences_until()));
+        // Only this service's memory: the engine reads nothing else.
+        let (memory, silences) = fo.consensus.with_state(|st| {
+            let mine: BTreeMap<String, haoscar_types::watch::AlertMemory> = st
+                .watch_memory
+                .get(key)
+                .map(|m| (key.to_string(), m.clone()))
+                .into_iter()
+                .collect();
+            (mine, st.silences_until())
+        });
         let now = unix_ms_now();
         let cx = Ctx {
             now_ms: now,
