@@ -1,0 +1,15 @@
+//! HA-OSCAR head state replication (issue 6, groundwork: not wired into the
+//! agent yet). Pure building blocks, each tested on its own:
+//!
+//! * [`generation`]: DRBD-style generation identifiers per replicated set,
+//!   and the decision taken when two heads reconnect (in sync, one ahead,
+//!   or split brain: both changed the set independently).
+//! * [`names`]: what a receiver accepts as a file name from a sender (no
+//!   `..`, no absolute paths) and opening it beneath the set's root without
+//!   ever following a symbolic link.
+//! * [`chunks`]: content-defined chunking with blake3 hashes, and the delta
+//!   between a receiver's old file and the sender's new one.
+
+pub mod chunks;
+pub mod generation;
+pub mod names;
