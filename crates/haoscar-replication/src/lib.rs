@@ -7,9 +7,12 @@
 //! * [`names`]: what a receiver accepts as a file name from a sender (no
 //!   `..`, no absolute paths) and opening it beneath the set's root without
 //!   ever following a symbolic link.
+//! * [`manifest`]: the entries of a set with their metadata and hashes, a
+//!   root hash, and the ordered changes from one manifest to another.
 //! * [`chunks`]: content-defined chunking with blake3 hashes, and the delta
 //!   between a receiver's old file and the sender's new one.
 
 pub mod chunks;
 pub mod generation;
+pub mod manifest;
 pub mod names;
