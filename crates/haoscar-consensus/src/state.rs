@@ -246,6 +246,11 @@ impl ClusterState {
                     .as_ref()
                     != Some(memory)
             }
+            Command::WatchForget { keys } => {
+                let before = self.watch_memory.len();
+                self.watch_memory.retain(|k, _| !keys.contains(k));
+                self.watch_memory.len() != before
+            }
             Command::WatchSilence {
                 target,
                 until_unix_ms,
@@ -381,6 +386,13 @@ mod tests {
         assert!(s.apply(&remember));
         assert!(!s.apply(&remember));
         assert_eq!(s.watch_memory["computes/ping"], memory);
+        let forget = Command::WatchForget {
+            keys: vec!["computes/ping".into()],
+        };
+        assert!(s.apply(&forget));
+        assert!(!s.apply(&forget));
+        assert!(s.watch_memory.is_empty());
+        assert!(s.apply(&remember));
         let silence = |until| Command::WatchSilence {
             target: "computes".into(),
             until_unix_ms: until,

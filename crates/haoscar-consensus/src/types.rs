@@ -136,6 +136,9 @@ pub enum Command {
         key: String,
         memory: haoscar_types::watch::AlertMemory,
     },
+    /// Forgets the monitoring's memory of services no longer configured
+    /// (so one added again later starts afresh).
+    WatchForget { keys: Vec<String> },
     /// Silences alerts of `group` or `group/service` until the time;
     /// `until_unix_ms = 0` lifts the silence.
     WatchSilence {

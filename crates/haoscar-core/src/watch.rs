@@ -142,6 +142,15 @@ impl Engine {
         self.services.retain(|k, _| keys.contains(k));
     }
 
+    /// Forgets hosts no longer members of service `key` (a host removed
+    /// while failing would otherwise keep the service failing).
+    pub fn retain_hosts(&mut self, key: &str, members: &BTreeSet<String>) {
+        if let Some(s) = self.services.get_mut(key) {
+            s.hosts.retain(|h, _| members.contains(h));
+            s.failing = s.hosts.values().any(|h| h.ok == Some(false));
+        }
+    }
+
     /// Whether the service has failing hosts now (for `depend` and the
     /// failure interval).
     pub fn failing(&self, key: &str) -> bool {
@@ -270,7 +279,14 @@ impl Engine {
         let silenced = cx.silenced(&key);
         for (i, p) in svc.periods.iter().enumerate() {
             let pm = &mut mem.periods[i];
-            if all_up && pm.alerted {
+            // Back up: nothing known fails, and every host the last alert
+            // named is known to pass again (after a takeover the engine may
+            // not have heard of every host yet).
+            let named_up = pm
+                .down_hosts
+                .iter()
+                .all(|n| s.hosts.get(n).is_some_and(|h| h.ok == Some(true)));
+            if all_up && named_up && pm.alerted {
                 if p.period.contains(&cx.time) && !p.upalerts.is_empty() && !silenced {
                     alerts.push(Action::Alert {
                         key: key.clone(),
@@ -372,7 +388,9 @@ impl Engine {
             .map_or((1, None), |p| (p.alertafter.count, p.alertafter.within));
         let mut commands = Vec::new();
         for (name, h) in &s.hosts {
-            let down = confirmed(h, count, within, cx.now_ms) && !suppressed.contains(name);
+            let down = confirmed(h, count, within, cx.now_ms)
+                && !suppressed.contains(name)
+                && !all_suppressed;
             if down && !mem.actioned.contains(name) && svc.on_down.is_some() {
                 mem.actioned.insert(name.clone());
                 commands.push(Action::Command {

@@ -19,6 +19,7 @@ use haoscar_monitor::probe::{HttpProbe, Pinger};
 use haoscar_monitor::Outcome;
 use haoscar_types::api::{SilenceStatus, WatchServiceStatus, WatchStatus};
 use haoscar_types::config::{Config, Role, Watch, WatchHost, WatchService};
+use haoscar_types::duration::format_duration;
 use haoscar_types::watchspec::{AlertSpec, FreeSpace, LoadWindow, MonitorSpec, SyslogLevel};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
@@ -91,8 +92,13 @@ struct State {
     running: bool,
     /// When this head started running the checks (Unix ms).
     running_since: u64,
+    /// When each service was first scheduled here (Unix ms): a service
+    /// added by `config apply` settles like one after a takeover.
+    first_scheduled: BTreeMap<String, u64>,
     /// Recent check latencies per service, in ms (at most [`LATENCY_KEEP`]).
     latencies: BTreeMap<String, std::collections::VecDeque<f32>>,
+    /// This head's own critical checks failing now, with the reason.
+    critical_failing: BTreeMap<String, String>,
     /// This head's own critical checks failing in a row.
     critical_streak: BTreeMap<String, u32>,
 }
@@ -152,13 +158,23 @@ impl Monitoring {
     /// longer listed are forgotten, new ones start with their first check.
     pub fn set_config(&self, config: Config) {
         let keys: BTreeSet<String> = config.watch_services().map(|(w, s)| w.key(s)).collect();
-        *self.config.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
         {
             let mut st = self.lock();
             st.engine.retain(&keys);
+            for (w, s) in config.watch_services() {
+                let members: BTreeSet<String> = w.members.iter().map(|h| h.name.clone()).collect();
+                st.engine.retain_hosts(&w.key(s), &members);
+            }
             st.next_check.retain(|k, _| keys.contains(k));
             st.reports.retain(|(k, _), _| keys.contains(k));
+            st.latencies.retain(|k, _| keys.contains(k));
+            st.alerts_sent.retain(|k, _| keys.contains(k));
+            st.alert_failures.retain(|k, _| keys.contains(k));
+            st.critical_streak.retain(|k, _| keys.contains(k));
+            st.critical_failing.retain(|k, _| keys.contains(k));
+            st.first_scheduled.retain(|k, _| keys.contains(k));
         }
+        *self.config.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
         self.changed.send_modify(|v| *v += 1);
     }
 }
@@ -258,10 +274,23 @@ async fn local_rounds(
         for (key, svc) in &mine {
             if due.get(key).is_some_and(|d| *d <= now) {
                 let spec = svc.spec.clone();
-                let outcome = tokio::task::spawn_blocking(move || run_local(&spec))
-                    .await
-                    .ok()
-                    .flatten();
+                // A check stuck in the kernel (statvfs of a hung NFS mount)
+                // fails at its timeout; its thread is left to finish.
+                let outcome = match tokio::time::timeout(
+                    svc.timeout,
+                    tokio::task::spawn_blocking(move || run_local(&spec)),
+                )
+                .await
+                {
+                    Ok(r) => r.ok().flatten(),
+                    Err(_) => Some(Outcome::fail(
+                        format!(
+                            "timed out after {} (still running)",
+                            format_duration(svc.timeout)
+                        ),
+                        svc.timeout,
+                    )),
+                };
                 let Some(o) = outcome else { continue };
                 if is_head && svc.critical {
                     mon.on_own_critical(key, svc, &o, record).await;
@@ -324,29 +353,34 @@ impl Monitoring {
         let mut st = self.lock();
         let mut out = Vec::new();
         for r in report.results {
-            // Only results for services the sender is a host of.
-            let member = cfg
-                .watch_services()
-                .any(|(w, s)| w.key(s) == r.key && w.members.iter().any(|h| h.name == from));
-            let seen = st
-                .reports
-                .get(&(r.key.clone(), from.to_string()))
-                .is_some_and(|(old, _)| old.at_unix_ms == r.at_unix_ms);
-            if member && seen {
+            // Only results of local services the sender is a host of (a
+            // node cannot speak for another, nor for a check the active
+            // head makes itself).
+            let member = cfg.watch_services().any(|(w, s)| {
+                w.key(s) == r.key && s.spec.is_local() && w.members.iter().any(|h| h.name == from)
+            });
+            if !member {
+                continue;
+            }
+            let slot = (r.key.clone(), from.to_string());
+            match st.reports.get(&slot).map(|(old, _)| old.at_unix_ms) {
+                // An older check arriving late (another channel): dropped.
+                Some(t) if r.at_unix_ms < t => {}
                 // The same check again (a refresh): the node is alive.
-                st.reports
-                    .insert((r.key.clone(), from.to_string()), (r, now));
-            } else if member {
-                out.push((
-                    r.key.clone(),
-                    HostResult {
-                        host: from.to_string(),
-                        ok: r.ok,
-                        summary: r.summary.clone(),
-                    },
-                ));
-                st.reports
-                    .insert((r.key.clone(), from.to_string()), (r, now));
+                Some(t) if r.at_unix_ms == t => {
+                    st.reports.insert(slot, (r, now));
+                }
+                _ => {
+                    out.push((
+                        r.key.clone(),
+                        HostResult {
+                            host: from.to_string(),
+                            ok: r.ok,
+                            summary: r.summary.clone(),
+                        },
+                    ));
+                    st.reports.insert(slot, (r, now));
+                }
             }
         }
         out
@@ -387,13 +421,20 @@ impl Monitoring {
     async fn on_own_critical(&self, key: &str, svc: &WatchService, o: &Outcome, record: &Recorder) {
         let Some(fo) = &self.failover else { return };
         let need = svc.periods.first().map_or(1, |p| p.alertafter.count);
-        let streak = {
+        let reason = format!("{CRITICAL_REASON_PREFIX}{key} failing: {}", o.summary);
+        // This head's critical checks failing now (it may have several).
+        let (streak, any_failing) = {
             let mut st = self.lock();
             let s = st.critical_streak.entry(key.to_string()).or_insert(0);
             *s = if o.ok { 0 } else { s.saturating_add(1) };
-            *s
+            let streak = *s;
+            if o.ok {
+                st.critical_failing.remove(key);
+            } else {
+                st.critical_failing.insert(key.to_string(), reason.clone());
+            }
+            (streak, st.critical_failing.values().next().cloned())
         };
-        let reason = format!("{CRITICAL_REASON_PREFIX}{key} failing: {}", o.summary);
         let marked = fo
             .consensus
             .with_state(|s| s.ineligible.get(&self.node).cloned());
@@ -411,8 +452,8 @@ impl Monitoring {
                 None
             }
         });
-        let want = (!o.ok).then(|| reason.clone());
-        if recorded != Some(o.ok) {
+        let want = any_failing.clone();
+        if recorded != Some(want.is_none()) {
             let cmd = haoscar_consensus::Command::SetCritical {
                 node: self.node.clone(),
                 reason: want,
@@ -487,7 +528,7 @@ impl Monitoring {
                     }
                 }
             }
-        } else if o.ok && ours {
+        } else if any_failing.is_none() && ours {
             record(
                 "watch_critical",
                 Some(key),
@@ -553,6 +594,7 @@ pub async fn active_loop(
     let (tx, mut rx) = mpsc::channel::<(String, CheckResult, Vec<f32>)>(1024);
     let mut active = fo.active_watch();
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
+    let mut forget_due = false;
     let Some(mut fresh) = mon
         .fresh_rx
         .lock()
@@ -571,10 +613,30 @@ pub async fn active_loop(
                 // Fresh: the replicated memory says what was already said.
                 st.engine = Engine::new();
                 st.next_check.clear();
+                st.first_scheduled.clear();
                 st.running_since = unix_ms_now();
             }
             was
         };
+        if running && (!was || forget_due) {
+            // Memory of services no longer configured is forgotten, so
+            // one added again later does not inherit old alerts.
+            let keys: BTreeSet<String> =
+                mon.cfg().watch_services().map(|(w, s)| w.key(s)).collect();
+            let stale: Vec<String> = fo.consensus.with_state(|st| {
+                st.watch_memory
+                    .keys()
+                    .filter(|k| !keys.contains(*k))
+                    .cloned()
+                    .collect()
+            });
+            if !stale.is_empty() {
+                let cmd = haoscar_consensus::Command::WatchForget { keys: stale };
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd)).await;
+            }
+            forget_due = false;
+        }
         if running && !was {
             // What the nodes reported before this head took over.
             for (key, host) in mon.stored_fresh() {
@@ -607,7 +669,11 @@ pub async fn active_loop(
                 if in_flight.contains(&key) {
                     continue;
                 }
-                let due = *mon.lock().next_check.entry(key.clone()).or_insert(now);
+                let due = {
+                    let mut st = mon.lock();
+                    st.first_scheduled.entry(key.clone()).or_insert(now);
+                    *st.next_check.entry(key.clone()).or_insert(now)
+                };
                 if due > now {
                     next_wake = next_wake.min(due);
                     continue;
@@ -660,7 +726,7 @@ pub async fn active_loop(
             }
             _ = active.changed() => {}
             // New watch lists: scheduled from the next turn on.
-            _ = changed.changed() => {}
+            _ = changed.changed() => forget_due = true,
             _ = stop.changed() => return,
         }
     }
@@ -881,7 +947,13 @@ impl Monitoring {
         let st = self.lock();
         // Right after taking over, nodes have not reported to us yet:
         // their hosts stay unknown rather than fail.
-        let settling = now.saturating_sub(st.running_since) <= stale_ms;
+        let since = st
+            .first_scheduled
+            .get(&key)
+            .copied()
+            .unwrap_or(st.running_since)
+            .max(st.running_since);
+        let settling = now.saturating_sub(since) <= stale_ms;
         w.members
             .iter()
             .filter_map(|h| match st.reports.get(&(key.clone(), h.name.clone())) {
@@ -1017,11 +1089,17 @@ impl Monitoring {
                             .map(|h| h.summary)
                             .unwrap_or_default();
                         let cmd = expand(t, &host, &s.name, &w.group, &summary);
+                        let env = [
+                            ("HAOSCAR_NODE", host.clone()),
+                            ("HAOSCAR_SERVICE", s.name.clone()),
+                            ("HAOSCAR_GROUP", w.group.clone()),
+                            ("HAOSCAR_SUMMARY", summary.clone()),
+                        ];
                         let rec = record.clone();
                         let timeout = s.timeout;
                         tokio::spawn(async move {
                             let what = if up { "on_up" } else { "on_down" };
-                            let msg = match run_command(&cmd, timeout).await {
+                            let msg = match run_command(&cmd, &env, timeout).await {
                                 Ok(()) => format!("{key}: {what} for {host} ran: {cmd}"),
                                 Err(e) => format!("{key}: {what} for {host} failed ({e}): {cmd}"),
                             };
@@ -1242,7 +1320,7 @@ impl Monitoring {
             if !seen {
                 continue;
             }
-            let up = w.members.len() - down.len();
+            let up = w.members.len().saturating_sub(down.len());
             let mut line = format!("{}: {up} up, {} down", w.group, down.len());
             if !down.is_empty() {
                 line.push_str(": ");
@@ -1303,12 +1381,23 @@ fn alert_name(spec: &AlertSpec) -> String {
     }
 }
 
-/// Expands `{node}`, `{service}`, `{group}` and `{summary}`; the values are
-/// quoted for the shell when the template does not quote them itself.
+/// Expands `{node}`, `{service}`, `{group}` and `{summary}`. The values come
+/// from checks and reports, so only letters, digits, blanks and
+/// `. _ : / @ = , + % -` are kept: nothing a shell treats as syntax
+/// (quotes, `$`, backquotes, `; | & < > ( )`, globs, newlines). Blanks
+/// still separate words: quote the placeholder in the template. The raw
+/// values are also in the command's environment (`HAOSCAR_NODE`,
+/// `HAOSCAR_SERVICE`, `HAOSCAR_GROUP`, `HAOSCAR_SUMMARY`).
 pub fn expand(template: &str, node: &str, service: &str, group: &str, summary: &str) -> String {
     let clean = |v: &str| -> String {
         v.chars()
-            .filter(|c| !matches!(c, '\'' | '"' | '`' | '$' | '\\' | '\n' | '\r'))
+            .filter(|c| {
+                c.is_ascii_alphanumeric()
+                    || matches!(
+                        c,
+                        ' ' | '.' | '_' | ':' | '/' | '@' | '=' | ',' | '+' | '%' | '-'
+                    )
+            })
             .collect()
     };
     template
@@ -1318,10 +1407,11 @@ pub fn expand(template: &str, node: &str, service: &str, group: &str, summary: &
         .replace("{summary}", &clean(summary))
 }
 
-async fn run_command(cmd: &str, timeout: Duration) -> Result<(), String> {
+async fn run_command(cmd: &str, env: &[(&str, String)], timeout: Duration) -> Result<(), String> {
     let mut child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -1351,8 +1441,17 @@ mod tests {
                 "computes",
                 "timeout; rm -rf / 'x' $(reboot)"
             ),
-            "scontrol update nodename=node07 state=drain reason='timeout; rm -rf / x (reboot)'"
+            "scontrol update nodename=node07 state=drain reason='timeout rm -rf / x reboot'"
         );
+        // Unquoted: no command separator, redirection or substitution left.
+        let cmd = expand(
+            "logger {summary}",
+            "n",
+            "s",
+            "g",
+            "x; rm -rf / | nc a 1 > /etc/x & `id` $(id) *",
+        );
+        assert_eq!(cmd, "logger x rm -rf /  nc a 1  /etc/x  id id ");
     }
 
     #[test]

@@ -429,3 +429,61 @@ alertafter = 2
     assert_eq!(v.failed_checks, 2);
     assert_eq!(v.hosts[1].summary, "timeout");
 }
+
+#[test]
+fn after_a_takeover_no_up_alert_until_the_alerted_hosts_pass() {
+    // Local results arrive one host at a time.
+    let mut h = H::new(PING);
+    let k = "computes/ping";
+    for _ in 0..3 {
+        h.check(k, ALL, &["node02"]);
+    }
+    h.engine = Engine::new();
+    // node01 reports first: node02's state is unknown here, no up-alert.
+    assert!(h.check(k, &["node01"], &[]).is_empty());
+    // node02 still failing: no new failure alert either (memory).
+    for _ in 0..5 {
+        assert!(h.check(k, &["node02"], &["node02"]).is_empty());
+    }
+    assert_eq!(
+        h.check(k, &["node02"], &[]),
+        ["Up#0 node02", "on_up node02"]
+    );
+}
+
+#[test]
+fn a_dependency_on_other_hosts_also_holds_the_commands() {
+    let mut h = H::new(
+        r#"
+[[watch]]
+group = "net"
+hosts = ["192.168.0.1"]
+[[watch.service]]
+name = "router"
+monitor = "ping"
+[[watch]]
+group = "computes"
+hosts = ["node[01-03]"]
+[[watch.service]]
+name = "ping"
+monitor = "ping"
+depend = ["net/router"]
+on_down = "drain {node}"
+[[watch.service.period]]
+alert = ["file.alert"]
+"#,
+    );
+    h.check("net/router", &["192.168.0.1"], &["192.168.0.1"]);
+    assert!(h.check("computes/ping", ALL, ALL).is_empty());
+}
+
+#[test]
+fn hosts_removed_from_a_group_are_forgotten() {
+    let mut h = H::new(PING);
+    let k = "computes/ping";
+    h.check(k, ALL, &["node03"]);
+    assert!(h.engine.failing(k));
+    let keep: BTreeSet<String> = ["node01", "node02"].iter().map(|s| s.to_string()).collect();
+    h.engine.retain_hosts(k, &keep);
+    assert!(!h.engine.failing(k));
+}

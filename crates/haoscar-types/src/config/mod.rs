@@ -12,8 +12,8 @@ mod watch;
 
 pub use timing::{Timing, TimingPreset};
 pub use watch::{
-    all_heads, AlertAfter, MonitoringSection, Watch, WatchHost, WatchPeriod, WatchService,
-    DEFAULT_ALERT_DIRS, DEFAULT_MONITOR_DIRS, DEFAULT_SMTP_SERVER,
+    AlertAfter, MonitoringSection, Watch, WatchHost, WatchPeriod, WatchService, DEFAULT_ALERT_DIRS,
+    DEFAULT_MONITOR_DIRS, DEFAULT_SMTP_SERVER,
 };
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Severity};

@@ -880,6 +880,25 @@ fn watch_list_problems() {
         let line = line_of(from);
         assert_error(&text.replacen(from, to, 1), line, field, msg);
     }
+    // critical: only a local check, only on heads.
+    let bad = text.replacen("monitor = \"disk /var/lib 10%\"", "monitor = \"ping\"", 1);
+    assert_error(
+        &bad,
+        line_of("name = \"state-disk\"") - 1,
+        "watch[0].service[0].critical",
+        "own checks",
+    );
+    let bad = text.replacen(
+        "hosts = [\"head[1-2]\"]",
+        "hosts = [\"head1\", \"node01\"]",
+        1,
+    );
+    assert_error(
+        &bad,
+        line_of("name = \"state-disk\"") - 1,
+        "watch[0].service[0].critical",
+        "head node",
+    );
     // A local check on a host that is not a node.
     let bad = text.replacen("monitor = \"tcp.monitor -p 22\"", "monitor = \"load 4\"", 1);
     assert_error(

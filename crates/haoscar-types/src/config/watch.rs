@@ -473,7 +473,7 @@ pub(super) fn validate_watches(cx: &mut Cx<'_>, raw: &[RawWatch], nodes: &[Node]
             );
         }
         for rs in &rw.services {
-            if let Some(s) = service(cx, rs, &w) {
+            if let Some(s) = service(cx, rs, &w, nodes) {
                 w.services.push(s);
             }
         }
@@ -614,7 +614,7 @@ fn expand_hosts(
     out
 }
 
-fn service(cx: &mut Cx<'_>, rs: &RawService, w: &Watch) -> Option<WatchService> {
+fn service(cx: &mut Cx<'_>, rs: &RawService, w: &Watch, nodes: &[Node]) -> Option<WatchService> {
     let Some(name) = &rs.name else {
         cx.error(
             &rs.span,
@@ -686,7 +686,19 @@ fn service(cx: &mut Cx<'_>, rs: &RawService, w: &Watch) -> Option<WatchService> 
         }
     }
     let critical = rs.critical.unwrap_or(false);
-    if critical && w.members.iter().any(|h| !h.node) {
+    if critical && !spec.is_local() {
+        cx.error(
+            &rs.span,
+            &join(&rs.path, "critical"),
+            "critical applies to a head's own checks: process, load, disk or memory",
+        );
+    } else if critical
+        && w.members.iter().any(|h| {
+            !nodes
+                .iter()
+                .any(|n| n.name == h.name && n.role == Role::Head)
+        })
+    {
         cx.error(
             &rs.span,
             &join(&rs.path, "critical"),
@@ -712,15 +724,6 @@ fn service(cx: &mut Cx<'_>, rs: &RawService, w: &Watch) -> Option<WatchService> 
         on_down: rs.on_down.as_ref().map(|d| d.v.clone()),
         on_up: rs.on_up.as_ref().map(|d| d.v.clone()),
         periods,
-    })
-}
-
-/// Whether a head-only group: every host is a head node.
-pub fn all_heads(w: &Watch, nodes: &[Node]) -> bool {
-    w.members.iter().all(|h| {
-        nodes
-            .iter()
-            .any(|n| n.name == h.name && n.role == Role::Head)
     })
 }
 
