@@ -37,6 +37,9 @@ const ALERT_TIMEOUT: Duration = Duration::from_secs(30);
 const STALE_INTERVALS: u32 = 3;
 /// How a head marked ineligible by its own critical check says so.
 pub const CRITICAL_REASON_PREFIX: &str = "critical watch ";
+/// After a failed hand-over, a head with a failing critical check tries
+/// again this much later (not at every check).
+const CRITICAL_RETRY: Duration = Duration::from_secs(300);
 /// A node sends its latest local results again this often.
 const REPORT_REFRESH: Duration = Duration::from_secs(10);
 /// Check latencies kept per service for `watch status`.
@@ -97,6 +100,8 @@ struct State {
     first_scheduled: BTreeMap<String, u64>,
     /// Recent check latencies per service, in ms (at most [`LATENCY_KEEP`]).
     latencies: BTreeMap<String, std::collections::VecDeque<f32>>,
+    /// After a hand-over nobody took, when stepping aside may be tried again.
+    critical_retry_at: Option<tokio::time::Instant>,
     /// This head's own critical checks failing now, with the reason.
     critical_failing: BTreeMap<String, String>,
     /// This head's own critical checks failing in a row.
@@ -460,7 +465,11 @@ impl Monitoring {
             };
             let _ = tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd)).await;
         }
-        if streak >= need && marked.is_none() {
+        let backing_off = self
+            .lock()
+            .critical_retry_at
+            .is_some_and(|t| tokio::time::Instant::now() < t);
+        if streak >= need && marked.is_none() && !backing_off {
             // Committed only if another head of the group may still take
             // over and its checks pass (decided in log order: two failing
             // heads cannot both step aside).
@@ -525,6 +534,32 @@ impl Monitoring {
                         let _ =
                             tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd))
                                 .await;
+                        // Not again at every check: after a while.
+                        self.lock().critical_retry_at =
+                            Some(tokio::time::Instant::now() + CRITICAL_RETRY);
+                    }
+                }
+            }
+        } else if streak >= need && ours && !backing_off && fo.is_active() {
+            // Elected although it stepped aside (the active head was lost):
+            // hand over as soon as a head whose checks pass is back.
+            let others: Vec<String> = self.cfg().heads().map(|n| n.name.clone()).collect();
+            let healthy = fo.consensus.with_state(|s| {
+                others.iter().any(|o| {
+                    *o != self.node && s.may_be_active(o) && s.critical_passing.contains(o)
+                })
+            });
+            if healthy {
+                match fo.switchover(None, &format!("watch {key}")).await {
+                    Ok(m) => record("watch_critical", Some(key), format!("handed over: {m}")),
+                    Err((_, m)) => {
+                        record(
+                            "watch_critical",
+                            Some(key),
+                            format!("cannot hand over: {m}"),
+                        );
+                        self.lock().critical_retry_at =
+                            Some(tokio::time::Instant::now() + CRITICAL_RETRY);
                     }
                 }
             }
