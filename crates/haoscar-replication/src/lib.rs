@@ -9,9 +9,13 @@
 //!   ever following a symbolic link.
 //! * [`manifest`]: the entries of a set with their metadata and hashes, a
 //!   root hash, and the ordered changes from one manifest to another.
+//! * [`apply`]: a receiver applying changes atomically beneath the set's
+//!   root (temporary name, fsync, rename, directory fsync), and one whole
+//!   local pass between two directories.
 //! * [`chunks`]: content-defined chunking with blake3 hashes, and the delta
 //!   between a receiver's old file and the sender's new one.
 
+pub mod apply;
 pub mod chunks;
 pub mod generation;
 pub mod manifest;

@@ -124,7 +124,7 @@ impl Root {
     /// Walks to the parent directory of `name`, component by component,
     /// refusing symlinks; with `create`, makes missing directories (mode
     /// 0755) on the way.
-    fn parent(&self, name: &RelName, create: bool) -> io::Result<(OwnedFd, String)> {
+    pub fn parent_dir(&self, name: &RelName, create: bool) -> io::Result<(OwnedFd, String)> {
         let (dirs, last) = name.split_last();
         let mut cur = openat(
             self.fd.as_raw_fd(),
@@ -158,7 +158,7 @@ impl Root {
     /// Opens an existing regular file beneath the root for reading; a
     /// symlink anywhere on the way is an error.
     pub fn open_read(&self, name: &RelName) -> io::Result<File> {
-        let (dir, last) = self.parent(name, false)?;
+        let (dir, last) = self.parent_dir(name, false)?;
         let fd = openat(dir.as_raw_fd(), &last, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
         Ok(File::from(fd))
     }
@@ -177,7 +177,7 @@ impl Root {
         if temp_name.contains('/') {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let (dir, _) = self.parent(name, true)?;
+        let (dir, _) = self.parent_dir(name, true)?;
         let fd = openat(
             dir.as_raw_fd(),
             temp_name,
