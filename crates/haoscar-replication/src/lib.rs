@@ -12,6 +12,8 @@
 //! * [`apply`]: a receiver applying changes atomically beneath the set's
 //!   root (temporary name, fsync, rename, directory fsync), and one whole
 //!   local pass between two directories.
+//! * [`resolve`]: resolving a split brain without deleting anything (the
+//!   losing copy's divergent entries moved to `.haoscar-splitbrain/<time>/`).
 //! * [`chunks`]: content-defined chunking with blake3 hashes, and the delta
 //!   between a receiver's old file and the sender's new one.
 
@@ -20,3 +22,4 @@ pub mod chunks;
 pub mod generation;
 pub mod manifest;
 pub mod names;
+pub mod resolve;
