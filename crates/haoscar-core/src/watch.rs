@@ -249,6 +249,9 @@ impl Engine {
         let mut all_suppressed = false;
         for dep in &svc.depend {
             let Some(failing) = self.failing_hosts(dep) else {
+                // Not checked yet (right after a takeover): what it would
+                // say is unknown, so nothing is alerted until it is.
+                all_suppressed = true;
                 continue;
             };
             let dep_hosts: BTreeSet<&str> = self

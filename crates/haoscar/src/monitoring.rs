@@ -722,8 +722,32 @@ pub async fn active_loop(
                 let (tx, limit, pinger, mon2) =
                     (tx.clone(), limit.clone(), pinger.clone(), mon.clone());
                 tokio::spawn(async move {
-                    let (result, lat) = run_service(&mon2, &w, &s, pinger.as_ref(), &limit).await;
-                    let _ = tx.send((w.key(&s), result, lat)).await;
+                    use futures_util::FutureExt;
+                    let key = w.key(&s);
+                    let round = std::panic::AssertUnwindSafe(run_service(
+                        &mon2,
+                        &w,
+                        &s,
+                        pinger.as_ref(),
+                        &limit,
+                    ))
+                    .catch_unwind()
+                    .await;
+                    // A round that panicked still ends (with no host
+                    // results), so the service is scheduled again.
+                    let (result, lat) = round.unwrap_or_else(|_| {
+                        tracing::error!(service = %key, "a check round panicked");
+                        (
+                            CheckResult {
+                                at_ms: unix_ms_now(),
+                                hosts: Vec::new(),
+                                summary: String::new(),
+                                detail: String::new(),
+                            },
+                            Vec::new(),
+                        )
+                    });
+                    let _ = tx.send((key, result, lat)).await;
                 });
             }
         }
@@ -1047,13 +1071,24 @@ impl Monitoring {
                 Action::Remember { key, memory } => {
                     let cmd = haoscar_consensus::Command::WatchRemember {
                         key: key.clone(),
-                        memory,
+                        memory: memory.clone(),
                     };
                     remembered = matches!(
                         tokio::time::timeout(Duration::from_secs(2), fo.consensus.propose(cmd))
                             .await,
                         Ok(Ok(_))
                     );
+                    // A proposal that timed out may still commit (a slow
+                    // election or disk): then the alert must go out, or the
+                    // next result would find it "already said".
+                    let mut waited = Duration::ZERO;
+                    while !remembered && waited < Duration::from_secs(3) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        waited += Duration::from_millis(100);
+                        remembered = fo
+                            .consensus
+                            .with_state(|st| st.watch_memory.get(&key) == Some(&memory));
+                    }
                     if !remembered {
                         record(
                             "watch_error",

@@ -487,3 +487,31 @@ fn hosts_removed_from_a_group_are_forgotten() {
     h.engine.retain_hosts(k, &keep);
     assert!(!h.engine.failing(k));
 }
+
+#[test]
+fn an_unchecked_dependency_holds_alerts_until_its_first_result() {
+    let mut h = H::new(
+        r#"
+[[watch]]
+group = "computes"
+hosts = ["node[01-03]"]
+[[watch.service]]
+name = "ping"
+monitor = "ping"
+[[watch.service]]
+name = "ssh"
+monitor = "tcp 22"
+depend = ["ping"]
+[[watch.service.period]]
+alert = ["file.alert"]
+"#,
+    );
+    // ssh fails before ping was ever checked: held.
+    assert!(h.check("computes/ssh", ALL, &["node02"]).is_empty());
+    // ping says node02 is reachable: the ssh failure is news.
+    h.check("computes/ping", ALL, &[]);
+    assert_eq!(
+        h.check("computes/ssh", ALL, &["node02"]),
+        ["Failure#0 node02"]
+    );
+}
