@@ -12,7 +12,8 @@
 //! `depend` is; the period that excludes now sends nothing; a switchover
 //! to head2 while the node is still down sends no duplicate; healing sends
 //! one up-alert and `on_up`; a silence holds the alerts of another node
-//! going down until it is lifted.
+//! going down until it is lifted; head2's agent SIGKILLed while that node
+//! is down: head1 takes over and sends nothing again.
 
 #[path = "lab_support.rs"]
 mod lab_support;
@@ -385,6 +386,29 @@ timeout = "1s"
         read(&alerts)
     );
     assert_eq!(records(&alerts, "failure", ""), 2, "{}", read(&alerts));
+
+    // A real failover (head2's agent SIGKILLed, not restarted) while node03
+    // is still down: head1 takes over from the replicated memory and says
+    // nothing again.
+    assert!(eventually(Duration::from_secs(10), || mails(
+        &dir.join("mail")
+    )
+    .len()
+        == 3));
+    let mail_before = mails(&dir.join("mail")).len();
+    let actions_before = read(&dir.join("actions"));
+    lab.fault_kill("head2", false).expect("kill head2's agent");
+    assert!(
+        eventually(Duration::from_secs(20), || watch_status(&lab, "head1")
+            .is_some_and(|s| s.running_here
+                && host_state(&s, "computes/ping", "node03")
+                    == Some(HostState::Down))),
+        "head1 never took the checks over"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(records(&alerts, "failure", ""), 2, "{}", read(&alerts));
+    assert_eq!(mails(&dir.join("mail")).len(), mail_before);
+    assert_eq!(read(&dir.join("actions")), actions_before);
 }
 
 /// A fresh directory for this test's files (alerts, mail, actions).
