@@ -14,6 +14,10 @@
 //!   local pass between two directories.
 //! * [`resolve`]: resolving a split brain without deleting anything (the
 //!   losing copy's divergent entries moved to `.haoscar-splitbrain/<time>/`).
+//! * [`session`]: the authenticated TCP stream between the source and a
+//!   receiver (handshake binding both nonces, every frame tagged with the
+//!   cluster key, its direction and sequence) carrying manifest, wants,
+//!   deltas and the receiver's confirmation.
 //! * [`chunks`]: content-defined chunking with blake3 hashes, and the delta
 //!   between a receiver's old file and the sender's new one.
 
@@ -23,3 +27,4 @@ pub mod generation;
 pub mod manifest;
 pub mod names;
 pub mod resolve;
+pub mod session;

@@ -1,0 +1,585 @@
+//! The replication stream between the source head and one receiver, over a
+//! TCP connection of its own (never the heartbeat or consensus sockets).
+//!
+//! Frames: `len: u32` (of what follows, tag excluded), `kind: u8`, payload,
+//! then a 32-byte HMAC-SHA256 under the cluster key. The handshake binds a
+//! session: the source's `Hello` carries a random nonce, the receiver's
+//! `HelloAck` another; every later frame's tag covers both nonces, its
+//! direction and its sequence number, so a frame cannot be replayed, moved
+//! to another session or turned around. A frame that fails any check ends
+//! the connection.
+//!
+//! One pass: the source sends its [`Manifest`] (taken at a time); the
+//! receiver answers with a `Want` (its signature) for each file it must
+//! change, the source a `Data` (the delta) for each; the receiver applies
+//! every change atomically ([`crate::apply`]) and answers `Applied` with
+//! its new root hash. A pass whose manifest was taken at or after time T
+//! and that was applied proves everything written before T is on the
+//! receiver ([`Source::pass`] returns it; `sync wait` builds on it).
+//! Groundwork: not wired into the agent yet.
+
+use crate::apply::{apply_changes, Stats};
+use crate::chunks::{Delta, Op, Signature};
+use crate::manifest::{self, Manifest};
+use crate::names::{RelName, Root};
+use haoscar_net::wire::ClusterKey;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest frame accepted (a manifest of a very large set, or a delta).
+pub const MAX_FRAME: usize = 64 << 20;
+const TAG: usize = 32;
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame refused: {0}")]
+    Refused(String),
+    #[error("peer: {0}")]
+    Peer(String),
+}
+
+fn refused<T>(m: impl Into<String>) -> Result<T, SessionError> {
+    Err(SessionError::Refused(m.into()))
+}
+
+mod kind {
+    pub const HELLO: u8 = 1;
+    pub const HELLO_ACK: u8 = 2;
+    pub const MANIFEST: u8 = 3;
+    pub const WANT: u8 = 4;
+    pub const DATA: u8 = 5;
+    pub const APPLIED: u8 = 6;
+    pub const ERROR: u8 = 7;
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    cluster: String,
+    from: String,
+    set: String,
+    nonce: [u8; 16],
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct HelloAck {
+    nonce: [u8; 16],
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ManifestMsg {
+    id: u64,
+    taken_unix_ms: u64,
+    manifest: Manifest,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Want {
+    name: String,
+    signature: Signature,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Applied {
+    id: u64,
+    root_hash: [u8; 32],
+    refused: Vec<String>,
+}
+
+/// Delta on the wire: name, whole hash, length, then ops (`0` + u32 chunk
+/// index, or `1` + u32 length + bytes).
+fn encode_data(name: &str, d: &Delta) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + d.literal_bytes());
+    out.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&d.whole);
+    out.extend_from_slice(&d.len.to_be_bytes());
+    for op in &d.ops {
+        match op {
+            Op::Copy(i) => {
+                out.push(0);
+                out.extend_from_slice(&i.to_be_bytes());
+            }
+            Op::Data(b) => {
+                out.push(1);
+                out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                out.extend_from_slice(b);
+            }
+        }
+    }
+    out
+}
+
+fn decode_data(mut b: &[u8]) -> Result<(String, Delta), SessionError> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], SessionError> {
+        if b.len() < n {
+            return refused("truncated data frame");
+        }
+        let (h, t) = b.split_at(n);
+        *b = t;
+        Ok(h)
+    }
+    fn u32_of(b: &mut &[u8]) -> Result<u32, SessionError> {
+        let s = take(b, 4)?;
+        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    let n = u32_of(&mut b)? as usize;
+    let name = String::from_utf8(take(&mut b, n)?.to_vec())
+        .or_else(|_| refused("a name that is not UTF-8"))?;
+    let mut whole = [0u8; 32];
+    whole.copy_from_slice(take(&mut b, 32)?);
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(take(&mut b, 8)?);
+    let len = u64::from_be_bytes(len8);
+    let mut ops = Vec::new();
+    while !b.is_empty() {
+        match take(&mut b, 1)?[0] {
+            0 => ops.push(Op::Copy(u32_of(&mut b)?)),
+            1 => {
+                let n = u32_of(&mut b)? as usize;
+                ops.push(Op::Data(take(&mut b, n)?.to_vec()));
+            }
+            k => return refused(format!("unknown delta op {k}")),
+        }
+    }
+    Ok((name, Delta { ops, whole, len }))
+}
+
+/// One end of an authenticated session.
+struct Conn {
+    stream: TcpStream,
+    key: ClusterKey,
+    /// Both nonces once the handshake is done.
+    session: Vec<u8>,
+    /// 0 = source to receiver, 1 = receiver to source.
+    out_dir: u8,
+    sent: u64,
+    received: u64,
+}
+
+impl Conn {
+    fn tagged(&self, dir: u8, seq: u64, kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(self.session.len() + 10 + payload.len());
+        m.extend_from_slice(&self.session);
+        m.push(dir);
+        m.extend_from_slice(&seq.to_be_bytes());
+        m.push(kind);
+        m.extend_from_slice(payload);
+        m
+    }
+
+    async fn send(&mut self, kind: u8, payload: &[u8]) -> Result<(), SessionError> {
+        if payload.len() + 1 > MAX_FRAME {
+            return refused(format!("frame of {} bytes too large", payload.len()));
+        }
+        self.sent += 1;
+        let tag = self
+            .key
+            .sign(&self.tagged(self.out_dir, self.sent, kind, payload));
+        let mut frame = Vec::with_capacity(5 + payload.len() + TAG);
+        frame.extend_from_slice(&((payload.len() + 1) as u32).to_be_bytes());
+        frame.push(kind);
+        frame.extend_from_slice(payload);
+        frame.extend_from_slice(&tag);
+        self.stream.write_all(&frame).await?;
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<(u8, Vec<u8>), SessionError> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len == 0 || len > MAX_FRAME {
+            return refused(format!("frame length {len}"));
+        }
+        let mut body = vec![0u8; len + TAG];
+        self.stream.read_exact(&mut body).await?;
+        let (msg, tag) = body.split_at(len);
+        let kind = msg[0];
+        let payload = &msg[1..];
+        let seq = self.received + 1;
+        if !self
+            .key
+            .check(&self.tagged(1 - self.out_dir, seq, kind, payload), tag)
+        {
+            return refused("bad tag (forged, replayed, reordered or another key)");
+        }
+        self.received = seq;
+        if kind == kind::ERROR {
+            return Err(SessionError::Peer(String::from_utf8_lossy(payload).into()));
+        }
+        Ok((kind, payload.to_vec()))
+    }
+
+    async fn expect<T: for<'de> Deserialize<'de>>(&mut self, want: u8) -> Result<T, SessionError> {
+        let (k, p) = self.recv().await?;
+        if k != want {
+            return refused(format!("expected frame kind {want}, got {k}"));
+        }
+        serde_json::from_slice(&p).or_else(|e| refused(format!("kind {k}: {e}")))
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, SessionError> {
+    serde_json::to_vec(v).or_else(|e| refused(format!("cannot encode: {e}")))
+}
+
+/// The source side of one set towards one receiver.
+pub struct Source {
+    conn: Conn,
+    root: PathBuf,
+    exclude: Vec<String>,
+    next_id: u64,
+}
+
+/// What one pass achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pass {
+    /// When the manifest was taken: everything written before is there.
+    pub taken_unix_ms: u64,
+    pub changed_files: u32,
+    pub literal_bytes: u64,
+    pub refused: Vec<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Source {
+    /// Connects to a receiver and authenticates the session.
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        key: ClusterKey,
+        cluster: &str,
+        from: &str,
+        set: &str,
+        root: PathBuf,
+        exclude: Vec<String>,
+    ) -> Result<Source, SessionError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let nonce: [u8; 16] = rand::random();
+        let mut conn = Conn {
+            stream,
+            key,
+            session: b"hello".to_vec(),
+            out_dir: 0,
+            sent: 0,
+            received: 0,
+        };
+        let hello = Hello {
+            cluster: cluster.into(),
+            from: from.into(),
+            set: set.into(),
+            nonce,
+        };
+        conn.send(kind::HELLO, &json(&hello)?).await?;
+        // The answer is bound to our nonce.
+        conn.session = [b"ack".as_slice(), &nonce].concat();
+        let ack: HelloAck = conn.expect(kind::HELLO_ACK).await?;
+        conn.session = [nonce, ack.nonce].concat();
+        conn.sent = 0;
+        conn.received = 0;
+        Ok(Source {
+            conn,
+            root,
+            exclude,
+            next_id: 0,
+        })
+    }
+
+    /// One pass: scan, send the manifest, serve the receiver's wants, wait
+    /// for it to have applied everything.
+    pub async fn pass(&mut self) -> Result<Pass, SessionError> {
+        let taken_unix_ms = now_ms();
+        let manifest = manifest::scan(&self.root, &self.exclude)?;
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = ManifestMsg {
+            id,
+            taken_unix_ms,
+            manifest,
+        };
+        self.conn.send(kind::MANIFEST, &json(&msg)?).await?;
+        let root = Root::open(&self.root)?;
+        let mut changed_files = 0;
+        let mut literal = 0u64;
+        loop {
+            let (k, p) = self.conn.recv().await?;
+            match k {
+                kind::WANT => {
+                    let w: Want =
+                        serde_json::from_slice(&p).or_else(|e| refused(format!("want: {e}")))?;
+                    let rel = RelName::parse(&w.name)
+                        .or_else(|e| refused(format!("want {:?}: {e}", w.name)))?;
+                    let mut data = Vec::new();
+                    root.open_read(&rel)?.read_to_end(&mut data)?;
+                    let d = crate::chunks::delta(&w.signature, &data);
+                    literal += d.literal_bytes() as u64;
+                    changed_files += 1;
+                    self.conn
+                        .send(kind::DATA, &encode_data(&w.name, &d))
+                        .await?;
+                }
+                kind::APPLIED => {
+                    let a: Applied =
+                        serde_json::from_slice(&p).or_else(|e| refused(format!("applied: {e}")))?;
+                    if a.id != id {
+                        return refused(format!("applied {} while {id} is in flight", a.id));
+                    }
+                    return Ok(Pass {
+                        taken_unix_ms,
+                        changed_files,
+                        literal_bytes: literal,
+                        refused: a.refused,
+                    });
+                }
+                k => return refused(format!("unexpected frame kind {k} from the receiver")),
+            }
+        }
+    }
+}
+
+/// Serves one source connection on a receiver: authenticates it, then
+/// applies its passes beneath `root` until it disconnects. `expect_cluster`
+/// and `allowed` (source node names) are checked in the `Hello`.
+pub async fn receive(
+    stream: TcpStream,
+    key: ClusterKey,
+    expect_cluster: &str,
+    allowed: &[String],
+    set: &str,
+    root: PathBuf,
+    exclude: Vec<String>,
+) -> Result<Vec<Stats>, SessionError> {
+    stream.set_nodelay(true)?;
+    let mut conn = Conn {
+        stream,
+        key,
+        session: b"hello".to_vec(),
+        out_dir: 1,
+        sent: 0,
+        received: 0,
+    };
+    // The Hello is tagged as frame 1 "from the source" of the hello session.
+    let hello: Hello = conn.expect(kind::HELLO).await?;
+    if hello.cluster != expect_cluster || !allowed.contains(&hello.from) || hello.set != set {
+        return refused(format!(
+            "hello from {:?} of cluster {:?} for set {:?} not accepted",
+            hello.from, hello.cluster, hello.set
+        ));
+    }
+    let nonce: [u8; 16] = rand::random();
+    conn.session = [b"ack".as_slice(), &hello.nonce].concat();
+    conn.sent = 0;
+    conn.send(kind::HELLO_ACK, &json(&HelloAck { nonce })?)
+        .await?;
+    conn.session = [hello.nonce, nonce].concat();
+    conn.sent = 0;
+    conn.received = 0;
+    let mut all = Vec::new();
+    loop {
+        let msg: ManifestMsg = match conn.expect(kind::MANIFEST).await {
+            Ok(m) => m,
+            Err(SessionError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok(all)
+            }
+            Err(e) => return Err(e),
+        };
+        let ours = manifest::scan(&root, &exclude)?;
+        let changes = ours.changes_to(&msg.manifest);
+        let dst = Root::open(&root)?;
+        // Ask for every file to write, with what we have of it.
+        let mut wanted: HashMap<String, (Signature, Option<Delta>)> = HashMap::new();
+        for ch in &changes {
+            if let manifest::Change::Put(name, e) = ch {
+                if matches!(e.kind, manifest::Kind::File { .. }) && e.link_of.is_none() {
+                    let old = match RelName::parse(name) {
+                        Ok(rel) => {
+                            let mut v = Vec::new();
+                            if let Ok(mut f) = dst.open_read(&rel) {
+                                let _ = f.read_to_end(&mut v);
+                            }
+                            v
+                        }
+                        // Refused when applied; nothing to ask for.
+                        Err(_) => continue,
+                    };
+                    let signature = Signature::of(&old);
+                    conn.send(
+                        kind::WANT,
+                        &json(&Want {
+                            name: name.clone(),
+                            signature: signature.clone(),
+                        })?,
+                    )
+                    .await?;
+                    wanted.insert(name.clone(), (signature, None));
+                }
+            }
+        }
+        for _ in 0..wanted.len() {
+            let (k, p) = conn.recv().await?;
+            if k != kind::DATA {
+                return refused(format!("expected data, got frame kind {k}"));
+            }
+            let (name, d) = decode_data(&p)?;
+            match wanted.get_mut(&name) {
+                Some(slot) if slot.1.is_none() => slot.1 = Some(d),
+                _ => return refused(format!("data for {name:?}, which was not asked for")),
+            }
+        }
+        let stats = apply_changes(&dst, &changes, |name, sig| match wanted.remove(name) {
+            Some((s, Some(d))) if &s == sig => Ok(d),
+            _ => Err(std::io::Error::other(format!(
+                "{name}: no delta for this content"
+            ))),
+        });
+        let after = manifest::scan(&root, &exclude)?;
+        conn.send(
+            kind::APPLIED,
+            &json(&Applied {
+                id: msg.id,
+                root_hash: after.root_hash(),
+                refused: stats.refused.clone(),
+            })?,
+        )
+        .await?;
+        all.push(stats);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("haoscar-session-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("tempdir");
+        d
+    }
+
+    fn key(s: &[u8]) -> ClusterKey {
+        ClusterKey::new(s).expect("key")
+    }
+
+    #[tokio::test]
+    async fn passes_over_tcp_make_the_receiver_equal() {
+        let base = tempdir("tcp");
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        std::fs::create_dir_all(src.join("a/b")).expect("src");
+        std::fs::create_dir_all(&dst).expect("dst");
+        std::fs::write(src.join("a/b/state"), vec![7u8; 300_000]).expect("state");
+        std::fs::write(src.join("a/job"), b"job").expect("job");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let k = b"a replication test key, 32 bytes";
+        let dst2 = dst.clone();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            receive(s, key(k), "c", &["head1".into()], "spool", dst2, vec![]).await
+        });
+        let mut source = Source::connect(addr, key(k), "c", "head1", "spool", src.clone(), vec![])
+            .await
+            .expect("connect");
+        let p1 = source.pass().await.expect("pass 1");
+        assert_eq!(p1.changed_files, 2);
+        assert!(p1.refused.is_empty(), "{:?}", p1.refused);
+        let m = |d: &PathBuf| manifest::scan(d, &[]).expect("scan").root_hash();
+        assert_eq!(m(&src), m(&dst));
+        // An append travels as its tail.
+        let mut big = vec![7u8; 300_000];
+        big.extend_from_slice(&[1u8; 1000]);
+        std::fs::write(src.join("a/b/state"), &big).expect("append");
+        std::fs::remove_file(src.join("a/job")).expect("rm");
+        let p2 = source.pass().await.expect("pass 2");
+        assert!(
+            p2.literal_bytes < 1000 + 2 * crate::chunks::MAX_CHUNK as u64,
+            "{p2:?}"
+        );
+        assert!(p2.taken_unix_ms >= p1.taken_unix_ms);
+        assert_eq!(m(&src), m(&dst));
+        drop(source);
+        let stats = server.await.expect("join").expect("receiver");
+        assert_eq!(stats.len(), 2);
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[tokio::test]
+    async fn another_key_or_an_unknown_source_is_refused() {
+        let base = tempdir("auth");
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        std::fs::create_dir_all(&src).expect("src");
+        std::fs::create_dir_all(&dst).expect("dst");
+        std::fs::write(src.join("f"), b"x").expect("f");
+        for (source_key, from, what) in [
+            (
+                b"the wrong key for this cluster!!".as_slice(),
+                "head1",
+                "bad tag",
+            ),
+            (
+                b"a replication test key, 32 bytes".as_slice(),
+                "intruder",
+                "not accepted",
+            ),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let dst2 = dst.clone();
+            let server = tokio::spawn(async move {
+                let (s, _) = listener.accept().await.expect("accept");
+                receive(
+                    s,
+                    key(b"a replication test key, 32 bytes"),
+                    "c",
+                    &["head1".into()],
+                    "spool",
+                    dst2,
+                    vec![],
+                )
+                .await
+            });
+            let r = Source::connect(
+                addr,
+                key(source_key),
+                "c",
+                from,
+                "spool",
+                src.clone(),
+                vec![],
+            )
+            .await;
+            assert!(r.is_err());
+            let err = server.await.expect("join").expect_err("refused");
+            assert!(err.to_string().contains(what), "{err}");
+        }
+        assert_eq!(std::fs::read_dir(&dst).expect("dst").count(), 0);
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn data_frames_round_trip_and_truncation_is_refused() {
+        let d = Delta {
+            ops: vec![Op::Copy(3), Op::Data(b"abc".to_vec()), Op::Copy(0)],
+            whole: [9; 32],
+            len: 42,
+        };
+        let b = encode_data("dir/f", &d);
+        let (n, back) = decode_data(&b).expect("decode");
+        assert_eq!((n.as_str(), back), ("dir/f", d));
+        assert!(decode_data(&b[..b.len() - 1]).is_err());
+    }
+}
