@@ -20,6 +20,7 @@
 
 use crate::apply::{apply_changes, Stats};
 use crate::chunks::{Delta, Op, Signature};
+use crate::generation::{Generations, Relation};
 use crate::manifest::{self, Manifest};
 use crate::names::{RelName, Root};
 use haoscar_net::wire::ClusterKey;
@@ -65,11 +66,17 @@ struct Hello {
     from: String,
     set: String,
     nonce: [u8; 16],
+    /// The source copy's generations.
+    generations: Generations,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct HelloAck {
     nonce: [u8; 16],
+    generations: Generations,
+    /// `None`: passes may begin; otherwise why the receiver refuses them
+    /// (split brain, or a receiver ahead of its source).
+    refused: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -257,12 +264,14 @@ fn now_ms() -> u64 {
 
 impl Source {
     /// Connects to a receiver and authenticates the session.
+    #[allow(clippy::too_many_arguments)]
     pub async fn connect(
         addr: std::net::SocketAddr,
         key: ClusterKey,
         cluster: &str,
         from: &str,
         set: &str,
+        generations: Generations,
         root: PathBuf,
         exclude: Vec<String>,
     ) -> Result<Source, SessionError> {
@@ -282,11 +291,15 @@ impl Source {
             from: from.into(),
             set: set.into(),
             nonce,
+            generations,
         };
         conn.send(kind::HELLO, &json(&hello)?).await?;
         // The answer is bound to our nonce.
         conn.session = [b"ack".as_slice(), &nonce].concat();
         let ack: HelloAck = conn.expect(kind::HELLO_ACK).await?;
+        if let Some(why) = ack.refused {
+            return Err(SessionError::Peer(why));
+        }
         conn.session = [nonce, ack.nonce].concat();
         conn.sent = 0;
         conn.received = 0;
@@ -350,15 +363,19 @@ impl Source {
     }
 }
 
-/// Serves one source connection on a receiver: authenticates it, then
-/// applies its passes beneath `root` until it disconnects. `expect_cluster`
+/// Serves one source connection on a receiver: authenticates it, compares
+/// generations (a split brain, or a source behind this copy, is refused and
+/// nothing is changed), then applies its passes beneath `root` until it
+/// disconnects, adopting the source's generations after each. `expect_cluster`
 /// and `allowed` (source node names) are checked in the `Hello`.
+#[allow(clippy::too_many_arguments)]
 pub async fn receive(
     stream: TcpStream,
     key: ClusterKey,
     expect_cluster: &str,
     allowed: &[String],
     set: &str,
+    generations: &mut Generations,
     root: PathBuf,
     exclude: Vec<String>,
 ) -> Result<Vec<Stats>, SessionError> {
@@ -379,11 +396,34 @@ pub async fn receive(
             hello.from, hello.cluster, hello.set
         ));
     }
+    let refusal = match generations.relate(&hello.generations) {
+        Relation::InSync | Relation::PeerAhead | Relation::LocalEmpty => None,
+        Relation::LocalAhead => Some(format!(
+            "set {set:?}: this copy is newer than {}'s (generation {:016x?} descends from its {:016x?}): not overwritten",
+            hello.from, generations.current, hello.generations.current
+        )),
+        Relation::PeerEmpty => Some(format!(
+            "set {set:?}: {} has never had this set and this copy has: not overwritten",
+            hello.from
+        )),
+        Relation::SplitBrain { common } => Some(format!(
+            "set {set:?}: SPLIT BRAIN with {}: both copies changed since generation {}; nothing synced (resolve by keeping one side)",
+            hello.from,
+            common.map_or("(none in common)".to_string(), |c| format!("{c:016x}"))
+        )),
+    };
     let nonce: [u8; 16] = rand::random();
     conn.session = [b"ack".as_slice(), &hello.nonce].concat();
     conn.sent = 0;
-    conn.send(kind::HELLO_ACK, &json(&HelloAck { nonce })?)
-        .await?;
+    let ack = HelloAck {
+        nonce,
+        generations: generations.clone(),
+        refused: refusal.clone(),
+    };
+    conn.send(kind::HELLO_ACK, &json(&ack)?).await?;
+    if let Some(why) = refusal {
+        return Err(SessionError::Refused(why));
+    }
     conn.session = [hello.nonce, nonce].concat();
     conn.sent = 0;
     conn.received = 0;
@@ -455,6 +495,9 @@ pub async fn receive(
             })?,
         )
         .await?;
+        if stats.refused.is_empty() {
+            generations.adopt(&hello.generations);
+        }
         all.push(stats);
     }
 }
@@ -489,11 +532,34 @@ mod tests {
         let dst2 = dst.clone();
         let server = tokio::spawn(async move {
             let (s, _) = listener.accept().await.expect("accept");
-            receive(s, key(k), "c", &["head1".into()], "spool", dst2, vec![]).await
+            let mut gens = Generations::default();
+            let r = receive(
+                s,
+                key(k),
+                "c",
+                &["head1".into()],
+                "spool",
+                &mut gens,
+                dst2,
+                vec![],
+            )
+            .await;
+            (r, gens)
         });
-        let mut source = Source::connect(addr, key(k), "c", "head1", "spool", src.clone(), vec![])
-            .await
-            .expect("connect");
+        let mut src_gens = Generations::default();
+        src_gens.rotate(11);
+        let mut source = Source::connect(
+            addr,
+            key(k),
+            "c",
+            "head1",
+            "spool",
+            src_gens.clone(),
+            src.clone(),
+            vec![],
+        )
+        .await
+        .expect("connect");
         let p1 = source.pass().await.expect("pass 1");
         assert_eq!(p1.changed_files, 2);
         assert!(p1.refused.is_empty(), "{:?}", p1.refused);
@@ -512,8 +578,10 @@ mod tests {
         assert!(p2.taken_unix_ms >= p1.taken_unix_ms);
         assert_eq!(m(&src), m(&dst));
         drop(source);
-        let stats = server.await.expect("join").expect("receiver");
-        assert_eq!(stats.len(), 2);
+        let (stats, gens) = server.await.expect("join");
+        assert_eq!(stats.expect("receiver").len(), 2);
+        // The receiver took the source's generation.
+        assert_eq!(gens, src_gens);
         let _ = std::fs::remove_dir_all(&base);
     }
 
@@ -547,6 +615,7 @@ mod tests {
                     "c",
                     &["head1".into()],
                     "spool",
+                    &mut Generations::default(),
                     dst2,
                     vec![],
                 )
@@ -558,6 +627,7 @@ mod tests {
                 "c",
                 from,
                 "spool",
+                Generations::default(),
                 src.clone(),
                 vec![],
             )
@@ -567,6 +637,55 @@ mod tests {
             assert!(err.to_string().contains(what), "{err}");
         }
         assert_eq!(std::fs::read_dir(&dst).expect("dst").count(), 0);
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[tokio::test]
+    async fn a_split_brain_is_detected_and_nothing_changes() {
+        let base = tempdir("sb");
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        std::fs::create_dir_all(&src).expect("src");
+        std::fs::create_dir_all(&dst).expect("dst");
+        std::fs::write(src.join("f"), b"source's").expect("f");
+        std::fs::write(dst.join("f"), b"receiver's").expect("f");
+        // Both moved on from generation 5 independently.
+        let src_gens = Generations {
+            current: Some(7),
+            history: vec![5],
+        };
+        let dst_gens = Generations {
+            current: Some(8),
+            history: vec![5],
+        };
+        let k = b"a replication test key, 32 bytes";
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let dst2 = dst.clone();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            let mut gens = dst_gens;
+            let r = receive(
+                s,
+                key(k),
+                "c",
+                &["head1".into()],
+                "spool",
+                &mut gens,
+                dst2,
+                vec![],
+            )
+            .await;
+            (r, gens)
+        });
+        let err = Source::connect(addr, key(k), "c", "head1", "spool", src_gens, src, vec![])
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("SPLIT BRAIN"), "{err}");
+        let (r, gens) = server.await.expect("join");
+        assert!(r.is_err());
+        assert_eq!(gens.current, Some(8), "generations untouched");
+        assert_eq!(std::fs::read(dst.join("f")).expect("f"), b"receiver's");
         let _ = std::fs::remove_dir_all(&base);
     }
 
