@@ -18,6 +18,9 @@
 //!   receiver (handshake binding both nonces, every frame tagged with the
 //!   cluster key, its direction and sequence) carrying manifest, wants,
 //!   deltas and the receiver's confirmation.
+//! * [`store`]: a head's persisted state per replicated directory
+//!   (generations, root hash after the last pass), and noticing a copy
+//!   changed behind replication's back.
 //! * [`chunks`]: content-defined chunking with blake3 hashes, and the delta
 //!   between a receiver's old file and the sender's new one.
 
@@ -28,3 +31,4 @@ pub mod manifest;
 pub mod names;
 pub mod resolve;
 pub mod session;
+pub mod store;

@@ -23,6 +23,7 @@ use crate::chunks::{Delta, Op, Signature};
 use crate::generation::{Generations, Relation};
 use crate::manifest::{self, Manifest};
 use crate::names::{RelName, Root};
+use crate::store::CopyState;
 use haoscar_net::wire::ClusterKey;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -250,6 +251,9 @@ pub struct Source {
 pub struct Pass {
     /// When the manifest was taken: everything written before is there.
     pub taken_unix_ms: u64,
+    /// Root hash of the content sent (now the receiver's, if nothing was
+    /// refused).
+    pub root_hash: [u8; 32],
     pub changed_files: u32,
     pub literal_bytes: u64,
     pub refused: Vec<String>,
@@ -316,6 +320,7 @@ impl Source {
     pub async fn pass(&mut self) -> Result<Pass, SessionError> {
         let taken_unix_ms = now_ms();
         let manifest = manifest::scan(&self.root, &self.exclude)?;
+        let root_hash = manifest.root_hash();
         self.next_id += 1;
         let id = self.next_id;
         let msg = ManifestMsg {
@@ -352,6 +357,7 @@ impl Source {
                     }
                     return Ok(Pass {
                         taken_unix_ms,
+                        root_hash,
                         changed_files,
                         literal_bytes: literal,
                         refused: a.refused,
@@ -375,10 +381,11 @@ pub async fn receive(
     expect_cluster: &str,
     allowed: &[String],
     set: &str,
-    generations: &mut Generations,
+    state_file: &std::path::Path,
     root: PathBuf,
     exclude: Vec<String>,
 ) -> Result<Vec<Stats>, SessionError> {
+    let mut state = CopyState::load(state_file)?;
     stream.set_nodelay(true)?;
     let mut conn = Conn {
         stream,
@@ -396,6 +403,13 @@ pub async fn receive(
             hello.from, hello.cluster, hello.set
         ));
     }
+    // Changed here since the last pass (written while cut off)? Then this
+    // copy has a generation of its own.
+    let now = manifest::scan(&root, &exclude)?;
+    if state.notice_local_changes(&now, rand::random()) {
+        state.save(state_file)?;
+    }
+    let generations = &mut state.generations;
     let refusal = match generations.relate(&hello.generations) {
         Relation::InSync | Relation::PeerAhead | Relation::LocalEmpty => None,
         Relation::LocalAhead => Some(format!(
@@ -496,7 +510,10 @@ pub async fn receive(
         )
         .await?;
         if stats.refused.is_empty() {
-            generations.adopt(&hello.generations);
+            state.generations.adopt(&hello.generations);
+            state.root_hash = Some(after.root_hash());
+            state.at_unix_ms = now_ms();
+            state.save(state_file)?;
         }
         all.push(stats);
     }
@@ -530,20 +547,22 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let k = b"a replication test key, 32 bytes";
         let dst2 = dst.clone();
+        let state = base.join("state.json");
+        let state2 = state.clone();
         let server = tokio::spawn(async move {
             let (s, _) = listener.accept().await.expect("accept");
-            let mut gens = Generations::default();
             let r = receive(
                 s,
                 key(k),
                 "c",
                 &["head1".into()],
                 "spool",
-                &mut gens,
+                &state2,
                 dst2,
                 vec![],
             )
             .await;
+            let gens = CopyState::load(&state2).expect("state").generations;
             (r, gens)
         });
         let mut src_gens = Generations::default();
@@ -615,8 +634,8 @@ mod tests {
                     "c",
                     &["head1".into()],
                     "spool",
-                    &mut Generations::default(),
-                    dst2,
+                    &dst2.with_extension("state.json"),
+                    dst2.clone(),
                     vec![],
                 )
                 .await
@@ -661,20 +680,28 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let dst2 = dst.clone();
+        let state = base.join("state.json");
+        CopyState {
+            generations: dst_gens,
+            root_hash: Some(manifest::scan(&dst, &[]).expect("scan").root_hash()),
+            at_unix_ms: 1,
+        }
+        .save(&state)
+        .expect("save");
         let server = tokio::spawn(async move {
             let (s, _) = listener.accept().await.expect("accept");
-            let mut gens = dst_gens;
             let r = receive(
                 s,
                 key(k),
                 "c",
                 &["head1".into()],
                 "spool",
-                &mut gens,
+                &state,
                 dst2,
                 vec![],
             )
             .await;
+            let gens = CopyState::load(&state).expect("state").generations;
             (r, gens)
         });
         let err = Source::connect(addr, key(k), "c", "head1", "spool", src_gens, src, vec![])
@@ -686,6 +713,64 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(gens.current, Some(8), "generations untouched");
         assert_eq!(std::fs::read(dst.join("f")).expect("f"), b"receiver's");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// A receiver written to behind replication's back (a service kept
+    /// writing on a head cut off), meeting a source that moved on: split brain.
+    #[tokio::test]
+    async fn a_copy_changed_locally_is_not_overwritten() {
+        let base = tempdir("local");
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        std::fs::create_dir_all(&src).expect("src");
+        std::fs::create_dir_all(&dst).expect("dst");
+        std::fs::write(src.join("f"), b"v1").expect("f");
+        let k = b"a replication test key, 32 bytes";
+        let state = base.join("state.json");
+        let mut gens = Generations::default();
+        gens.rotate(10);
+        let run = |gens: Generations| {
+            let (src, dst, state) = (src.clone(), dst.clone(), state.clone());
+            async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                let server = tokio::spawn(async move {
+                    let (s, _) = listener.accept().await.expect("accept");
+                    receive(
+                        s,
+                        key(k),
+                        "c",
+                        &["head1".into()],
+                        "spool",
+                        &state,
+                        dst,
+                        vec![],
+                    )
+                    .await
+                });
+                let r =
+                    match Source::connect(addr, key(k), "c", "head1", "spool", gens, src, vec![])
+                        .await
+                    {
+                        Ok(mut source) => source.pass().await.map(|_| ()),
+                        Err(e) => Err(e),
+                    };
+                drop(server.await);
+                r
+            }
+        };
+        run(gens.clone()).await.expect("first pass");
+        assert_eq!(std::fs::read(dst.join("f")).expect("f"), b"v1");
+        // The receiver's copy changes locally; the source moves on too.
+        std::fs::write(dst.join("f"), b"written on the receiver").expect("f");
+        std::fs::write(src.join("f"), b"v2").expect("f");
+        gens.rotate(20);
+        let err = run(gens).await.expect_err("split brain");
+        assert!(err.to_string().contains("SPLIT BRAIN"), "{err}");
+        assert_eq!(
+            std::fs::read(dst.join("f")).expect("f"),
+            b"written on the receiver"
+        );
         let _ = std::fs::remove_dir_all(&base);
     }
 

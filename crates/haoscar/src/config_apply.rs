@@ -65,6 +65,9 @@ pub fn incompatible(old: &Config, new: &Config) -> Vec<String> {
     if vips(old) != vips(new) {
         out.push("the vip resources".to_string());
     }
+    if old.replicates != new.replicates {
+        out.push("[[replicate]]".to_string());
+    }
     out
 }
 

@@ -137,6 +137,7 @@ pub(super) struct RawConfig {
     pub resources: Vec<RawResource>,
     pub monitoring: Option<super::watch::RawMonitoring>,
     pub watches: Vec<super::watch::RawWatch>,
+    pub replicates: Vec<super::replicate::RawReplicate>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -148,6 +149,7 @@ const TOP_KEYS: &[&str] = &[
     "resource",
     "monitoring",
     "watch",
+    "replicate",
 ];
 const CLUSTER_KEYS: &[&str] = &[
     "name",
@@ -311,6 +313,10 @@ impl<'a> Cx<'a> {
         for (i, (t, span)) in self.tables(&doc, "watch").into_iter().enumerate() {
             let w = self.watch(t, span, &format!("watch[{i}]"));
             raw.watches.push(w);
+        }
+        for (i, (t, span)) in self.tables(&doc, "replicate").into_iter().enumerate() {
+            let r = self.replicate(t, span, &format!("replicate[{i}]"));
+            raw.replicates.push(r);
         }
         Some(raw)
     }

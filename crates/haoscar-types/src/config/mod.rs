@@ -6,10 +6,12 @@
 //! `haoscar config show` prints, which parses back to the same model.
 
 mod decode;
+mod replicate;
 mod timing;
 mod validate;
 mod watch;
 
+pub use replicate::Replicate;
 pub use timing::{Timing, TimingPreset};
 pub use watch::{
     AlertAfter, MonitoringSection, Watch, WatchHost, WatchPeriod, WatchService, DEFAULT_ALERT_DIRS,
@@ -56,6 +58,9 @@ pub struct Config {
     /// `[[watch]]`: host groups and the services watched on them.
     #[serde(rename = "watch", skip_serializing_if = "Vec::is_empty")]
     pub watches: Vec<Watch>,
+    /// `[[replicate]]`: directories the active head replicates to the others.
+    #[serde(rename = "replicate", skip_serializing_if = "Vec::is_empty")]
+    pub replicates: Vec<Replicate>,
 }
 
 /// `[cluster]`: cluster-wide identity and behaviour.
@@ -405,6 +410,10 @@ impl Config {
         self.watches
             .iter()
             .flat_map(|w| w.services.iter().map(move |s| (w, s)))
+    }
+    /// TCP port of the replication stream (the consensus port + 1).
+    pub fn replication_port(&self) -> u16 {
+        self.cluster.consensus_port.saturating_add(1)
     }
     /// Unix socket of a node's control API.
     pub fn socket_path(&self, node: &str) -> PathBuf {

@@ -908,3 +908,50 @@ fn watch_list_problems() {
         "not a node of the cluster",
     );
 }
+
+#[test]
+fn replicated_sets() {
+    let text = format!(
+        "{MINIMAL}\n[[replicate]]\nname = \"slurm-state\"\npaths = [\"/var/spool/slurmctld\", \"/etc/slurm/\"]\nexclude = [\"*.tmp\"]\n"
+    );
+    let cfg = ok(&text);
+    assert_eq!(cfg.replicates[0].paths[1], Path::new("/etc/slurm"));
+    assert_eq!(cfg.replication_port(), 7948);
+    assert_eq!(ok(&cfg.to_toml()), cfg);
+    let line_of = |t: &str, needle: &str| t.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    for (from, to, field, msg) in [
+        (
+            "paths = [\"/var/spool/slurmctld\"",
+            "paths = [\"var/spool\"",
+            "replicate[0].paths",
+            "absolute",
+        ),
+        (
+            "paths = [\"/var/spool/slurmctld\"",
+            "paths = [\"/var/../etc\"",
+            "replicate[0].paths",
+            "absolute",
+        ),
+        (
+            "\"/etc/slurm/\"",
+            "\"/var/spool/slurmctld/sub\"",
+            "replicate[0].paths",
+            "overlaps",
+        ),
+        (
+            "exclude = [",
+            "excludes = [",
+            "replicate[0].excludes",
+            "unknown key",
+        ),
+        (
+            "name = \"slurm-state\"",
+            "name = \"Slurm\"",
+            "replicate[0].name",
+            "not a valid set name",
+        ),
+    ] {
+        let bad = text.replacen(from, to, 1);
+        assert_error(&bad, line_of(&bad, to), field, msg);
+    }
+}

@@ -46,6 +46,16 @@ pub(super) fn validate(cx: &mut Cx<'_>, raw: RawConfig) -> Option<Config> {
         .as_ref()
         .map(|m| super::watch::validate_monitoring(cx, m, cluster_name));
     let watches = super::watch::validate_watches(cx, &raw.watches, &nodes);
+    let replicates = super::replicate::validate_replicates(cx, &raw.replicates);
+    if let (false, Some(c)) = (raw.replicates.is_empty(), raw.cluster.as_ref()) {
+        if let Some(p) = c.consensus_port.as_ref().filter(|p| p.v == u16::MAX) {
+            cx.error(
+                &p.span,
+                "cluster.consensus_port",
+                "replication uses the consensus port + 1: 65535 leaves no port for it",
+            );
+        }
+    }
     Some(Config {
         cluster: cluster?,
         api,
@@ -55,6 +65,7 @@ pub(super) fn validate(cx: &mut Cx<'_>, raw: RawConfig) -> Option<Config> {
         resources,
         monitoring_section,
         watches,
+        replicates,
     })
 }
 

@@ -1,0 +1,115 @@
+//! What a head remembers about its copy of each replicated directory,
+//! across restarts: the copy's [`Generations`] and the root hash it had
+//! after the last pass it applied (or produced). A copy whose content no
+//! longer has that hash was changed locally since (a service kept writing
+//! on a head cut off from the others): it starts a generation of its own,
+//! so that meeting the other side again is seen as a split brain instead of
+//! being silently overwritten.
+
+use crate::generation::Generations;
+use crate::manifest::Manifest;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The persisted state of one replicated directory on one head.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyState {
+    pub generations: Generations,
+    /// Root hash after the last pass applied here (receiver) or sent from
+    /// here (source).
+    pub root_hash: Option<[u8; 32]>,
+    /// When that was (Unix ms).
+    pub at_unix_ms: u64,
+}
+
+/// Where the state of `set`'s `index`-th directory lives.
+pub fn state_file(state_dir: &Path, set: &str, index: usize) -> PathBuf {
+    state_dir
+        .join("replication")
+        .join(format!("{set}.{index}.json"))
+}
+
+impl CopyState {
+    /// Reads the state (a missing file is a never-replicated copy).
+    pub fn load(file: &Path) -> std::io::Result<CopyState> {
+        match std::fs::read(file) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CopyState::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes it atomically (temporary file, fsync, rename, directory fsync).
+    pub fn save(&self, file: &Path) -> std::io::Result<()> {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = file.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(self)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, file)?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+
+    /// Compares with the copy as it is now: if it was replicated before and
+    /// its content changed since, it starts a generation of its own
+    /// (`fresh`). Returns whether it did.
+    pub fn notice_local_changes(&mut self, now: &Manifest, fresh: u64) -> bool {
+        match self.root_hash {
+            Some(h) if h != now.root_hash() && self.generations.current.is_some() => {
+                self.generations.rotate(fresh);
+                self.root_hash = Some(now.root_hash());
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::Relation;
+
+    #[test]
+    fn a_copy_changed_behind_replication_becomes_a_split_brain() {
+        let dir = std::env::temp_dir().join(format!("haoscar-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).expect("dir");
+        std::fs::write(dir.join("data/f"), b"v1").expect("f");
+        let m1 = crate::manifest::scan(&dir.join("data"), &[]).expect("scan");
+        // head1 received generation 10 with this content.
+        let mut st = CopyState::default();
+        st.generations.rotate(10);
+        st.root_hash = Some(m1.root_hash());
+        let file = state_file(&dir, "spool", 0);
+        st.save(&file).expect("save");
+        assert_eq!(CopyState::load(&file).expect("load"), st);
+        assert_eq!(
+            CopyState::load(&dir.join("none.json")).expect("missing"),
+            CopyState::default()
+        );
+        // Unchanged: nothing to notice.
+        let mut same = st.clone();
+        assert!(!same.notice_local_changes(&m1, 99));
+        // A service wrote on head1 while it was cut off...
+        std::fs::write(dir.join("data/f"), b"v2 written while cut off").expect("f");
+        let m2 = crate::manifest::scan(&dir.join("data"), &[]).expect("scan");
+        assert!(st.notice_local_changes(&m2, 30));
+        // ... and head2, active meanwhile, started generation 20 from 10.
+        let mut head2 = Generations::default();
+        head2.rotate(10);
+        head2.rotate(20);
+        assert_eq!(
+            st.generations.relate(&head2),
+            Relation::SplitBrain { common: Some(10) }
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

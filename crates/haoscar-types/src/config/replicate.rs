@@ -1,0 +1,129 @@
+//! `[[replicate]]`: sets of directories the active head replicates to the
+//! other heads (the model, its decoding with locations, its validation).
+
+use super::decode::{join, Cx, Sp, Table};
+use serde::Serialize;
+use std::ops::Range;
+use std::path::PathBuf;
+
+/// A replicated set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Replicate {
+    pub name: String,
+    /// Absolute directories, the same on every head.
+    pub paths: Vec<PathBuf>,
+    /// Names left out (`*.tmp`, `cache/**`; see the configuration reference).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug)]
+pub(super) struct RawReplicate {
+    path: String,
+    span: Range<usize>,
+    name: Option<Sp<String>>,
+    paths: Option<Sp<Vec<String>>>,
+    exclude: Option<Sp<Vec<String>>>,
+}
+
+const KEYS: &[&str] = &["name", "paths", "exclude"];
+
+impl Cx<'_> {
+    pub(super) fn replicate(
+        &mut self,
+        t: &Table<'_>,
+        span: Range<usize>,
+        path: &str,
+    ) -> RawReplicate {
+        self.check_keys(t, path, KEYS);
+        RawReplicate {
+            path: path.to_string(),
+            span,
+            name: self.string(t, path, "name"),
+            paths: self.string_array(t, path, "paths"),
+            exclude: self.string_array(t, path, "exclude"),
+        }
+    }
+}
+
+pub(super) fn validate_replicates(cx: &mut Cx<'_>, raw: &[RawReplicate]) -> Vec<Replicate> {
+    let mut out: Vec<Replicate> = Vec::new();
+    for r in raw {
+        let Some(name) = &r.name else {
+            cx.error(
+                &r.span,
+                &join(&r.path, "name"),
+                "missing required key \"name\"",
+            );
+            continue;
+        };
+        if !super::validate::is_simple_name(&name.v) {
+            cx.error(
+                &name.span,
+                &join(&r.path, "name"),
+                format!(
+                    "{:?} is not a valid set name (lowercase letters, digits, '-' and '_')",
+                    name.v
+                ),
+            );
+            continue;
+        }
+        if out.iter().any(|o| o.name == name.v) {
+            cx.error(
+                &name.span,
+                &join(&r.path, "name"),
+                format!("replicated set {:?} is defined twice", name.v),
+            );
+            continue;
+        }
+        let Some(paths) = &r.paths else {
+            cx.error(
+                &r.span,
+                &join(&r.path, "paths"),
+                "missing required key \"paths\"",
+            );
+            continue;
+        };
+        let field = join(&r.path, "paths");
+        let mut ok = Vec::new();
+        for p in &paths.v {
+            let clean = p.trim_end_matches('/');
+            let bad = !p.starts_with('/')
+                || clean.is_empty()
+                || clean
+                    .split('/')
+                    .skip(1)
+                    .any(|c| c.is_empty() || c == "." || c == "..");
+            if bad {
+                cx.error(
+                    &paths.span,
+                    &field,
+                    format!("{p:?} must be an absolute directory path without `.` or `..` (not /)"),
+                );
+                continue;
+            }
+            let pb = PathBuf::from(clean);
+            // One directory in one set only, and never one inside another.
+            let overlap = out
+                .iter()
+                .flat_map(|o| o.paths.iter().map(move |q| (o.name.as_str(), q)))
+                .chain(ok.iter().map(|q| (name.v.as_str(), q)))
+                .find(|(_, q)| pb.starts_with(q) || q.starts_with(&pb));
+            if let Some((set, q)) = overlap {
+                cx.error(
+                    &paths.span,
+                    &field,
+                    format!("{p:?} overlaps {} of set {set:?}", q.display()),
+                );
+                continue;
+            }
+            ok.push(pb);
+        }
+        out.push(Replicate {
+            name: name.v.clone(),
+            paths: ok,
+            exclude: r.exclude.as_ref().map(|e| e.v.clone()).unwrap_or_default(),
+        });
+    }
+    out
+}
