@@ -11,7 +11,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use haoscar_types::api::{
     Action, ActionReply, ApiError, ConfigApplyRequest, Event, Health, ResourceList,
-    ResourceRequest, SilenceRequest, StandbyRequest, Status, SwitchoverRequest, WatchStatus,
+    ResourceRequest, SilenceRequest, StandbyRequest, Status, SwitchoverRequest, SyncResolveRequest,
+    SyncStatus, SyncWaitRequest, WatchStatus,
 };
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -43,6 +44,10 @@ pub trait AgentView: Send + Sync + 'static {
     }
     /// The monitoring as this node sees it (`None`: not a head).
     fn watch(&self) -> Option<WatchStatus> {
+        None
+    }
+    /// Replication as this node sees it (`None`: not a head).
+    fn sync(&self) -> Option<SyncStatus> {
         None
     }
 }
@@ -81,6 +86,8 @@ pub fn router(view: Shared, actions: bool) -> Router {
             .route("/v1/resource", post(resource_action))
             .route("/v1/config/apply", post(config_apply))
             .route("/v1/watch/silence", post(silence))
+            .route("/v1/sync/wait", post(sync_wait))
+            .route("/v1/sync/resolve", post(sync_resolve))
     } else {
         r
     };
@@ -89,6 +96,7 @@ pub fn router(view: Shared, actions: bool) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/resources", get(resources))
         .route("/v1/watch", get(watch_status))
+        .route("/v1/sync", get(sync_status))
         .route("/v1/config", get(config))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -212,6 +220,48 @@ async fn silence(
                 "bad body: {} (expected {{\"target\": \"GROUP[/SERVICE]\", \"for_ms\": 7200000, \"by\": \"WHO\"}})",
                 e.body_text()
             ),
+        ),
+    }
+}
+
+async fn sync_wait(
+    State(v): State<Shared>,
+    body: Result<Json<SyncWaitRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => run_action(v, Action::SyncWait(req)).await,
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad body: {} (expected {{\"timeout_ms\": 30000}})",
+                e.body_text()
+            ),
+        ),
+    }
+}
+
+async fn sync_resolve(
+    State(v): State<Shared>,
+    body: Result<Json<SyncResolveRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => run_action(v, Action::SyncResolve(req)).await,
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad body: {} (expected {{\"set\": \"NAME\", \"keep\": \"NODE\", \"by\": \"WHO\"}})",
+                e.body_text()
+            ),
+        ),
+    }
+}
+
+async fn sync_status(State(v): State<Shared>) -> Response {
+    match v.sync() {
+        Some(s) => Json(s).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this node does not replicate (ask a head)".to_string(),
         ),
     }
 }

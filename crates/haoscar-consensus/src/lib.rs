@@ -33,7 +33,9 @@ pub mod types;
 pub use consensus::{Consensus, ConsensusParams, ConsensusView, RaftRole, VoterSpec};
 pub use error::Error;
 pub use network::NetCounters;
-pub use state::{AppliedConfig, ClusterState, PendingSwitchover, Silence, MAX_EVENTS};
+pub use state::{
+    AppliedConfig, ClusterState, PendingSwitchover, ResolveOrder, Silence, MAX_EVENTS,
+};
 pub use timing::RaftTiming;
 pub use types::{node_id, Command, NodeId, RaftNode, Response, TypeConfig, VoterRole};
 

@@ -43,6 +43,9 @@ pub struct ClusterState {
     /// configuration differs from the cluster's), as they reported it.
     #[serde(default)]
     pub ineligible: BTreeMap<String, String>,
+    /// Split-brain resolutions ordered per replicated set.
+    #[serde(default)]
+    pub sync_resolve: BTreeMap<String, ResolveOrder>,
     /// Heads whose critical watch checks fail, with the reason.
     #[serde(default)]
     pub critical: BTreeMap<String, String>,
@@ -56,6 +59,14 @@ pub struct ClusterState {
     /// Alert silences: `group` or `group/service` -> until (Unix ms).
     #[serde(default)]
     pub silences: BTreeMap<String, Silence>,
+}
+
+/// `haoscar sync resolve SET --keep NODE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveOrder {
+    pub keep: String,
+    pub by: String,
+    pub at_unix_ms: u64,
 }
 
 /// A maintenance silence of watch alerts.
@@ -245,6 +256,19 @@ impl ClusterState {
                     .insert(key.clone(), memory.clone())
                     .as_ref()
                     != Some(memory)
+            }
+            Command::SyncResolve {
+                set,
+                keep,
+                by,
+                at_unix_ms,
+            } => {
+                let order = ResolveOrder {
+                    keep: keep.clone(),
+                    by: by.clone(),
+                    at_unix_ms: *at_unix_ms,
+                };
+                self.sync_resolve.insert(set.clone(), order.clone()) != Some(order)
             }
             Command::WatchForget { keys } => {
                 let before = self.watch_memory.len();

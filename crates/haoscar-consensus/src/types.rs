@@ -136,6 +136,15 @@ pub enum Command {
         key: String,
         memory: haoscar_types::watch::AlertMemory,
     },
+    /// `haoscar sync resolve SET --keep NODE`: after a split brain, NODE's
+    /// copy of the set is the truth; the other heads move their divergent
+    /// entries aside and take it.
+    SyncResolve {
+        set: String,
+        keep: String,
+        by: String,
+        at_unix_ms: u64,
+    },
     /// Forgets the monitoring's memory of services no longer configured
     /// (so one added again later starts afresh).
     WatchForget { keys: Vec<String> },

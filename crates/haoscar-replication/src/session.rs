@@ -369,11 +369,19 @@ impl Source {
     }
 }
 
-/// Serves one source connection on a receiver: authenticates it, compares
-/// generations (a split brain, or a source behind this copy, is refused and
-/// nothing is changed), then applies its passes beneath `root` until it
-/// disconnects, adopting the source's generations after each. `expect_cluster`
-/// and `allowed` (source node names) are checked in the `Hello`.
+/// Where a receiver keeps one replicated directory.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub root: PathBuf,
+    pub exclude: Vec<String>,
+    pub state_file: PathBuf,
+    /// An operator's order to resolve a split brain in favour of a node:
+    /// `(node kept, time of the order)`.
+    pub resolve: Option<(String, u64)>,
+}
+
+/// Serves one source connection on a receiver for a single directory (see
+/// [`receive_any`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn receive(
     stream: TcpStream,
@@ -385,7 +393,40 @@ pub async fn receive(
     root: PathBuf,
     exclude: Vec<String>,
 ) -> Result<Vec<Stats>, SessionError> {
-    let mut state = CopyState::load(state_file)?;
+    let target = Target {
+        root,
+        exclude,
+        state_file: state_file.to_path_buf(),
+        resolve: None,
+    };
+    let mut all = Vec::new();
+    receive_any(
+        stream,
+        key,
+        expect_cluster,
+        allowed,
+        |s| (s == set).then(|| target.clone()),
+        |_, stats, _| all.push(stats.clone()),
+    )
+    .await?;
+    Ok(all)
+}
+
+/// Serves one source connection on a receiver: authenticates it, finds the
+/// directory its `Hello` names with `lookup`, compares generations (a split
+/// brain, or a source behind this copy or without the set, is refused and
+/// nothing is changed), then applies its passes until it disconnects,
+/// adopting the source's generations after each; `on_pass(set, stats,
+/// taken_unix_ms)` after every pass. `expect_cluster` and `allowed`
+/// (source node names) are checked in the `Hello`. Returns the set served.
+pub async fn receive_any(
+    stream: TcpStream,
+    key: ClusterKey,
+    expect_cluster: &str,
+    allowed: &[String],
+    lookup: impl Fn(&str) -> Option<Target>,
+    mut on_pass: impl FnMut(&str, &Stats, u64),
+) -> Result<String, SessionError> {
     stream.set_nodelay(true)?;
     let mut conn = Conn {
         stream,
@@ -397,21 +438,37 @@ pub async fn receive(
     };
     // The Hello is tagged as frame 1 "from the source" of the hello session.
     let hello: Hello = conn.expect(kind::HELLO).await?;
-    if hello.cluster != expect_cluster || !allowed.contains(&hello.from) || hello.set != set {
+    let target = lookup(&hello.set);
+    let Some(Target {
+        root,
+        exclude,
+        state_file,
+        resolve,
+    }) = target.filter(|_| hello.cluster == expect_cluster && allowed.contains(&hello.from))
+    else {
         return refused(format!(
             "hello from {:?} of cluster {:?} for set {:?} not accepted",
             hello.from, hello.cluster, hello.set
         ));
-    }
+    };
+    let set = hello.set.clone();
+    let state_file = state_file.as_path();
+    let mut state = CopyState::load(state_file)?;
     // Changed here since the last pass (written while cut off)? Then this
     // copy has a generation of its own.
     let now = manifest::scan(&root, &exclude)?;
     if state.notice_local_changes(&now, rand::random()) {
         state.save(state_file)?;
     }
+    // An order to keep the source's copy, not yet carried out here: this
+    // copy's divergent entries go aside, then it takes the source's.
+    let order = resolve
+        .filter(|(keep, at)| *keep == hello.from && *at > state.resolved_order)
+        .map(|(_, at)| at);
     let generations = &mut state.generations;
     let refusal = match generations.relate(&hello.generations) {
         Relation::InSync | Relation::PeerAhead | Relation::LocalEmpty => None,
+        _ if order.is_some() => None,
         Relation::LocalAhead => Some(format!(
             "set {set:?}: this copy is newer than {}'s (generation {:016x?} descends from its {:016x?}): not overwritten",
             hello.from, generations.current, hello.generations.current
@@ -426,6 +483,7 @@ pub async fn receive(
             common.map_or("(none in common)".to_string(), |c| format!("{c:016x}"))
         )),
     };
+    let mut pending_order = order;
     let nonce: [u8; 16] = rand::random();
     conn.session = [b"ack".as_slice(), &hello.nonce].concat();
     conn.sent = 0;
@@ -441,18 +499,29 @@ pub async fn receive(
     conn.session = [hello.nonce, nonce].concat();
     conn.sent = 0;
     conn.received = 0;
-    let mut all = Vec::new();
     loop {
         let msg: ManifestMsg = match conn.expect(kind::MANIFEST).await {
             Ok(m) => m,
             Err(SessionError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Ok(all)
+                return Ok(set)
             }
             Err(e) => return Err(e),
         };
-        let ours = manifest::scan(&root, &exclude)?;
-        let changes = ours.changes_to(&msg.manifest);
         let dst = Root::open(&root)?;
+        let mut ours = manifest::scan(&root, &exclude)?;
+        if let Some(at) = pending_order.take() {
+            // Nothing deleted: what the kept copy does not have goes aside.
+            let t = haoscar_types::period::TimeParts::from_unix((at / 1000) as i64, 0);
+            let stamp = format!(
+                "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+                t.year, t.month, t.mday, t.hour, t.minute, t.second
+            );
+            crate::resolve::preserve_divergent(&dst, &ours, &msg.manifest, &stamp)?;
+            state.resolved_order = at;
+            state.save(state_file)?;
+            ours = manifest::scan(&root, &exclude)?;
+        }
+        let changes = ours.changes_to(&msg.manifest);
         // Ask for every file to write, with what we have of it.
         let mut wanted: HashMap<String, (Signature, Option<Delta>)> = HashMap::new();
         for ch in &changes {
@@ -515,7 +584,7 @@ pub async fn receive(
             state.at_unix_ms = now_ms();
             state.save(state_file)?;
         }
-        all.push(stats);
+        on_pass(&set, &stats, msg.taken_unix_ms);
     }
 }
 
@@ -685,6 +754,7 @@ mod tests {
             generations: dst_gens,
             root_hash: Some(manifest::scan(&dst, &[]).expect("scan").root_hash()),
             at_unix_ms: 1,
+            ..CopyState::default()
         }
         .save(&state)
         .expect("save");
@@ -771,6 +841,84 @@ mod tests {
             std::fs::read(dst.join("f")).expect("f"),
             b"written on the receiver"
         );
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// After a split brain, an order to keep the source's copy: the
+    /// receiver's divergent files go aside (dated), then it takes the
+    /// source's; nothing is deleted.
+    #[tokio::test]
+    async fn a_resolve_order_keeps_the_losing_files_aside() {
+        let base = tempdir("resolve");
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        std::fs::create_dir_all(&src).expect("src");
+        std::fs::create_dir_all(&dst).expect("dst");
+        std::fs::write(src.join("f"), b"kept").expect("f");
+        std::fs::write(dst.join("f"), b"lost?").expect("f");
+        std::fs::write(dst.join("only-here"), b"mine").expect("f");
+        let state = base.join("state.json");
+        CopyState {
+            generations: Generations {
+                current: Some(8),
+                history: vec![5],
+            },
+            root_hash: Some(manifest::scan(&dst, &[]).expect("scan").root_hash()),
+            ..CopyState::default()
+        }
+        .save(&state)
+        .expect("save");
+        let k = b"a replication test key, 32 bytes";
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (dst2, state2) = (dst.clone(), state.clone());
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            let target = Target {
+                root: dst2,
+                exclude: vec![crate::resolve::exclude_pattern()],
+                state_file: state2,
+                resolve: Some(("head1".into(), 1_796_000_000_000)),
+            };
+            receive_any(
+                s,
+                key(k),
+                "c",
+                &["head1".into()],
+                |_| Some(target.clone()),
+                |_, _, _| {},
+            )
+            .await
+        });
+        let gens = Generations {
+            current: Some(7),
+            history: vec![5],
+        };
+        let mut source = Source::connect(
+            addr,
+            key(k),
+            "c",
+            "head1",
+            "spool",
+            gens,
+            src.clone(),
+            vec![],
+        )
+        .await
+        .expect("accepted with the order");
+        source.pass().await.expect("pass");
+        drop(source);
+        let _ = server.await;
+        assert_eq!(std::fs::read(dst.join("f")).expect("f"), b"kept");
+        assert!(!dst.join("only-here").exists());
+        let aside = dst.join(".haoscar-splitbrain/20261130T005320Z");
+        assert_eq!(std::fs::read(aside.join("f")).expect("aside"), b"lost?");
+        assert_eq!(
+            std::fs::read(aside.join("only-here")).expect("aside"),
+            b"mine"
+        );
+        let st = CopyState::load(&state).expect("state");
+        assert_eq!(st.resolved_order, 1_796_000_000_000);
+        assert_eq!(st.generations.current, Some(7));
         let _ = std::fs::remove_dir_all(&base);
     }
 

@@ -21,6 +21,9 @@ pub struct CopyState {
     pub root_hash: Option<[u8; 32]>,
     /// When that was (Unix ms).
     pub at_unix_ms: u64,
+    /// The split-brain resolution order (its time) already carried out here.
+    #[serde(default)]
+    pub resolved_order: u64,
 }
 
 /// Where the state of `set`'s `index`-th directory lives.

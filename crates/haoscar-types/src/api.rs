@@ -251,6 +251,66 @@ pub enum Action {
     Resource(ResourceRequest),
     ApplyConfig(ConfigApplyRequest),
     Silence(SilenceRequest),
+    SyncWait(SyncWaitRequest),
+    SyncResolve(SyncResolveRequest),
+}
+
+/// `POST /v1/sync/resolve` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResolveRequest {
+    /// The replicated set.
+    pub set: String,
+    /// The head whose copy is kept (it must be the active head).
+    pub keep: String,
+    pub by: String,
+}
+
+/// `POST /v1/sync/wait` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncWaitRequest {
+    /// Give up after this long (milliseconds).
+    pub timeout_ms: u64,
+}
+
+/// `GET /v1/sync`: replication as this head sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    pub node: String,
+    pub active: Option<String>,
+    pub dirs: Vec<SyncDir>,
+}
+
+/// One replicated directory of a set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncDir {
+    pub set: String,
+    pub path: String,
+    /// `source` (this head is active), `receiver`, or `idle`.
+    pub role: String,
+    /// This copy's generation (hex) and the previous ones it descends from.
+    pub generation: Option<String>,
+    pub history: Vec<String>,
+    /// Receiver: the source time of the last pass applied here (Unix ms).
+    pub last_applied_taken_unix_ms: Option<u64>,
+    /// Source: each receiver.
+    pub receivers: Vec<SyncReceiver>,
+    /// Why this copy is not being synced (split brain...).
+    pub problem: Option<String>,
+}
+
+/// A receiver as the source sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncReceiver {
+    pub node: String,
+    pub connected: bool,
+    /// Source time of the last pass it applied (everything written before
+    /// is there), and how far behind now that is.
+    pub last_taken_unix_ms: Option<u64>,
+    pub lag_ms: Option<u64>,
+    pub passes: u64,
+    pub files: u64,
+    pub literal_bytes: u64,
+    pub error: Option<String>,
 }
 
 /// `POST /v1/watch/silence` body.

@@ -221,6 +221,8 @@ struct Agent {
     this: OnceLock<std::sync::Weak<Agent>>,
     /// Health monitoring (watch lists).
     monitoring: OnceLock<Arc<crate::monitoring::Monitoring>>,
+    /// Replicated sets (heads).
+    replication: OnceLock<Arc<crate::replication::Replication>>,
 }
 
 /// The configuration this node runs and how it relates to the cluster's.
@@ -810,6 +812,10 @@ impl AgentView for Agent {
         }
     }
 
+    fn sync(&self) -> Option<api::SyncStatus> {
+        self.replication.get().map(|r| r.status())
+    }
+
     fn watch(&self) -> Option<api::WatchStatus> {
         if self.role != Role::Head {
             return None;
@@ -912,6 +918,25 @@ impl AgentView for Agent {
                 api::Action::Resource(req) => return this.resource_action(&fo, req).await,
                 api::Action::ApplyConfig(req) => return this.apply_config(&fo, req).await,
                 api::Action::Silence(req) => return this.silence(&fo, req).await,
+                api::Action::SyncWait(req) => {
+                    let Some(rep) = this.replication.get().cloned() else {
+                        return Err((409, format!("{node} is not a head")));
+                    };
+                    let timeout = Duration::from_millis(req.timeout_ms.clamp(1, 3_600_000));
+                    rep.wait(timeout).await?
+                }
+                api::Action::SyncResolve(req) => {
+                    let Some(rep) = this.replication.get().cloned() else {
+                        return Err((409, format!("{node} is not a head")));
+                    };
+                    let m = rep.resolve(&req.set, &req.keep, &req.by).await?;
+                    this.record(
+                        "sync_resolve",
+                        Some(&req.set),
+                        format!("{m} (by {})", req.by),
+                    );
+                    m
+                }
                 api::Action::Switchover(req) => {
                     if let Some(t) = &req.to {
                         match config.node(t).map(|n| n.role) {
@@ -1103,6 +1128,7 @@ async fn agent_main(
         .collect();
     let t = config.cluster.timing;
     let key_for_consensus = key.clone();
+    let key_for_replication = key.clone();
     let hb = heartbeat::spawn(HeartbeatConfig {
         cluster: config.cluster.name.clone(),
         local: node.clone(),
@@ -1151,6 +1177,7 @@ async fn agent_main(
         config_path,
         this: OnceLock::new(),
         monitoring: OnceLock::new(),
+        replication: OnceLock::new(),
     });
     let _ = agent.this.set(Arc::downgrade(&agent));
     // Heads and witnesses: the consensus node, and on heads the active role.
@@ -1275,6 +1302,35 @@ async fn agent_main(
             stop_rx.clone(),
         )));
         if me.role == Role::Head {
+            if let Some(fo) = agent.failover.get().cloned() {
+                let peer_up: Arc<dyn Fn(&str) -> bool + Send + Sync> = {
+                    let a = agent.clone();
+                    Arc::new(move |peer: &str| {
+                        a.heartbeat
+                            .snapshot()
+                            .peers
+                            .iter()
+                            .any(|p| p.name == peer && p.state == PeerState::Up)
+                    })
+                };
+                let rep = crate::replication::Replication::new(
+                    config.clone(),
+                    node.clone(),
+                    key_for_replication,
+                    fo,
+                    peer_up,
+                );
+                let _ = agent.replication.set(rep.clone());
+                side_tasks.push(tokio::spawn(crate::replication::listen_loop(
+                    rep.clone(),
+                    recorder.clone(),
+                )));
+                side_tasks.push(tokio::spawn(crate::replication::source_loop(
+                    rep,
+                    recorder.clone(),
+                    stop_rx.clone(),
+                )));
+            }
             side_tasks.push(tokio::spawn(crate::monitoring::report_loop(
                 mon.clone(),
                 agent.heartbeat.subscribe_reports(),

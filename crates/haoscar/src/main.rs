@@ -13,6 +13,7 @@ mod cmd_nodeset;
 mod cmd_ops;
 mod cmd_resource;
 mod cmd_status;
+mod cmd_sync;
 mod cmd_watch;
 mod config_apply;
 mod demo;
@@ -22,6 +23,7 @@ mod lab_cmd;
 mod labwatch;
 mod logging;
 mod monitoring;
+mod replication;
 mod services;
 
 use clap::{Parser, Subcommand};
@@ -70,6 +72,9 @@ enum Command {
     /// List, inspect and act on the service resources.
     #[command(subcommand)]
     Resource(cmd_resource::ResourceCommand),
+    /// Replicated sets: status, and the durability barrier (`sync wait`).
+    #[command(subcommand)]
+    Sync(cmd_sync::SyncCommand),
     /// Health monitoring: watch list status, silences, mon.cf import.
     #[command(subcommand)]
     Watch(cmd_watch::WatchCommand),
@@ -106,6 +111,7 @@ fn main() -> std::process::ExitCode {
         | Command::Events(_)
         | Command::Resource(_)
         | Command::Watch(_)
+        | Command::Sync(_)
         | Command::Keygen(_)
         | Command::Nodeset(_)
         | Command::Version => true,
@@ -128,6 +134,7 @@ fn main() -> std::process::ExitCode {
         Command::Events(args) => cmd_ops::events(args),
         Command::Resource(cmd) => cmd_resource::run(cmd),
         Command::Watch(cmd) => cmd_watch::run(cmd),
+        Command::Sync(cmd) => cmd_sync::run(cmd),
         Command::Keygen(args) => cmd_keygen::run(args),
         Command::Nodeset(args) => cmd_nodeset::run(args),
         Command::Lab(cmd) => {
