@@ -1,5 +1,6 @@
-//! HA-OSCAR head state replication (issue 6, groundwork: not wired into the
-//! agent yet). Pure building blocks, each tested on its own:
+//! HA-OSCAR head state replication: the building blocks the agent's
+//! replication shell (`crates/haoscar/src/replication.rs`) puts together,
+//! each tested on its own:
 //!
 //! * [`generation`]: DRBD-style generation identifiers per replicated set,
 //!   and the decision taken when two heads reconnect (in sync, one ahead,

@@ -16,7 +16,6 @@
 //! its new root hash. A pass whose manifest was taken at or after time T
 //! and that was applied proves everything written before T is on the
 //! receiver ([`Source::pass`] returns it; `sync wait` builds on it).
-//! Groundwork: not wired into the agent yet.
 
 use crate::apply::{apply_changes, Stats};
 use crate::chunks::{Delta, Op, Signature};
