@@ -602,6 +602,14 @@ fn documented_watch_lists_are_valid() {
             "configuration.md",
             format!("{example}\n{}", toml_blocks(&conf, "## Watch lists")[0]),
         ),
+        (
+            "configuration.md [[replicate]]",
+            format!(
+                "{example}\n{}\n{}",
+                toml_blocks(&conf, "## Watch lists")[0],
+                toml_blocks(&conf, "## `[[replicate]]`")[0]
+            ),
+        ),
     ];
     for (what, toml) in cases {
         let file = dir.join("c.toml");
