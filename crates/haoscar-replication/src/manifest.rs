@@ -96,9 +96,42 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
     }
 }
 
+/// File hashes remembered between scans, by name: reused while the file's
+/// size, mtime, ctime and inode are unchanged (a write changes its ctime,
+/// even one that restores the mtime).
+#[derive(Debug, Default, Clone)]
+pub struct HashCache {
+    entries: HashMap<String, (FileStamp, [u8; 32])>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    dev: u64,
+}
+
+impl HashCache {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// Reads the manifest of the directory `root` (not following symlinks;
 /// entries of other file systems are included like the rest).
 pub fn scan(root: &Path, exclude: &[String]) -> io::Result<Manifest> {
+    scan_cached(root, exclude, &mut HashCache::default())
+}
+
+/// [`scan`], hashing only files whose stamp changed since the last scan
+/// with the same `cache` (which then holds exactly the files seen).
+pub fn scan_cached(root: &Path, exclude: &[String], cache: &mut HashCache) -> io::Result<Manifest> {
+    let mut seen: HashMap<String, (FileStamp, [u8; 32])> = HashMap::new();
     let mut m = Manifest::default();
     let mut inodes: HashMap<(u64, u64), String> = HashMap::new();
     let mut stack = vec![String::new()];
@@ -143,11 +176,25 @@ pub fn scan(root: &Path, exclude: &[String]) -> io::Result<Manifest> {
                     target: target.to_string_lossy().into_owned(),
                 }
             } else if ft.is_file() {
-                let mut h = blake3::Hasher::new();
-                h.update_reader(std::fs::File::open(&full)?)?;
+                let stamp = FileStamp {
+                    size: md.len(),
+                    mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                    ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+                    ino: md.ino(),
+                    dev: md.dev(),
+                };
+                let hash = match cache.entries.get(&name) {
+                    Some((s, h)) if *s == stamp => *h,
+                    _ => {
+                        let mut h = blake3::Hasher::new();
+                        h.update_reader(std::fs::File::open(&full)?)?;
+                        *h.finalize().as_bytes()
+                    }
+                };
+                seen.insert(name.clone(), (stamp, hash));
                 Kind::File {
                     size: md.len(),
-                    hash: *h.finalize().as_bytes(),
+                    hash,
                 }
             } else {
                 // Sockets, fifos, devices: not replicated.
@@ -182,6 +229,7 @@ pub fn scan(root: &Path, exclude: &[String]) -> io::Result<Manifest> {
             );
         }
     }
+    cache.entries = seen;
     Ok(m)
 }
 
@@ -329,6 +377,14 @@ mod tests {
             ["put h", "put h2", "put new", "rm d/e/f", "rm d/e", "rm d"]
         );
         assert!(m2.changes_to(&m2).is_empty());
+        // A cached scan equals a full one, also after a same-size rewrite.
+        let mut cache = HashCache::default();
+        assert_eq!(scan_cached(&a, &ex, &mut cache).expect("scan"), m2);
+        assert_eq!(cache.len(), 3);
+        std::fs::write(a.join("new"), b"NEW").expect("rewrite");
+        let fresh = scan(&a, &ex).expect("scan");
+        assert_eq!(scan_cached(&a, &ex, &mut cache).expect("scan"), fresh);
+        assert_ne!(fresh, m2);
         let _ = std::fs::remove_dir_all(&a);
     }
 }

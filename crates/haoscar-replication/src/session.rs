@@ -243,6 +243,8 @@ pub struct Source {
     root: PathBuf,
     exclude: Vec<String>,
     next_id: u64,
+    /// Hashes of unchanged files are not computed again at every pass.
+    cache: manifest::HashCache,
 }
 
 /// What one pass achieved.
@@ -311,6 +313,7 @@ impl Source {
             root,
             exclude,
             next_id: 0,
+            cache: manifest::HashCache::default(),
         })
     }
 
@@ -318,7 +321,7 @@ impl Source {
     /// for it to have applied everything.
     pub async fn pass(&mut self) -> Result<Pass, SessionError> {
         let taken_unix_ms = now_ms();
-        let manifest = manifest::scan(&self.root, &self.exclude)?;
+        let manifest = manifest::scan_cached(&self.root, &self.exclude, &mut self.cache)?;
         let root_hash = manifest.root_hash();
         self.next_id += 1;
         let id = self.next_id;
@@ -455,7 +458,8 @@ pub async fn receive_any(
     let mut state = CopyState::load(state_file)?;
     // Changed here since the last pass (written while cut off)? Then this
     // copy has a generation of its own.
-    let now = manifest::scan(&root, &exclude)?;
+    let mut cache = manifest::HashCache::default();
+    let now = manifest::scan_cached(&root, &exclude, &mut cache)?;
     if state.notice_local_changes(&now, rand::random()) {
         state.save(state_file)?;
     }
@@ -507,7 +511,7 @@ pub async fn receive_any(
             Err(e) => return Err(e),
         };
         let dst = Root::open(&root)?;
-        let mut ours = manifest::scan(&root, &exclude)?;
+        let mut ours = manifest::scan_cached(&root, &exclude, &mut cache)?;
         if let Some(at) = pending_order.take() {
             // Nothing deleted: what the kept copy does not have goes aside.
             let t = haoscar_types::period::TimeParts::from_unix((at / 1000) as i64, 0);
@@ -518,7 +522,7 @@ pub async fn receive_any(
             crate::resolve::preserve_divergent(&dst, &ours, &msg.manifest, &stamp)?;
             state.resolved_order = at;
             state.save(state_file)?;
-            ours = manifest::scan(&root, &exclude)?;
+            ours = manifest::scan_cached(&root, &exclude, &mut cache)?;
         }
         let changes = ours.changes_to(&msg.manifest);
         // Ask for every file to write, with what we have of it.
@@ -567,7 +571,7 @@ pub async fn receive_any(
                 "{name}: no delta for this content"
             ))),
         });
-        let after = manifest::scan(&root, &exclude)?;
+        let after = manifest::scan_cached(&root, &exclude, &mut cache)?;
         conn.send(
             kind::APPLIED,
             &json(&Applied {
