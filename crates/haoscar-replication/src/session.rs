@@ -233,6 +233,16 @@ impl Conn {
     }
 }
 
+/// Runs file-system work (scans, hashing, applying) without holding up the
+/// runtime's other tasks (heartbeats, leases share it): on a multi-thread
+/// runtime the worker hands its other tasks over meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, SessionError> {
     serde_json::to_vec(v).or_else(|e| refused(format!("cannot encode: {e}")))
 }
@@ -321,7 +331,8 @@ impl Source {
     /// for it to have applied everything.
     pub async fn pass(&mut self) -> Result<Pass, SessionError> {
         let taken_unix_ms = now_ms();
-        let manifest = manifest::scan_cached(&self.root, &self.exclude, &mut self.cache)?;
+        let manifest =
+            blocking(|| manifest::scan_cached(&self.root, &self.exclude, &mut self.cache))?;
         let root_hash = manifest.root_hash();
         self.next_id += 1;
         let id = self.next_id;
@@ -342,9 +353,11 @@ impl Source {
                         serde_json::from_slice(&p).or_else(|e| refused(format!("want: {e}")))?;
                     let rel = RelName::parse(&w.name)
                         .or_else(|e| refused(format!("want {:?}: {e}", w.name)))?;
-                    let mut data = Vec::new();
-                    root.open_read(&rel)?.read_to_end(&mut data)?;
-                    let d = crate::chunks::delta(&w.signature, &data);
+                    let d = blocking(|| -> std::io::Result<Delta> {
+                        let mut data = Vec::new();
+                        root.open_read(&rel)?.read_to_end(&mut data)?;
+                        Ok(crate::chunks::delta(&w.signature, &data))
+                    })?;
                     literal += d.literal_bytes() as u64;
                     changed_files += 1;
                     self.conn
@@ -459,7 +472,7 @@ pub async fn receive_any(
     // Changed here since the last pass (written while cut off)? Then this
     // copy has a generation of its own.
     let mut cache = manifest::HashCache::default();
-    let now = manifest::scan_cached(&root, &exclude, &mut cache)?;
+    let now = blocking(|| manifest::scan_cached(&root, &exclude, &mut cache))?;
     if state.notice_local_changes(&now, rand::random()) {
         state.save(state_file)?;
     }
@@ -511,7 +524,7 @@ pub async fn receive_any(
             Err(e) => return Err(e),
         };
         let dst = Root::open(&root)?;
-        let mut ours = manifest::scan_cached(&root, &exclude, &mut cache)?;
+        let mut ours = blocking(|| manifest::scan_cached(&root, &exclude, &mut cache))?;
         if let Some(at) = pending_order.take() {
             // Nothing deleted: what the kept copy does not have goes aside.
             let t = haoscar_types::period::TimeParts::from_unix((at / 1000) as i64, 0);
@@ -519,10 +532,10 @@ pub async fn receive_any(
                 "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
                 t.year, t.month, t.mday, t.hour, t.minute, t.second
             );
-            crate::resolve::preserve_divergent(&dst, &ours, &msg.manifest, &stamp)?;
+            blocking(|| crate::resolve::preserve_divergent(&dst, &ours, &msg.manifest, &stamp))?;
             state.resolved_order = at;
             state.save(state_file)?;
-            ours = manifest::scan_cached(&root, &exclude, &mut cache)?;
+            ours = blocking(|| manifest::scan_cached(&root, &exclude, &mut cache))?;
         }
         let changes = ours.changes_to(&msg.manifest);
         // Ask for every file to write, with what we have of it.
@@ -530,18 +543,17 @@ pub async fn receive_any(
         for ch in &changes {
             if let manifest::Change::Put(name, e) = ch {
                 if matches!(e.kind, manifest::Kind::File { .. }) && e.link_of.is_none() {
-                    let old = match RelName::parse(name) {
-                        Ok(rel) => {
-                            let mut v = Vec::new();
-                            if let Ok(mut f) = dst.open_read(&rel) {
-                                let _ = f.read_to_end(&mut v);
-                            }
-                            v
-                        }
+                    let Ok(rel) = RelName::parse(name) else {
                         // Refused when applied; nothing to ask for.
-                        Err(_) => continue,
+                        continue;
                     };
-                    let signature = Signature::of(&old);
+                    let signature = blocking(|| {
+                        let mut v = Vec::new();
+                        if let Ok(mut f) = dst.open_read(&rel) {
+                            let _ = f.read_to_end(&mut v);
+                        }
+                        Signature::of(&v)
+                    });
                     conn.send(
                         kind::WANT,
                         &json(&Want {
@@ -565,13 +577,15 @@ pub async fn receive_any(
                 _ => return refused(format!("data for {name:?}, which was not asked for")),
             }
         }
-        let stats = apply_changes(&dst, &changes, |name, sig| match wanted.remove(name) {
-            Some((s, Some(d))) if &s == sig => Ok(d),
-            _ => Err(std::io::Error::other(format!(
-                "{name}: no delta for this content"
-            ))),
+        let stats = blocking(|| {
+            apply_changes(&dst, &changes, |name, sig| match wanted.remove(name) {
+                Some((s, Some(d))) if &s == sig => Ok(d),
+                _ => Err(std::io::Error::other(format!(
+                    "{name}: no delta for this content"
+                ))),
+            })
         });
-        let after = manifest::scan_cached(&root, &exclude, &mut cache)?;
+        let after = blocking(|| manifest::scan_cached(&root, &exclude, &mut cache))?;
         conn.send(
             kind::APPLIED,
             &json(&Applied {
@@ -607,7 +621,9 @@ mod tests {
         ClusterKey::new(s).expect("key")
     }
 
-    #[tokio::test]
+    // Multi-thread: file-system work goes through `block_in_place` there,
+    // as in the agent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn passes_over_tcp_make_the_receiver_equal() {
         let base = tempdir("tcp");
         let (src, dst) = (base.join("src"), base.join("dst"));
