@@ -230,6 +230,25 @@ pub fn scan_cached(root: &Path, exclude: &[String], cache: &mut HashCache) -> io
         }
     }
     cache.entries = seen;
+    // Hard links: the first name in name order is the file, the others
+    // link to it (a receiver applies changes in name order).
+    let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+    for (name, e) in &m.entries {
+        if let Some(first) = &e.link_of {
+            groups.entry(first.clone()).or_default().push(name.clone());
+        }
+    }
+    for (first, others) in groups {
+        let mut all: Vec<String> = others;
+        all.push(first);
+        all.sort();
+        let head = all[0].clone();
+        for n in &all {
+            if let Some(e) = m.entries.get_mut(n) {
+                e.link_of = (*n != head).then(|| head.clone());
+            }
+        }
+    }
     Ok(m)
 }
 
@@ -377,6 +396,16 @@ mod tests {
             ["put h", "put h2", "put new", "rm d/e/f", "rm d/e", "rm d"]
         );
         assert!(m2.changes_to(&m2).is_empty());
+        // Hard links across directories: the first name in name order is
+        // the file, whatever order the scan visited them in.
+        std::fs::create_dir_all(a.join("z")).expect("z");
+        std::fs::write(a.join("z/x"), b"linked").expect("x");
+        std::fs::hard_link(a.join("z/x"), a.join("b-link")).expect("link");
+        let m3 = scan(&a, &ex).expect("scan");
+        assert_eq!(m3.entries["z/x"].link_of.as_deref(), Some("b-link"));
+        assert_eq!(m3.entries["b-link"].link_of, None);
+        std::fs::remove_dir_all(a.join("z")).expect("rm z");
+        std::fs::remove_file(a.join("b-link")).expect("rm link");
         // A cached scan equals a full one, also after a same-size rewrite.
         let mut cache = HashCache::default();
         assert_eq!(scan_cached(&a, &ex, &mut cache).expect("scan"), m2);

@@ -33,6 +33,10 @@ use tokio::net::TcpStream;
 
 /// Largest frame accepted (a manifest of a very large set, or a delta).
 pub const MAX_FRAME: usize = 64 << 20;
+/// Largest frame accepted before the session is authenticated.
+const MAX_HELLO: usize = 64 << 10;
+/// A peer silent this long in the middle of a pass is gone.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 const TAG: usize = 32;
 
 /// Why a session ended.
@@ -97,6 +101,15 @@ struct Applied {
     id: u64,
     root_hash: [u8; 32],
     refused: Vec<String>,
+}
+
+/// The delta sent for a file whose new data does not fit in a frame.
+fn too_large() -> Delta {
+    Delta {
+        ops: Vec::new(),
+        whole: [0; 32],
+        len: u64::MAX,
+    }
 }
 
 /// Delta on the wire: name, whole hash, length, then ops (`0` + u32 chunk
@@ -199,10 +212,25 @@ impl Conn {
     }
 
     async fn recv(&mut self) -> Result<(u8, Vec<u8>), SessionError> {
+        match tokio::time::timeout(READ_TIMEOUT, self.recv_now()).await {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("nothing from the peer for {}s", READ_TIMEOUT.as_secs()),
+            ))),
+        }
+    }
+
+    async fn recv_now(&mut self) -> Result<(u8, Vec<u8>), SessionError> {
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len).await?;
         let len = u32::from_be_bytes(len) as usize;
-        if len == 0 || len > MAX_FRAME {
+        let cap = if self.session.len() < 32 {
+            MAX_HELLO
+        } else {
+            MAX_FRAME
+        };
+        if len == 0 || len > cap {
             return refused(format!("frame length {len}"));
         }
         let mut body = vec![0u8; len + TAG];
@@ -379,11 +407,16 @@ impl Source {
                         root.open_read(&rel)?.read_to_end(&mut data)?;
                         Ok(crate::chunks::delta(&w.signature, &data))
                     })?;
-                    literal += d.literal_bytes() as u64;
-                    changed_files += 1;
-                    self.conn
-                        .send(kind::DATA, &encode_data(&w.name, &d))
-                        .await?;
+                    let mut frame = encode_data(&w.name, &d);
+                    if frame.len() + 1 > MAX_FRAME {
+                        // Too much new data for one frame: refused for this
+                        // pass (the receiver says so), the others go on.
+                        frame = encode_data(&w.name, &too_large());
+                    } else {
+                        literal += d.literal_bytes() as u64;
+                        changed_files += 1;
+                    }
+                    self.conn.send(kind::DATA, &frame).await?;
                 }
                 kind::APPLIED => {
                     let a: Applied =
@@ -444,6 +477,7 @@ pub async fn receive(
         expect_cluster,
         allowed,
         |s| (s == set).then(|| target.clone()),
+        |_| true,
         |_, stats, _| all.push(stats.clone()),
     )
     .await?;
@@ -463,6 +497,7 @@ pub async fn receive_any(
     expect_cluster: &str,
     allowed: &[String],
     lookup: impl Fn(&str) -> Option<Target>,
+    still_allowed: impl Fn(&str) -> bool,
     mut on_pass: impl FnMut(&str, &Stats, u64),
 ) -> Result<String, SessionError> {
     stream.set_nodelay(true)?;
@@ -496,9 +531,15 @@ pub async fn receive_any(
     // copy has a generation of its own.
     let mut cache = manifest::HashCache::default();
     let now = blocking(|| manifest::scan_cached(&root, &exclude, &mut cache))?;
-    if state.notice_local_changes(&now, rand::random()) {
-        state.save(state_file)?;
+    let interrupted = state
+        .applying
+        .is_some_and(|g| hello.generations.descends_from(g));
+    if !interrupted && state.notice_local_changes(&now, rand::random()) {
+        blocking(|| state.save(state_file))?;
     }
+    // Never synced, but not empty (a directory that already held data, a
+    // lost state file): what differs is moved aside first, never lost.
+    let first_with_data = state.generations.current.is_none() && !now.entries.is_empty();
     // An order to keep the source's copy, not yet carried out here: this
     // copy's divergent entries go aside, then it takes the source's.
     let order = resolve
@@ -522,7 +563,7 @@ pub async fn receive_any(
             common.map_or("(none in common)".to_string(), |c| format!("{c:016x}"))
         )),
     };
-    let mut pending_order = order;
+    let mut pending_order = order.or(first_with_data.then(now_ms));
     let nonce: [u8; 16] = rand::random();
     conn.session = [b"ack".as_slice(), &hello.nonce].concat();
     conn.sent = 0;
@@ -546,6 +587,11 @@ pub async fn receive_any(
             }
             Err(e) => return Err(e),
         };
+        // Roles may have changed since the handshake (a manifest delivered
+        // late after a partition): only the active head's passes apply.
+        if !still_allowed(&hello.from) {
+            return refused(format!("{} is no longer the source", hello.from));
+        }
         let dst = Root::open(&root)?;
         let mut ours = blocking(|| manifest::scan_cached(&root, &exclude, &mut cache))?;
         if let Some(at) = pending_order.take() {
@@ -556,13 +602,23 @@ pub async fn receive_any(
                 t.year, t.month, t.mday, t.hour, t.minute, t.second
             );
             blocking(|| crate::resolve::preserve_divergent(&dst, &ours, &msg.manifest, &stamp))?;
-            state.resolved_order = at;
-            state.save(state_file)?;
+            if order.is_some() {
+                state.resolved_order = at;
+            }
+            blocking(|| state.save(state_file))?;
             ours = blocking(|| manifest::scan_cached(&root, &exclude, &mut cache))?;
         }
         let changes = ours.changes_to(&msg.manifest);
-        // Ask for every file to write, with what we have of it.
-        let mut wanted: HashMap<String, (Signature, Option<Delta>)> = HashMap::new();
+        // From here on, differences from the recorded root hash are this
+        // pass's (if the agent dies half-way), not local writes.
+        if !changes.is_empty() && state.applying != hello.generations.current {
+            state.applying = hello.generations.current;
+            blocking(|| state.save(state_file))?;
+        }
+        // For each file to write: a want (with what we have of it), then its
+        // data, one at a time (a pipeline of wants could fill both
+        // directions of the connection and block both ends).
+        let mut wanted: HashMap<String, (Signature, Delta)> = HashMap::new();
         for ch in &changes {
             if let manifest::Change::Put(name, e) = ch {
                 if matches!(e.kind, manifest::Kind::File { .. }) && e.link_of.is_none() {
@@ -585,24 +641,25 @@ pub async fn receive_any(
                         })?,
                     )
                     .await?;
-                    wanted.insert(name.clone(), (signature, None));
+                    let (k, p) = conn.recv().await?;
+                    if k != kind::DATA {
+                        return refused(format!("expected data, got frame kind {k}"));
+                    }
+                    let (got, d) = decode_data(&p)?;
+                    if got != *name {
+                        return refused(format!("data for {got:?}, {name:?} was asked for"));
+                    }
+                    wanted.insert(name.clone(), (signature, d));
                 }
-            }
-        }
-        for _ in 0..wanted.len() {
-            let (k, p) = conn.recv().await?;
-            if k != kind::DATA {
-                return refused(format!("expected data, got frame kind {k}"));
-            }
-            let (name, d) = decode_data(&p)?;
-            match wanted.get_mut(&name) {
-                Some(slot) if slot.1.is_none() => slot.1 = Some(d),
-                _ => return refused(format!("data for {name:?}, which was not asked for")),
             }
         }
         let stats = blocking(|| {
             apply_changes(&dst, &changes, |name, sig| match wanted.remove(name) {
-                Some((s, Some(d))) if &s == sig => Ok(d),
+                Some((_, d)) if d == too_large() => Err(std::io::Error::other(format!(
+                    "more than {} MiB of new data in one file: not replicated in this release",
+                    MAX_FRAME >> 20
+                ))),
+                Some((s, d)) if &s == sig => Ok(d),
                 _ => Err(std::io::Error::other(format!(
                     "{name}: no delta for this content"
                 ))),
@@ -618,12 +675,13 @@ pub async fn receive_any(
             })?,
         )
         .await?;
-        if stats.refused.is_empty() {
-            state.generations.adopt(&hello.generations);
-            state.root_hash = Some(after.root_hash());
-            state.at_unix_ms = now_ms();
-            state.save(state_file)?;
-        }
+        // What is here now came from the source (entries it could not
+        // write are listed to it): the next session compares with this.
+        state.generations.adopt(&hello.generations);
+        state.root_hash = Some(after.root_hash());
+        state.at_unix_ms = now_ms();
+        state.applying = None;
+        blocking(|| state.save(state_file))?;
         on_pass(&set, &stats, msg.taken_unix_ms);
     }
 }
@@ -932,6 +990,7 @@ mod tests {
                 "c",
                 &["head1".into()],
                 |_| Some(target.clone()),
+                |_| true,
                 |_, _, _| {},
             )
             .await
@@ -966,6 +1025,68 @@ mod tests {
         let st = CopyState::load(&state).expect("state");
         assert_eq!(st.resolved_order, 1_796_000_000_000);
         assert_eq!(st.generations.current, Some(7));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// A receiver never synced that already holds files (a lost state file,
+    /// a directory with data): they are moved aside, never lost.
+    #[tokio::test]
+    async fn a_first_sync_onto_existing_files_keeps_them_aside() {
+        let base = tempdir("first");
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        std::fs::create_dir_all(&src).expect("src");
+        std::fs::create_dir_all(&dst).expect("dst");
+        std::fs::write(src.join("f"), b"source").expect("f");
+        std::fs::write(dst.join("f"), b"was here").expect("f");
+        std::fs::write(dst.join("mine"), b"only here").expect("mine");
+        let k = b"a replication test key, 32 bytes";
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (dst2, state) = (dst.clone(), base.join("state.json"));
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            receive(
+                s,
+                key(k),
+                "c",
+                &["head1".into()],
+                "spool",
+                &state,
+                dst2,
+                vec![crate::resolve::exclude_pattern()],
+            )
+            .await
+        });
+        let mut gens = Generations::default();
+        gens.rotate(3);
+        let mut source = Source::connect(
+            addr,
+            key(k),
+            "c",
+            "head1",
+            "spool",
+            gens,
+            src.clone(),
+            vec![],
+        )
+        .await
+        .expect("connect");
+        source.pass().await.expect("pass");
+        drop(source);
+        let _ = server.await;
+        assert_eq!(std::fs::read(dst.join("f")).expect("f"), b"source");
+        assert!(!dst.join("mine").exists());
+        let aside: Vec<PathBuf> = std::fs::read_dir(dst.join(".haoscar-splitbrain"))
+            .expect("aside")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(std::fs::read(aside[0].join("f")).expect("f"), b"was here");
+        assert_eq!(
+            std::fs::read(aside[0].join("mine")).expect("mine"),
+            b"only here"
+        );
         let _ = std::fs::remove_dir_all(&base);
     }
 

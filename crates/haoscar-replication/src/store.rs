@@ -24,6 +24,10 @@ pub struct CopyState {
     /// The split-brain resolution order (its time) already carried out here.
     #[serde(default)]
     pub resolved_order: u64,
+    /// A pass from this source generation was being applied (cleared when
+    /// it ends): differences found after a crash are that pass's.
+    #[serde(default)]
+    pub applying: Option<u64>,
 }
 
 /// Where the state of `set`'s `index`-th directory lives.
@@ -48,7 +52,9 @@ impl CopyState {
     pub fn save(&self, file: &Path) -> std::io::Result<()> {
         let dir = file.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
-        let tmp = file.with_extension("json.tmp");
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = file.with_extension(format!("json.{}-{n}.tmp", std::process::id()));
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         {

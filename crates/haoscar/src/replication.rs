@@ -25,6 +25,8 @@ use crate::monitoring::{unix_ms_now, Recorder};
 
 /// Time between two passes of a directory to a receiver.
 pub const PASS_INTERVAL: Duration = Duration::from_millis(500);
+/// A pass not confirmed within this is abandoned (the connection is reset).
+const PASS_TIMEOUT: Duration = Duration::from_secs(600);
 /// Time between two connection attempts to a receiver.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -347,12 +349,20 @@ pub async fn listen_loop(rep: Arc<Replication>, record: Recorder) {
                 .into_iter()
                 .collect();
             let r2 = rep.clone();
+            let r3 = rep.clone();
             let result = session::receive_any(
                 stream,
                 rep.key.clone(),
                 &rep.config.cluster.name,
                 &allowed,
                 |id| rep.target(id),
+                |from| {
+                    !r3.failover.is_active()
+                        && r3
+                            .failover
+                            .consensus
+                            .with_state(|s| s.active.as_deref() == Some(from))
+                },
                 |id, stats, taken| {
                     if let Some(key) = parse_set_id(id) {
                         let mut dirs = r2.dirs();
@@ -486,7 +496,8 @@ async fn send_loop(
             root.clone(),
             exclude.clone(),
         );
-        let mut source = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        // The receiver scans its copy before it answers: allow for it.
+        let mut source = match tokio::time::timeout(session::READ_TIMEOUT, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let m = e.to_string();
@@ -515,10 +526,20 @@ async fn send_loop(
             r.error = None;
         });
         loop {
-            match source.pass().await {
+            let pass = tokio::time::timeout(PASS_TIMEOUT, source.pass()).await;
+            let pass = pass.unwrap_or_else(|_| {
+                Err(session::SessionError::Peer(format!(
+                    "pass not confirmed within {}s",
+                    PASS_TIMEOUT.as_secs()
+                )))
+            });
+            match pass {
                 Ok(p) => {
                     update(&|r| {
-                        r.last_taken = Some(p.taken_unix_ms);
+                        // Only a pass applied in full counts for `sync wait`.
+                        if p.refused.is_empty() {
+                            r.last_taken = Some(p.taken_unix_ms);
+                        }
                         r.passes += 1;
                         r.files += u64::from(p.changed_files);
                         r.literal += p.literal_bytes;
