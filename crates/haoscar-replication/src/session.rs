@@ -451,39 +451,6 @@ pub struct Target {
     pub resolve: Option<(String, u64)>,
 }
 
-/// Serves one source connection on a receiver for a single directory (see
-/// [`receive_any`]).
-#[allow(clippy::too_many_arguments)]
-pub async fn receive(
-    stream: TcpStream,
-    key: ClusterKey,
-    expect_cluster: &str,
-    allowed: &[String],
-    set: &str,
-    state_file: &std::path::Path,
-    root: PathBuf,
-    exclude: Vec<String>,
-) -> Result<Vec<Stats>, SessionError> {
-    let target = Target {
-        root,
-        exclude,
-        state_file: state_file.to_path_buf(),
-        resolve: None,
-    };
-    let mut all = Vec::new();
-    receive_any(
-        stream,
-        key,
-        expect_cluster,
-        allowed,
-        |s| (s == set).then(|| target.clone()),
-        |_| true,
-        |_, stats, _| all.push(stats.clone()),
-    )
-    .await?;
-    Ok(all)
-}
-
 /// Serves one source connection on a receiver: authenticates it, finds the
 /// directory its `Hello` names with `lookup`, compares generations (a split
 /// brain, or a source behind this copy or without the set, is refused and
@@ -689,6 +656,7 @@ pub async fn receive_any(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use tokio::net::TcpListener;
 
     fn tempdir(tag: &str) -> PathBuf {
@@ -702,6 +670,69 @@ mod tests {
         ClusterKey::new(s).expect("key")
     }
 
+    /// The cluster key of the tests.
+    const K: &[u8] = b"a replication test key, 32 bytes";
+
+    /// Result of one receiver session: passes applied (or why it ended),
+    /// and the generations it saved.
+    type Served = (Result<usize, SessionError>, Generations);
+
+    /// A receiver of cluster "c" accepting one session of "head1" into
+    /// `dst` (state in `state`).
+    async fn one_receiver(
+        dst: &Path,
+        state: &Path,
+        exclude: Vec<String>,
+        resolve: Option<(String, u64)>,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Served>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = Target {
+            root: dst.to_path_buf(),
+            exclude,
+            state_file: state.to_path_buf(),
+            resolve,
+        };
+        let handle = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            let mut passes = 0;
+            let r = receive_any(
+                s,
+                key(K),
+                "c",
+                &["head1".into()],
+                |_| Some(target.clone()),
+                |_| true,
+                |_, _, _| passes += 1,
+            )
+            .await;
+            let gens = CopyState::load(&target.state_file)
+                .map(|st| st.generations)
+                .unwrap_or_default();
+            (r.map(|_| passes), gens)
+        });
+        (addr, handle)
+    }
+
+    /// The source "head1" of set "spool" with the test key.
+    async fn connect(
+        addr: std::net::SocketAddr,
+        gens: Generations,
+        src: &Path,
+    ) -> Result<Source, SessionError> {
+        Source::connect(
+            addr,
+            key(K),
+            "c",
+            "head1",
+            "spool",
+            gens,
+            src.to_path_buf(),
+            vec![],
+        )
+        .await
+    }
+
     // Multi-thread: file-system work goes through `block_in_place` there,
     // as in the agent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -712,42 +743,12 @@ mod tests {
         std::fs::create_dir_all(&dst).expect("dst");
         std::fs::write(src.join("a/b/state"), vec![7u8; 300_000]).expect("state");
         std::fs::write(src.join("a/job"), b"job").expect("job");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let k = b"a replication test key, 32 bytes";
-        let dst2 = dst.clone();
-        let state = base.join("state.json");
-        let state2 = state.clone();
-        let server = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.expect("accept");
-            let r = receive(
-                s,
-                key(k),
-                "c",
-                &["head1".into()],
-                "spool",
-                &state2,
-                dst2,
-                vec![],
-            )
-            .await;
-            let gens = CopyState::load(&state2).expect("state").generations;
-            (r, gens)
-        });
+        let (addr, server) = one_receiver(&dst, &base.join("state.json"), vec![], None).await;
         let mut src_gens = Generations::default();
         src_gens.rotate(11);
-        let mut source = Source::connect(
-            addr,
-            key(k),
-            "c",
-            "head1",
-            "spool",
-            src_gens.clone(),
-            src.clone(),
-            vec![],
-        )
-        .await
-        .expect("connect");
+        let mut source = connect(addr, src_gens.clone(), &src)
+            .await
+            .expect("connect");
         let p1 = source.pass().await.expect("pass 1");
         assert_eq!(p1.changed_files, 2);
         assert!(p1.refused.is_empty(), "{:?}", p1.refused);
@@ -770,9 +771,9 @@ mod tests {
         assert_eq!((p3.changed_files, p3.literal_bytes), (0, 0));
         assert_eq!(p3.root_hash, p2.root_hash);
         drop(source);
-        let (stats, gens) = server.await.expect("join");
+        let (passes, gens) = server.await.expect("join");
         // Two passes went over the wire; the third did not need to.
-        assert_eq!(stats.expect("receiver").len(), 2);
+        assert_eq!(passes.expect("receiver"), 2);
         // The receiver took the source's generation.
         assert_eq!(gens, src_gens);
         let _ = std::fs::remove_dir_all(&base);
@@ -791,29 +792,10 @@ mod tests {
                 "head1",
                 "bad tag",
             ),
-            (
-                b"a replication test key, 32 bytes".as_slice(),
-                "intruder",
-                "not accepted",
-            ),
+            (K, "intruder", "not accepted"),
         ] {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let dst2 = dst.clone();
-            let server = tokio::spawn(async move {
-                let (s, _) = listener.accept().await.expect("accept");
-                receive(
-                    s,
-                    key(b"a replication test key, 32 bytes"),
-                    "c",
-                    &["head1".into()],
-                    "spool",
-                    &dst2.with_extension("state.json"),
-                    dst2.clone(),
-                    vec![],
-                )
-                .await
-            });
+            let (addr, server) =
+                one_receiver(&dst, &dst.with_extension("state.json"), vec![], None).await;
             let r = Source::connect(
                 addr,
                 key(source_key),
@@ -826,7 +808,7 @@ mod tests {
             )
             .await;
             assert!(r.is_err());
-            let err = server.await.expect("join").expect_err("refused");
+            let err = server.await.expect("join").0.expect_err("refused");
             assert!(err.to_string().contains(what), "{err}");
         }
         assert_eq!(std::fs::read_dir(&dst).expect("dst").count(), 0);
@@ -850,10 +832,6 @@ mod tests {
             current: Some(8),
             history: vec![5],
         };
-        let k = b"a replication test key, 32 bytes";
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let dst2 = dst.clone();
         let state = base.join("state.json");
         CopyState {
             generations: dst_gens,
@@ -863,26 +841,8 @@ mod tests {
         }
         .save(&state)
         .expect("save");
-        let server = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.expect("accept");
-            let r = receive(
-                s,
-                key(k),
-                "c",
-                &["head1".into()],
-                "spool",
-                &state,
-                dst2,
-                vec![],
-            )
-            .await;
-            let gens = CopyState::load(&state).expect("state").generations;
-            (r, gens)
-        });
-        let err = Source::connect(addr, key(k), "c", "head1", "spool", src_gens, src, vec![])
-            .await
-            .err()
-            .expect("refused");
+        let (addr, server) = one_receiver(&dst, &state, vec![], None).await;
+        let err = connect(addr, src_gens, &src).await.err().expect("refused");
         assert!(err.to_string().contains("SPLIT BRAIN"), "{err}");
         let (r, gens) = server.await.expect("join");
         assert!(r.is_err());
@@ -900,36 +860,17 @@ mod tests {
         std::fs::create_dir_all(&src).expect("src");
         std::fs::create_dir_all(&dst).expect("dst");
         std::fs::write(src.join("f"), b"v1").expect("f");
-        let k = b"a replication test key, 32 bytes";
         let state = base.join("state.json");
         let mut gens = Generations::default();
         gens.rotate(10);
         let run = |gens: Generations| {
             let (src, dst, state) = (src.clone(), dst.clone(), state.clone());
             async move {
-                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                let addr = listener.local_addr().expect("addr");
-                let server = tokio::spawn(async move {
-                    let (s, _) = listener.accept().await.expect("accept");
-                    receive(
-                        s,
-                        key(k),
-                        "c",
-                        &["head1".into()],
-                        "spool",
-                        &state,
-                        dst,
-                        vec![],
-                    )
-                    .await
-                });
-                let r =
-                    match Source::connect(addr, key(k), "c", "head1", "spool", gens, src, vec![])
-                        .await
-                    {
-                        Ok(mut source) => source.pass().await.map(|_| ()),
-                        Err(e) => Err(e),
-                    };
+                let (addr, server) = one_receiver(&dst, &state, vec![], None).await;
+                let r = match connect(addr, gens, &src).await {
+                    Ok(mut source) => source.pass().await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
                 drop(server.await);
                 r
             }
@@ -972,45 +913,20 @@ mod tests {
         }
         .save(&state)
         .expect("save");
-        let k = b"a replication test key, 32 bytes";
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (dst2, state2) = (dst.clone(), state.clone());
-        let server = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.expect("accept");
-            let target = Target {
-                root: dst2,
-                exclude: vec![crate::resolve::exclude_pattern()],
-                state_file: state2,
-                resolve: Some(("head1".into(), 1_796_000_000_000)),
-            };
-            receive_any(
-                s,
-                key(k),
-                "c",
-                &["head1".into()],
-                |_| Some(target.clone()),
-                |_| true,
-                |_, _, _| {},
-            )
-            .await
-        });
+        let (addr, server) = one_receiver(
+            &dst,
+            &state,
+            vec![crate::resolve::exclude_pattern()],
+            Some(("head1".into(), 1_796_000_000_000)),
+        )
+        .await;
         let gens = Generations {
             current: Some(7),
             history: vec![5],
         };
-        let mut source = Source::connect(
-            addr,
-            key(k),
-            "c",
-            "head1",
-            "spool",
-            gens,
-            src.clone(),
-            vec![],
-        )
-        .await
-        .expect("accepted with the order");
+        let mut source = connect(addr, gens, &src)
+            .await
+            .expect("accepted with the order");
         source.pass().await.expect("pass");
         drop(source);
         let _ = server.await;
@@ -1039,38 +955,16 @@ mod tests {
         std::fs::write(src.join("f"), b"source").expect("f");
         std::fs::write(dst.join("f"), b"was here").expect("f");
         std::fs::write(dst.join("mine"), b"only here").expect("mine");
-        let k = b"a replication test key, 32 bytes";
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (dst2, state) = (dst.clone(), base.join("state.json"));
-        let server = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.expect("accept");
-            receive(
-                s,
-                key(k),
-                "c",
-                &["head1".into()],
-                "spool",
-                &state,
-                dst2,
-                vec![crate::resolve::exclude_pattern()],
-            )
-            .await
-        });
+        let (addr, server) = one_receiver(
+            &dst,
+            &base.join("state.json"),
+            vec![crate::resolve::exclude_pattern()],
+            None,
+        )
+        .await;
         let mut gens = Generations::default();
         gens.rotate(3);
-        let mut source = Source::connect(
-            addr,
-            key(k),
-            "c",
-            "head1",
-            "spool",
-            gens,
-            src.clone(),
-            vec![],
-        )
-        .await
-        .expect("connect");
+        let mut source = connect(addr, gens, &src).await.expect("connect");
         source.pass().await.expect("pass");
         drop(source);
         let _ = server.await;

@@ -675,13 +675,7 @@ pub async fn active_loop(
         if running && !was {
             // What the nodes reported before this head took over.
             for (key, host) in mon.stored_fresh() {
-                let r = CheckResult {
-                    at_ms: unix_ms_now(),
-                    summary: String::new(),
-                    detail: String::new(),
-                    hosts: vec![host],
-                };
-                mon.on_result(&fo, &key, r, &record).await;
+                mon.on_result(&fo, &key, pushed(host), &record).await;
             }
         }
         if running != was {
@@ -773,13 +767,7 @@ pub async fn active_loop(
                 let results = mon.take_report(&from, report);
                 if fo.is_active() && mon.lock().running {
                     for (key, host) in results {
-                        let r = CheckResult {
-                            at_ms: unix_ms_now(),
-                            summary: if host.ok { String::new() } else { format!("{} ({})", host.host, host.summary) },
-                            detail: String::new(),
-                            hosts: vec![host],
-                        };
-                        mon.on_result(&fo, &key, r, &record).await;
+                        mon.on_result(&fo, &key, pushed(host), &record).await;
                     }
                 }
             }
@@ -788,6 +776,20 @@ pub async fn active_loop(
             _ = changed.changed() => forget_due = true,
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// A node's pushed result as a check result of that host alone.
+fn pushed(host: HostResult) -> CheckResult {
+    CheckResult {
+        at_ms: unix_ms_now(),
+        summary: if host.ok {
+            String::new()
+        } else {
+            format!("{} ({})", host.host, host.summary)
+        },
+        detail: String::new(),
+        hosts: vec![host],
     }
 }
 
