@@ -1,16 +1,20 @@
-//! Applying a sender's changes on a receiver, beneath the set's root only
-//! and atomically per entry: a file's new content is rebuilt from the
-//! receiver's old content and a [`Delta`], checked against its blake3
-//! hash, written to a temporary name beside it, given its mode, owner and
-//! mtime, fsynced, and renamed over the real name (then the directory is
-//! fsynced): the real name never holds a half-written file, even if the
-//! receiver is killed. Names are checked ([`RelName`]) and every step goes
-//! through descriptors opened without following symlinks. [`sync_once`]
-//! runs one whole pass between two local directories (what the network
-//! sender and receiver will do across heads).
+//! Applying a source's changes on a receiver, beneath the set's root only.
+//! Every step goes through descriptors opened without following symbolic
+//! links, and names are checked ([`RelName`]). Directories, symbolic links,
+//! hard links, metadata and removals are applied one by one
+//! ([`apply_entry`]); a file's new content is received into
+//! `.<name>.haoscar-part` beside it ([`begin`]), given its mode, owner and
+//! mtime, and a batch of received files is made durable together (one
+//! `syncfs` for many, `fsync` for few) before each is renamed over its real
+//! name and the directories are synced ([`commit`]): the real name never
+//! holds a half-written file, even if the receiver is killed. A transfer
+//! cut short is resumed: its partial file's chunks are offered to the
+//! source with the old copy's ([`have_for`]). A database installed this way
+//! loses its stale `-wal`/`-shm`/`-journal`. [`sync_once`] runs one whole
+//! pass between two local directories with the same pieces.
 
-use crate::chunks::{self, Delta, Signature};
-use crate::manifest::{self, Change, Entry, Kind, Manifest};
+use crate::chunks::{self, Have, Rebuild};
+use crate::manifest::{Change, Entry, Kind, Manifest};
 use crate::names::{RelName, Root};
 use std::ffi::CString;
 use std::io::{self, Read, Write};
@@ -23,12 +27,17 @@ pub struct Stats {
     pub files_written: u64,
     /// New bytes that had to be sent (not found in the receiver's chunks).
     pub literal_bytes: u64,
+    /// Files whose content was found in another file here (a rename, a
+    /// copy) and not transferred.
+    pub copied_locally: u64,
     pub dirs_made: u64,
     pub links_made: u64,
     pub metadata_set: u64,
     pub removed: u64,
     /// Changes refused (a bad name, a symlink on the way), with why.
     pub refused: Vec<String>,
+    /// Entries moved into `.haoscar-splitbrain/<time>/` before being replaced.
+    pub kept_aside: Vec<String>,
 }
 
 fn cstr(s: &str) -> io::Result<CString> {
@@ -43,14 +52,39 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// A temporary name beside `last` in its directory, unique in this
-/// process (a leftover of a killed receiver has another pid or number and
-/// is swept by the next full pass: it is not in the sender's manifest).
+/// `last` shortened to leave room for a suffix within a component's 255
+/// bytes (long names keep a hash of the whole, so two never share one).
+fn short(last: &str) -> String {
+    if last.len() <= 200 {
+        return last.to_string();
+    }
+    let mut cut = 180;
+    while !last.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}~{}",
+        &last[..cut],
+        &blake3::hash(last.as_bytes()).to_hex()[..16]
+    )
+}
+
+/// A temporary name beside `last` in its directory, unique in this process.
 fn temp_name(last: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let short: String = last.chars().take(200).collect();
-    format!(".{short}.haoscar-{}-{n}", std::process::id())
+    format!(".{}.{}-{n}.haoscar-tmp", short(last), std::process::id())
+}
+
+/// Where the file `last` is received (the same name every time, so an
+/// interrupted transfer is found again).
+fn part_name(last: &str) -> String {
+    format!(".{}.haoscar-part", short(last))
+}
+
+/// Where an interrupted transfer of `last` is kept while it is resumed.
+fn resume_name(last: &str) -> String {
+    format!(".{}.haoscar-resume", short(last))
 }
 
 /// `lstat` of `last` in `dir`: its file type bits, if it exists.
@@ -152,39 +186,59 @@ fn fsync_dir(dir: &OwnedFd) -> io::Result<()> {
     f.sync_all()
 }
 
-/// Applies `changes` (in their order) beneath `root`. `fetch` gives, for a
-/// file, the delta from the receiver's signature of its current content to
-/// the sender's content.
-pub fn apply_changes(
-    root: &Root,
-    changes: &[Change],
-    mut fetch: impl FnMut(&str, &Signature) -> io::Result<Delta>,
-) -> Stats {
-    let mut stats = Stats::default();
-    for ch in changes {
-        let (name, r) = match ch {
-            Change::Put(n, e) => (n, put(root, n, e, &mut fetch, &mut stats)),
-            Change::Meta(n, e) => (n, meta(root, n, e, &mut stats)),
-            Change::Remove(n) => (n, remove(root, n, &mut stats)),
-        };
-        if let Err(e) = r {
-            stats.refused.push(format!("{name}: {e}"));
-        }
-    }
-    stats
-}
-
 fn checked(name: &str) -> io::Result<RelName> {
     RelName::parse(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
 }
 
-fn put(
-    root: &Root,
-    name: &str,
-    e: &Entry,
-    fetch: &mut impl FnMut(&str, &Signature) -> io::Result<Delta>,
-    stats: &mut Stats,
-) -> io::Result<()> {
+/// Removes `last` of `dir` and, for a directory, everything beneath it.
+fn remove_tree_at(dir: &OwnedFd, last: &str) -> io::Result<()> {
+    match kind_at(dir, last)? {
+        None => Ok(()),
+        Some(libc::S_IFDIR) => {
+            let c = cstr(last)?;
+            // SAFETY: valid fd and name; the new descriptor is owned below.
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    c.as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a fresh descriptor we own.
+            let sub = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let listing = nix::dir::Dir::from_fd(sub.try_clone()?)
+                .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+            let mut names = Vec::new();
+            for e in listing.into_iter().flatten() {
+                let n = e.file_name().to_bytes();
+                if n != b"." && n != b".." {
+                    names.push(String::from_utf8_lossy(n).into_owned());
+                }
+            }
+            for n in names {
+                remove_tree_at(&sub, &n)?;
+            }
+            remove_at(dir, last, true)
+        }
+        Some(_) => remove_at(dir, last, false),
+    }
+}
+
+/// Applies one change that is not a file's new content: a directory, a
+/// symbolic link, a hard link to a file already in place, metadata, a
+/// removal. (A file's content goes through [`begin`] and [`commit`].)
+pub fn apply_entry(root: &Root, ch: &Change, stats: &mut Stats) -> io::Result<()> {
+    match ch {
+        Change::Put(n, e) => put(root, n, e, stats),
+        Change::Meta(n, e) => meta(root, n, e, stats),
+        Change::Remove(n) => remove(root, n, stats),
+    }
+}
+
+fn put(root: &Root, name: &str, e: &Entry, stats: &mut Stats) -> io::Result<()> {
     let rel = checked(name)?;
     let (dir, last) = root.parent_dir(&rel, true)?;
     let existing = kind_at(&dir, &last)?;
@@ -210,57 +264,34 @@ fn put(
             check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })?;
             set_meta(&dir, &tmp, e, true)?;
             if existing == Some(libc::S_IFDIR) {
-                remove_at(&dir, &last, true)?;
+                remove_tree_at(&dir, &last)?;
             }
             rename_in(&dir, &tmp, &last)?;
             fsync_dir(&dir)?;
             stats.links_made += 1;
         }
         Kind::File { .. } => {
-            if let Some(first) = &e.link_of {
-                // A hard link to a file already put in this pass.
-                let first = checked(first)?;
-                let (fdir, flast) = root.parent_dir(&first, false)?;
-                let (f, t) = (cstr(&flast)?, cstr(&tmp)?);
-                // SAFETY: valid fds and names; linkat does not follow
-                // symlinks without AT_SYMLINK_FOLLOW.
-                check(unsafe {
-                    libc::linkat(fdir.as_raw_fd(), f.as_ptr(), dir.as_raw_fd(), t.as_ptr(), 0)
-                })?;
-                if existing == Some(libc::S_IFDIR) {
-                    remove_at(&dir, &last, true)?;
-                }
-                rename_in(&dir, &tmp, &last)?;
-                fsync_dir(&dir)?;
-                stats.links_made += 1;
-                return Ok(());
-            }
-            // What the receiver has (only a regular file counts).
-            let old = if existing == Some(libc::S_IFREG) {
-                let mut v = Vec::new();
-                root.open_read(&rel)?.read_to_end(&mut v)?;
-                v
-            } else {
-                Vec::new()
+            let Some(first) = &e.link_of else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a file's content is received, not applied as an entry",
+                ));
             };
-            let sig = Signature::of(&old);
-            let delta = fetch(name, &sig)?;
-            stats.literal_bytes += delta.literal_bytes() as u64;
-            let new = chunks::apply(&old, &sig, &delta)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let (mut f, tdir) = root.create_beside(&rel, &tmp, 0o600)?;
-            let written = f.write_all(&new).and_then(|()| f.sync_all());
-            if let Err(err) = written {
-                let _ = remove_at(&tdir, &tmp, false);
-                return Err(err);
-            }
-            drop(f);
-            set_meta(&tdir, &tmp, e, false)?;
+            // A hard link to a file already put in this pass.
+            let first = checked(first)?;
+            let (fdir, flast) = root.parent_dir(&first, false)?;
+            let (f, t) = (cstr(&flast)?, cstr(&tmp)?);
+            // SAFETY: valid fds and names; linkat does not follow symlinks
+            // without AT_SYMLINK_FOLLOW.
+            check(unsafe {
+                libc::linkat(fdir.as_raw_fd(), f.as_ptr(), dir.as_raw_fd(), t.as_ptr(), 0)
+            })?;
             if existing == Some(libc::S_IFDIR) {
-                remove_at(&tdir, &last, true)?;
+                remove_tree_at(&dir, &last)?;
             }
-            root.commit(&tdir, &tmp, &rel)?;
-            stats.files_written += 1;
+            rename_in(&dir, &tmp, &last)?;
+            fsync_dir(&dir)?;
+            stats.links_made += 1;
         }
     }
     Ok(())
@@ -277,33 +308,337 @@ fn meta(root: &Root, name: &str, e: &Entry, stats: &mut Stats) -> io::Result<()>
 
 fn remove(root: &Root, name: &str, stats: &mut Stats) -> io::Result<()> {
     let rel = checked(name)?;
-    let (dir, last) = root.parent_dir(&rel, false)?;
+    let (dir, last) = match root.parent_dir(&rel, false) {
+        Ok(v) => v,
+        // The directory holding it is gone already.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     match kind_at(&dir, &last)? {
         None => return Ok(()),
-        Some(libc::S_IFDIR) => remove_at(&dir, &last, true)?,
-        Some(_) => remove_at(&dir, &last, false)?,
+        Some(_) => remove_tree_at(&dir, &last)?,
     }
     fsync_dir(&dir)?;
     stats.removed += 1;
     Ok(())
 }
 
+/// The chunks the receiver has for `name`: its current content (a regular
+/// file only) and an interrupted transfer's partial file, which is kept
+/// aside (`.haoscar-resume`) while the new transfer is written.
+pub fn have_for(root: &Root, name: &str) -> io::Result<Have> {
+    let rel = checked(name)?;
+    let mut have = Have::default();
+    let (dir, last) = match root.parent_dir(&rel, false) {
+        Ok(v) => v,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+            return Ok(have)
+        }
+        Err(e) => return Err(e),
+    };
+    if kind_at(&dir, &last)? == Some(libc::S_IFREG) {
+        have.add_file(crate::scan::open_file(&dir, &last)?)?;
+    }
+    let (part, resume) = (part_name(&last), resume_name(&last));
+    if kind_at(&dir, &part)? == Some(libc::S_IFREG) {
+        rename_in(&dir, &part, &resume)?;
+    }
+    if kind_at(&dir, &resume)? == Some(libc::S_IFREG) {
+        have.add_file(crate::scan::open_file(&dir, &resume)?)?;
+    }
+    Ok(have)
+}
+
+/// A file being received into its partial name.
+#[derive(Debug)]
+pub struct Incoming {
+    pub name: String,
+    pub entry: Entry,
+    dir: OwnedFd,
+    last: String,
+    part: String,
+    file: std::fs::File,
+    sqlite: bool,
+    written: u64,
+}
+
+/// Starts receiving `name` (whose entry will be `entry`): creates or
+/// truncates its partial file beside it (directories made as needed).
+pub fn begin(root: &Root, name: &str, entry: &Entry) -> io::Result<Incoming> {
+    let rel = checked(name)?;
+    let (dir, last) = root.parent_dir(&rel, true)?;
+    let part = part_name(&last);
+    let c = cstr(&part)?;
+    // SAFETY: valid fd and name; the new descriptor is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Ok(Incoming {
+        name: name.to_string(),
+        entry: entry.clone(),
+        dir,
+        last,
+        part,
+        file,
+        sqlite: false,
+        written: 0,
+    })
+}
+
+impl Incoming {
+    /// Where the content goes (written in order from the start).
+    pub fn writer(&mut self) -> IncomingWriter<'_> {
+        IncomingWriter { inc: self }
+    }
+
+    /// The content is complete: its metadata is set on the partial file.
+    pub fn finish(&mut self) -> io::Result<()> {
+        set_meta(&self.dir, &self.part, &self.entry, false)
+    }
+
+    /// Copies the content of the file `from` (a name in the same set, e.g.
+    /// the old name of a renamed file) into this one; it counts only if it
+    /// has this entry's hash. Returns whether it did.
+    pub fn copy_from(&mut self, root: &Root, from: &str) -> io::Result<bool> {
+        let Kind::File { size, hash } = self.entry.kind else {
+            return Ok(false);
+        };
+        let mut src = root.open_read(&checked(from)?)?;
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = src.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > size {
+                return Ok(false);
+            }
+            h.update(&buf[..n]);
+            self.writer().write_all(&buf[..n])?;
+        }
+        Ok(total == size && *h.finalize().as_bytes() == hash)
+    }
+
+    /// Starts over (a copy that did not match).
+    pub fn reset(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        use std::io::Seek;
+        self.file.seek(io::SeekFrom::Start(0))?;
+        self.written = 0;
+        self.sqlite = false;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+/// Writes into an [`Incoming`] file, noticing an SQLite header.
+pub struct IncomingWriter<'a> {
+    inc: &'a mut Incoming,
+}
+
+impl Write for IncomingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.inc.written == 0 && buf.len() >= 16 {
+            self.inc.sqlite = crate::sqlite::has_magic(&buf[..16]);
+        }
+        let n = self.inc.file.write(buf)?;
+        self.inc.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inc.file.flush()
+    }
+}
+
+/// Above this many files a batch is made durable with one `syncfs` rather
+/// than a `fsync` per file.
+const SYNCFS_ABOVE: usize = 4;
+
+/// Makes a batch of received files durable, then renames each over its
+/// real name (replacing what was there, a directory included), removes a
+/// database's stale sidecars, and syncs the directories. Files that could
+/// not be put in place are listed in `stats.refused`, and their names
+/// returned.
+pub fn commit(root: &Root, items: Vec<Incoming>, stats: &mut Stats) -> Vec<String> {
+    let mut failed = Vec::new();
+    if items.is_empty() {
+        return failed;
+    }
+    let synced = if items.len() > SYNCFS_ABOVE {
+        syncfs(root).is_ok()
+    } else {
+        false
+    };
+    let mut dirs: Vec<OwnedFd> = Vec::new();
+    let mut inodes: Vec<(u64, u64)> = Vec::new();
+    for inc in items {
+        let r = (|| -> io::Result<()> {
+            if !synced {
+                inc.file.sync_all()?;
+            }
+            if kind_at(&inc.dir, &inc.last)? == Some(libc::S_IFDIR) {
+                remove_tree_at(&inc.dir, &inc.last)?;
+            }
+            rename_in(&inc.dir, &inc.part, &inc.last)?;
+            let _ = remove_at(&inc.dir, &resume_name(&inc.last), false);
+            if inc.sqlite {
+                for s in crate::sqlite::SIDECARS {
+                    let _ = remove_at(&inc.dir, &format!("{}{s}", inc.last), false);
+                }
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => {
+                stats.files_written += 1;
+                let st = nix::sys::stat::fstat(&inc.dir).ok();
+                let key = st.map(|s| (s.st_dev, s.st_ino)).unwrap_or((0, 0));
+                if !inodes.contains(&key) {
+                    inodes.push(key);
+                    dirs.push(inc.dir);
+                }
+            }
+            Err(e) => {
+                stats.refused.push(format!("{}: {e}", inc.name));
+                failed.push(inc.name);
+            }
+        }
+    }
+    if dirs.len() > SYNCFS_ABOVE {
+        let _ = syncfs(root);
+    } else {
+        for d in &dirs {
+            let _ = fsync_dir(d);
+        }
+    }
+    failed
+}
+
+fn syncfs(root: &Root) -> io::Result<()> {
+    let c = cstr(".")?;
+    // SAFETY: valid fd and name; the new descriptor is owned below.
+    let fd = unsafe {
+        libc::openat(
+            root.fd().as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    let f = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: a valid descriptor.
+    check(unsafe { libc::syncfs(f.as_raw_fd()) })
+}
+
+/// Applies `changes` beneath `dst` in the receiver's order: entries first
+/// (directories before their content), file contents (from `content`,
+/// which streams the ops rebuilding a file from the receiver's chunks,
+/// committed in one batch), hard links, then removals deepest first.
+pub fn apply_all(
+    root: &Root,
+    changes: &[Change],
+    mut content: impl FnMut(
+        &str,
+        &Have,
+        &mut dyn FnMut(&chunks::Op) -> io::Result<()>,
+    ) -> io::Result<(u64, [u8; 32])>,
+) -> Stats {
+    let mut stats = Stats::default();
+    let mut links = Vec::new();
+    let mut removals = Vec::new();
+    let mut files = Vec::new();
+    for ch in changes {
+        match ch {
+            Change::Put(_, e) if matches!(e.kind, Kind::File { .. }) => {
+                if e.link_of.is_some() {
+                    links.push(ch);
+                } else {
+                    files.push(ch);
+                }
+            }
+            Change::Remove(_) => removals.push(ch),
+            _ => {
+                if let Err(e) = apply_entry(root, ch, &mut stats) {
+                    stats.refused.push(format!("{}: {e}", change_name(ch)));
+                }
+            }
+        }
+    }
+    let mut batch = Vec::new();
+    for ch in files {
+        let Change::Put(name, e) = ch else { continue };
+        let r = (|| -> io::Result<Incoming> {
+            let have = have_for(root, name)?;
+            let mut inc = begin(root, name, e)?;
+            let mut rb = Rebuild::new(inc.writer(), &have, u64::MAX);
+            let (len, whole) = content(name, &have, &mut |op| {
+                rb.op(op).map_err(|e| io::Error::other(e.to_string()))
+            })?;
+            rb.finish(len, &whole)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            inc.finish()?;
+            Ok(inc)
+        })();
+        match r {
+            Ok(inc) => batch.push(inc),
+            Err(err) => stats.refused.push(format!("{name}: {err}")),
+        }
+    }
+    let _ = commit(root, batch, &mut stats);
+    for ch in links.into_iter().chain(removals) {
+        if let Err(e) = apply_entry(root, ch, &mut stats) {
+            stats.refused.push(format!("{}: {e}", change_name(ch)));
+        }
+    }
+    stats
+}
+
+fn change_name(ch: &Change) -> &str {
+    match ch {
+        Change::Put(n, _) | Change::Meta(n, _) | Change::Remove(n) => n,
+    }
+}
+
 /// One full pass from the directory `src` to the directory `dst` on this
 /// machine: both scanned, the changes applied to `dst` with deltas
 /// computed from `src`'s files. Returns the stats and the manifests after.
 pub fn sync_once(src: &Path, dst: &Path, exclude: &[String]) -> io::Result<(Stats, Manifest)> {
-    let from = manifest::scan(src, exclude)?;
-    let to = manifest::scan(dst, exclude)?;
+    let from = crate::scan::scan(src, exclude)?;
+    let to = crate::scan::scan(dst, exclude)?;
     let root = Root::open(dst)?;
     let src_root = Root::open(src)?;
     let changes = to.changes_to(&from);
-    let stats = apply_changes(&root, &changes, |name, sig| {
-        let mut data = Vec::new();
-        src_root
-            .open_read(&checked(name)?)?
-            .read_to_end(&mut data)?;
-        Ok(chunks::delta(sig, &data))
+    let mut literal = 0u64;
+    let mut stats = apply_all(&root, &changes, |name, have, apply| {
+        let f = src_root.open_read(&checked(name)?)?;
+        chunks::delta_stream(have.signature(), f, 1 << 20, |op| {
+            if let chunks::Op::Data(d) = &op {
+                literal += d.len() as u64;
+            }
+            apply(&op)
+        })
     });
+    stats.literal_bytes = literal;
     Ok((stats, from))
 }
 
@@ -343,7 +678,7 @@ mod tests {
 
         let (s1, m) = sync_once(&src, &dst, &ex).expect("first pass");
         assert!(s1.refused.is_empty(), "{:?}", s1.refused);
-        let after = manifest::scan(&dst, &ex).expect("scan dst");
+        let after = crate::scan::scan(&dst, &ex).expect("scan dst");
         assert_eq!(after.root_hash(), m.root_hash(), "{:#?}\n{:#?}", after, m);
         assert!(!dst.join("spool/x.tmp").exists());
         assert_eq!(
@@ -365,7 +700,7 @@ mod tests {
         let (s2, m2) = sync_once(&src, &dst, &ex).expect("second pass");
         assert!(s2.refused.is_empty(), "{:?}", s2.refused);
         assert_eq!(
-            manifest::scan(&dst, &ex).expect("scan").root_hash(),
+            crate::scan::scan(&dst, &ex).expect("scan").root_hash(),
             m2.root_hash()
         );
         // The 2 MiB file: only its tail travelled.
@@ -375,14 +710,82 @@ mod tests {
         );
         assert!(s2.removed >= 2, "{s2:?}");
         // No temporary file left anywhere.
-        let leftovers: Vec<String> = manifest::scan(&dst, &[])
-            .expect("scan")
-            .entries
-            .keys()
+        let leftovers = all_names(&dst)
+            .into_iter()
             .filter(|n| n.contains(".haoscar-"))
-            .cloned()
-            .collect();
+            .collect::<Vec<_>>();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// Every name beneath `dir`, replication's own temporaries included.
+    fn all_names(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+                let p = e.path();
+                out.push(p.strip_prefix(dir).expect("beneath").display().to_string());
+                if e.file_type().expect("type").is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A receiver killed while a large file arrives: the real name keeps
+    /// the old content, and the next transfer offers the partial file's
+    /// chunks, so only what is missing travels.
+    #[test]
+    fn an_interrupted_transfer_leaves_the_old_file_and_resumes() {
+        let base = tempdir("resume");
+        let dst = base.join("dst");
+        std::fs::create_dir_all(&dst).expect("dst");
+        std::fs::write(dst.join("big"), b"old content").expect("old");
+        let new = big(6 << 20, 3);
+        let e = Entry {
+            kind: Kind::File {
+                size: new.len() as u64,
+                hash: *blake3::hash(&new).as_bytes(),
+            },
+            mode: 0o640,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 1_700_000_000_000_000_000,
+            link_of: None,
+        };
+        let root = Root::open(&dst).expect("root");
+        // First attempt: 4 MiB arrive, then the receiver dies.
+        {
+            let have = have_for(&root, "big").expect("have");
+            let mut inc = begin(&root, "big", &e).expect("begin");
+            chunks::delta_stream(have.signature(), &new[..4 << 20], 1 << 20, |op| {
+                if let chunks::Op::Data(d) = op {
+                    inc.writer().write_all(&d)?;
+                }
+                Ok(())
+            })
+            .expect("first part");
+        }
+        assert_eq!(std::fs::read(dst.join("big")).expect("old"), b"old content");
+        assert!(all_names(&dst).iter().any(|n| n == ".big.haoscar-part"));
+        // Second attempt.
+        let changes = vec![Change::Put("big".into(), e.clone())];
+        let mut literal = 0;
+        let stats = apply_all(&root, &changes, |_, have, apply| {
+            chunks::delta_stream(have.signature(), &new[..], 1 << 20, |op| {
+                if let chunks::Op::Data(d) = &op {
+                    literal += d.len();
+                }
+                apply(&op)
+            })
+        });
+        assert!(stats.refused.is_empty(), "{:?}", stats.refused);
+        assert_eq!(std::fs::read(dst.join("big")).expect("new"), new);
+        assert!(literal < (2 << 20) + 2 * chunks::MAX_CHUNK, "{literal}");
+        assert_eq!(all_names(&dst), ["big"]);
         let _ = std::fs::remove_dir_all(&base);
     }
 
@@ -425,7 +828,9 @@ mod tests {
             // Writing "through" the link just made: refused.
             Change::Put("link-to-etc/evil".into(), file(&payload)),
         ];
-        let stats = apply_changes(&root, &changes, |_, sig| Ok(chunks::delta(sig, &payload)));
+        let stats = apply_all(&root, &changes, |_, have, apply| {
+            chunks::delta_stream(have.signature(), &payload[..], 1 << 20, |op| apply(&op))
+        });
         assert_eq!(stats.refused.len(), 5, "{:?}", stats.refused);
         assert_eq!(stats.files_written, 1);
         assert_eq!(std::fs::read(dst.join("ok/c")).expect("ok"), payload);

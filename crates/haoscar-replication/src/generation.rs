@@ -30,6 +30,12 @@ pub struct Generations {
     pub current: Option<u64>,
     /// Earlier generations of this content, newest first.
     pub history: Vec<u64>,
+    /// The root hash of the content each generation (current or in the
+    /// history) started from, where known: the fork point. A head that
+    /// wrote a generation and meets a copy that moved on from it can tell
+    /// whether it wrote after the fork (its content is no longer that root).
+    #[serde(default)]
+    pub starts: Vec<(u64, [u8; 32])>,
 }
 
 /// How two copies relate.
@@ -62,6 +68,52 @@ impl Generations {
             self.history.truncate(HISTORY);
         }
         self.current = Some(fresh);
+        let keep: Vec<u64> = self.current.iter().chain(&self.history).copied().collect();
+        self.starts.retain(|(g, _)| keep.contains(g));
+    }
+
+    /// [`Generations::rotate`], recording the root hash the new generation
+    /// starts from.
+    pub fn rotate_from(&mut self, fresh: u64, start_root: [u8; 32]) {
+        self.rotate(fresh);
+        self.starts.push((fresh, start_root));
+    }
+
+    /// The root hash generation `id` started from, if known.
+    pub fn start_of(&self, id: u64) -> Option<[u8; 32]> {
+        self.starts.iter().find(|(g, _)| *g == id).map(|(_, r)| *r)
+    }
+
+    /// The generation that followed `id` in this copy's history (the one
+    /// forked from it), if `id` is an ancestor.
+    pub fn child_of(&self, id: u64) -> Option<u64> {
+        let chain: Vec<u64> = self.current.iter().chain(&self.history).copied().collect();
+        let at = chain.iter().position(|g| *g == id)?;
+        (at > 0).then(|| chain[at - 1])
+    }
+
+    /// [`Generations::relate`] for a receiver meeting a source, knowing
+    /// whether this copy's own head wrote its current generation (it was
+    /// the source) and what this copy's root hash is now: a copy whose
+    /// generation the peer moved on from, but which was written after the
+    /// fork point the peer recorded, changed independently too (a split
+    /// brain), it is not merely behind.
+    pub fn relate_as_receiver(
+        &self,
+        peer: &Generations,
+        wrote: bool,
+        root_now: [u8; 32],
+    ) -> Relation {
+        let r = self.relate(peer);
+        if r != Relation::PeerAhead || !wrote {
+            return r;
+        }
+        let Some(cur) = self.current else { return r };
+        let fork = peer.child_of(cur).and_then(|c| peer.start_of(c));
+        match fork {
+            Some(root) if root != root_now => Relation::SplitBrain { common: Some(cur) },
+            _ => r,
+        }
     }
 
     /// After a completed sync from `source`: the same generations.
@@ -108,6 +160,7 @@ mod tests {
         Generations {
             current,
             history: history.to_vec(),
+            starts: Vec::new(),
         }
     }
 
@@ -178,6 +231,44 @@ mod tests {
         assert!(h1.descends_from(10) && h1.descends_from(20));
     }
 
+    /// The old source returns after a failover: merely behind if it wrote
+    /// nothing after the point the new source forked from, a split brain
+    /// if it did (writes the new source never received).
+    #[test]
+    fn a_returning_source_with_a_tail_is_a_split_brain() {
+        let mut h1 = Generations::default();
+        h1.rotate_from(10, [0; 32]);
+        let mut h2 = Generations::default();
+        h2.adopt(&h1);
+        // head2 had root R when it took over.
+        h2.rotate_from(20, [7; 32]);
+        assert_eq!(h2.child_of(10), Some(20));
+        assert_eq!(h2.start_of(20), Some([7; 32]));
+        assert_eq!(
+            h1.relate_as_receiver(&h2, true, [7; 32]),
+            Relation::PeerAhead
+        );
+        assert_eq!(
+            h1.relate_as_receiver(&h2, true, [8; 32]),
+            Relation::SplitBrain { common: Some(10) }
+        );
+        // A head that only received generation 10 is behind, whatever it has.
+        assert_eq!(
+            h1.relate_as_receiver(&h2, false, [8; 32]),
+            Relation::PeerAhead
+        );
+        // Two generations later the fork point is still known.
+        h2.rotate_from(30, [9; 32]);
+        assert_eq!(
+            h1.relate_as_receiver(&h2, true, [9; 32]),
+            Relation::SplitBrain { common: Some(10) }
+        );
+        assert_eq!(
+            h1.relate_as_receiver(&h2, true, [7; 32]),
+            Relation::PeerAhead
+        );
+    }
+
     #[test]
     fn history_is_bounded() {
         let mut h = Generations::default();
@@ -185,6 +276,11 @@ mod tests {
             h.rotate(i);
         }
         assert_eq!(h.history.len(), HISTORY);
+        let mut h2 = Generations::default();
+        for i in 0..100 {
+            h2.rotate_from(i, [i as u8; 32]);
+        }
+        assert_eq!(h2.starts.len(), HISTORY + 1);
         assert_eq!(h.current, Some(99));
         assert_eq!(h.history[0], 98);
     }

@@ -3,33 +3,48 @@
 //! each tested on its own:
 //!
 //! * [`generation`]: DRBD-style generation identifiers per replicated set,
-//!   and the decision taken when two heads reconnect (in sync, one ahead,
-//!   or split brain: both changed the set independently).
+//!   with the root hash each generation forked from, and the decision taken
+//!   when two heads reconnect (in sync, one behind, or split brain: both
+//!   changed the set independently).
 //! * [`names`]: what a receiver accepts as a file name from a sender (no
 //!   `..`, no absolute paths) and opening it beneath the set's root without
 //!   ever following a symbolic link.
-//! * [`manifest`]: the entries of a set with their metadata and hashes, a
-//!   root hash, and the ordered changes from one manifest to another.
-//! * [`apply`]: a receiver applying changes atomically beneath the set's
-//!   root (temporary name, fsync, rename, directory fsync), and one whole
-//!   local pass between two directories.
+//! * [`manifest`]: the entries of a set with their metadata and hashes, the
+//!   root hash kept current entry by entry, and the ordered changes from
+//!   one manifest to another.
+//! * [`scan`]: reading a directory (whole, a subtree, one name) into
+//!   entries through descriptors, with a hash cache and SQLite snapshots.
+//! * [`sqlite`]: recognising SQLite databases and copying them with the
+//!   online backup API.
+//! * [`tracker`]: the source's model of a directory kept current from the
+//!   names change detection reports, with a numbered journal of changes.
+//! * [`chunks`]: content-defined chunking with blake3 hashes, streamed
+//!   deltas against what a receiver has, and rebuilding with verification.
+//! * [`apply`]: a receiver applying changes beneath the set's root (files
+//!   received into a partial name, made durable in batches, renamed into
+//!   place; resumable), and one whole local pass between two directories.
 //! * [`resolve`]: resolving a split brain without deleting anything (the
 //!   losing copy's divergent entries moved to `.haoscar-splitbrain/<time>/`).
-//! * [`session`]: the authenticated TCP stream between the source and a
-//!   receiver (handshake binding both nonces, every frame tagged with the
-//!   cluster key, its direction and sequence) carrying manifest, wants,
-//!   deltas and the receiver's confirmation.
-//! * [`store`]: a head's persisted state per replicated directory
-//!   (generations, root hash after the last pass), and noticing a copy
-//!   changed behind replication's back.
-//! * [`chunks`]: content-defined chunking with blake3 hashes, and the delta
-//!   between a receiver's old file and the sender's new one.
+//! * [`codec`]: the compact binary encoding of entries, signatures and ops.
+//! * [`frame`]: the connection's frames: authenticated handshake, then
+//!   AES-256-GCM sealed and zstd-compressed frames.
+//! * [`session`]: the protocol and its source side (handshake, passes,
+//!   wants served by a reading thread, verify).
+//! * [`receiver`]: the receiver side (acceptance, its model of the copy,
+//!   applying passes).
+//! * [`store`]: a head's persisted state per replicated directory.
 
 pub mod apply;
 pub mod chunks;
+pub mod codec;
+pub mod frame;
 pub mod generation;
 pub mod manifest;
 pub mod names;
+pub mod receiver;
 pub mod resolve;
+pub mod scan;
 pub mod session;
+pub mod sqlite;
 pub mod store;
+pub mod tracker;

@@ -4,15 +4,12 @@
 //! `exclude` patterns left out; a root hash over all of it (two copies are
 //! equal when their root hashes are); and the changes that turn one
 //! manifest into another, in an order a receiver can apply (directories
-//! before what they contain, removals deepest first). Scanning reads the
-//! file system; comparing is pure.
+//! before what they contain, removals deepest first), and the root hash
+//! kept current entry by entry ([`RootAccum`]). Pure: reading a directory
+//! into a manifest is [`crate::scan`]'s.
 
-use crate::names::RelName;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::io;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::collections::BTreeMap;
 
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,195 +93,44 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
     }
 }
 
-/// File hashes remembered between scans, by name: reused while the file's
-/// size, mtime, ctime and inode are unchanged (a write changes its ctime,
-/// even one that restores the mtime).
-#[derive(Debug, Default, Clone)]
-pub struct HashCache {
-    entries: HashMap<String, (FileStamp, [u8; 32])>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    ino: u64,
-    dev: u64,
-}
-
-impl HashCache {
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-/// Reads the manifest of the directory `root` (not following symlinks;
-/// entries of other file systems are included like the rest).
-pub fn scan(root: &Path, exclude: &[String]) -> io::Result<Manifest> {
-    scan_cached(root, exclude, &mut HashCache::default())
-}
-
-/// [`scan`], hashing only files whose stamp changed since the last scan
-/// with the same `cache` (which then holds exactly the files seen).
-pub fn scan_cached(root: &Path, exclude: &[String], cache: &mut HashCache) -> io::Result<Manifest> {
-    let mut seen: HashMap<String, (FileStamp, [u8; 32])> = HashMap::new();
-    let mut m = Manifest::default();
-    let mut inodes: HashMap<(u64, u64), String> = HashMap::new();
-    let mut stack = vec![String::new()];
-    while let Some(dir) = stack.pop() {
-        let path = if dir.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(&dir)
-        };
-        let mut names: Vec<String> = Vec::new();
-        for e in std::fs::read_dir(&path)? {
-            let e = e?;
-            match e.file_name().into_string() {
-                Ok(n) => names.push(n),
-                Err(n) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{}: a name that is not UTF-8: {n:?}", path.display()),
-                    ))
-                }
-            }
-        }
-        names.sort();
-        for n in names {
-            let name = if dir.is_empty() {
-                n
-            } else {
-                format!("{dir}/{n}")
-            };
-            if excluded(&name, exclude) || RelName::parse(&name).is_err() {
-                continue;
-            }
-            let full = root.join(&name);
-            let md = std::fs::symlink_metadata(&full)?;
-            let ft = md.file_type();
-            let kind = if ft.is_dir() {
-                stack.push(name.clone());
-                Kind::Dir
-            } else if ft.is_symlink() {
-                let target = std::fs::read_link(&full)?;
-                Kind::Symlink {
-                    target: target.to_string_lossy().into_owned(),
-                }
-            } else if ft.is_file() {
-                let stamp = FileStamp {
-                    size: md.len(),
-                    mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-                    ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-                    ino: md.ino(),
-                    dev: md.dev(),
-                };
-                let hash = match cache.entries.get(&name) {
-                    Some((s, h)) if *s == stamp => *h,
-                    _ => {
-                        let mut h = blake3::Hasher::new();
-                        h.update_reader(std::fs::File::open(&full)?)?;
-                        *h.finalize().as_bytes()
-                    }
-                };
-                seen.insert(name.clone(), (stamp, hash));
-                Kind::File {
-                    size: md.len(),
-                    hash,
-                }
-            } else {
-                // Sockets, fifos, devices: not replicated.
-                continue;
-            };
-            let link_of = if md.is_file() && md.nlink() > 1 {
-                match inodes.get(&(md.dev(), md.ino())) {
-                    Some(first) => Some(first.clone()),
-                    None => {
-                        inodes.insert((md.dev(), md.ino()), name.clone());
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            let is_dir = matches!(kind, Kind::Dir);
-            m.entries.insert(
-                name,
-                Entry {
-                    kind,
-                    mode: md.mode() & 0o7777,
-                    uid: md.uid(),
-                    gid: md.gid(),
-                    mtime_ns: if is_dir {
-                        0
-                    } else {
-                        md.mtime() * 1_000_000_000 + md.mtime_nsec()
-                    },
-                    link_of,
-                },
-            );
-        }
-    }
-    cache.entries = seen;
-    // Hard links: the first name in name order is the file, the others
-    // link to it (a receiver applies changes in name order).
-    let mut groups: HashMap<String, Vec<String>> = HashMap::new();
-    for (name, e) in &m.entries {
-        if let Some(first) = &e.link_of {
-            groups.entry(first.clone()).or_default().push(name.clone());
-        }
-    }
-    for (first, others) in groups {
-        let mut all: Vec<String> = others;
-        all.push(first);
-        all.sort();
-        let head = all[0].clone();
-        for n in &all {
-            if let Some(e) = m.entries.get_mut(n) {
-                e.link_of = (*n != head).then(|| head.clone());
-            }
-        }
-    }
-    Ok(m)
-}
-
 impl Manifest {
     /// A hash of every entry (names, kinds, content hashes, metadata): equal
-    /// for equal sets.
+    /// for equal sets ([`RootAccum`] over all entries).
     pub fn root_hash(&self) -> [u8; 32] {
-        let mut h = blake3::Hasher::new();
+        self.accum().hash()
+    }
+
+    /// The root accumulator of these entries.
+    pub fn accum(&self) -> RootAccum {
+        let mut a = RootAccum::default();
         for (name, e) in &self.entries {
-            h.update(name.as_bytes());
-            h.update(&[0]);
-            match &e.kind {
-                Kind::File { size, hash } => {
-                    h.update(b"f");
-                    h.update(&size.to_le_bytes());
-                    h.update(hash);
-                }
-                Kind::Dir => {
-                    h.update(b"d");
-                }
-                Kind::Symlink { target } => {
-                    h.update(b"l");
-                    h.update(target.as_bytes());
-                    h.update(&[0]);
-                }
-            }
-            for v in [e.mode, e.uid, e.gid] {
-                h.update(&v.to_le_bytes());
-            }
-            h.update(&e.mtime_ns.to_le_bytes());
-            if let Some(l) = &e.link_of {
-                h.update(l.as_bytes());
-            }
-            h.update(&[0xff]);
+            a.add(name, e);
         }
-        *h.finalize().as_bytes()
+        a
+    }
+
+    /// Sets `name` to `e` (or removes it), keeping `acc` (this manifest's
+    /// accumulator) current. Returns whether anything changed.
+    pub fn set(&mut self, acc: &mut RootAccum, name: &str, e: Option<Entry>) -> bool {
+        match e {
+            Some(e) => {
+                if self.entries.get(name) == Some(&e) {
+                    return false;
+                }
+                acc.add(name, &e);
+                if let Some(old) = self.entries.insert(name.to_string(), e) {
+                    acc.remove(name, &old);
+                }
+                true
+            }
+            None => match self.entries.remove(name) {
+                Some(old) => {
+                    acc.remove(name, &old);
+                    true
+                }
+                None => false,
+            },
+        }
     }
 
     /// The changes that turn `self` (the receiver's) into `new` (the
@@ -316,6 +162,91 @@ impl Manifest {
         out.extend(gone.into_iter().map(|n| Change::Remove(n.clone())));
         out
     }
+
+    /// The changes that apply `updates` (names with their new entry, or
+    /// `None` for a removal) to `self`, in the same order as
+    /// [`Manifest::changes_to`]: puts in name order, removals deepest first.
+    pub fn changes_for(&self, updates: &[(String, Option<Entry>)]) -> Vec<Change> {
+        let mut puts: Vec<(&String, &Entry)> = Vec::new();
+        let mut gone: Vec<&String> = Vec::new();
+        for (name, e) in updates {
+            match (self.entries.get(name), e) {
+                (None, Some(e)) => puts.push((name, e)),
+                (Some(old), Some(e)) if old != e => puts.push((name, e)),
+                (Some(_), None) => gone.push(name),
+                _ => {}
+            }
+        }
+        puts.sort_by(|a, b| a.0.cmp(b.0));
+        puts.dedup_by(|a, b| a.0 == b.0);
+        let mut out: Vec<Change> = puts
+            .into_iter()
+            .map(|(name, e)| match self.entries.get(name) {
+                Some(old) if old.kind == e.kind && old.link_of == e.link_of => {
+                    Change::Meta(name.clone(), e.clone())
+                }
+                _ => Change::Put(name.clone(), e.clone()),
+            })
+            .collect();
+        gone.sort_by(|a, b| {
+            b.matches('/')
+                .count()
+                .cmp(&a.matches('/').count())
+                .then(b.cmp(a))
+        });
+        gone.dedup();
+        out.extend(gone.into_iter().map(|n| Change::Remove(n.clone())));
+        out
+    }
+}
+
+/// A set's root hash kept current entry by entry: the wrapping sum, lane
+/// by lane, of every entry's [`entry_digest`](crate::codec::entry_digest),
+/// and their number. Adding and removing entries in any order gives the
+/// same value as summing the final set, so the source and a receiver keep
+/// it up to date at the cost of the entries that changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RootAccum {
+    lanes: [u64; 4],
+    count: u64,
+}
+
+impl RootAccum {
+    fn lanes_of(name: &str, e: &Entry) -> [u64; 4] {
+        let d = crate::codec::entry_digest(name, e);
+        let mut out = [0u64; 4];
+        for (i, l) in out.iter_mut().enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&d[i * 8..i * 8 + 8]);
+            *l = u64::from_le_bytes(b);
+        }
+        out
+    }
+    pub fn add(&mut self, name: &str, e: &Entry) {
+        for (l, d) in self.lanes.iter_mut().zip(Self::lanes_of(name, e)) {
+            *l = l.wrapping_add(d);
+        }
+        self.count = self.count.wrapping_add(1);
+    }
+    pub fn remove(&mut self, name: &str, e: &Entry) {
+        for (l, d) in self.lanes.iter_mut().zip(Self::lanes_of(name, e)) {
+            *l = l.wrapping_sub(d);
+        }
+        self.count = self.count.wrapping_sub(1);
+    }
+    /// Entries summed.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    pub fn hash(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(b"haoscar root v2");
+        for l in self.lanes {
+            h.update(&l.to_le_bytes());
+        }
+        h.update(&self.count.to_le_bytes());
+        *h.finalize().as_bytes()
+    }
 }
 
 #[cfg(test)]
@@ -340,80 +271,5 @@ mod tests {
         for (name, pats, want) in cases {
             assert_eq!(excluded(name, &p(pats)), *want, "{name} {pats:?}");
         }
-    }
-
-    fn tempdir(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("haoscar-manifest-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("tempdir");
-        d
-    }
-
-    #[test]
-    fn scan_compare_and_order_changes() {
-        let a = tempdir("a");
-        std::fs::create_dir_all(a.join("d/e")).expect("dirs");
-        std::fs::write(a.join("d/e/f"), b"one").expect("f");
-        std::fs::write(a.join("g.tmp"), b"skip").expect("tmp");
-        std::fs::write(a.join("h"), b"h").expect("h");
-        std::fs::hard_link(a.join("h"), a.join("h2")).expect("hard link");
-        std::os::unix::fs::symlink("d/e/f", a.join("l")).expect("symlink");
-        let ex = vec!["*.tmp".to_string()];
-        let m1 = scan(&a, &ex).expect("scan");
-        let names: Vec<&str> = m1.entries.keys().map(String::as_str).collect();
-        assert_eq!(names, ["d", "d/e", "d/e/f", "h", "h2", "l"]);
-        assert_eq!(m1.entries["h2"].link_of.as_deref(), Some("h"));
-        assert_eq!(
-            m1.entries["l"].kind,
-            Kind::Symlink {
-                target: "d/e/f".into()
-            }
-        );
-        assert_eq!(m1.root_hash(), scan(&a, &ex).expect("scan").root_hash());
-        // Change content, mode, remove a subtree, add a file.
-        std::fs::write(a.join("h"), b"H!").expect("h");
-        std::fs::remove_dir_all(a.join("d")).expect("rm");
-        std::fs::write(a.join("new"), b"new").expect("new");
-        std::fs::set_permissions(
-            a.join("l").with_file_name("new"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .expect("chmod");
-        let m2 = scan(&a, &ex).expect("scan");
-        assert_ne!(m1.root_hash(), m2.root_hash());
-        let ch = m1.changes_to(&m2);
-        let short: Vec<String> = ch
-            .iter()
-            .map(|c| match c {
-                Change::Put(n, _) => format!("put {n}"),
-                Change::Meta(n, _) => format!("meta {n}"),
-                Change::Remove(n) => format!("rm {n}"),
-            })
-            .collect();
-        // h and h2 are one inode: both changed content.
-        assert_eq!(
-            short,
-            ["put h", "put h2", "put new", "rm d/e/f", "rm d/e", "rm d"]
-        );
-        assert!(m2.changes_to(&m2).is_empty());
-        // Hard links across directories: the first name in name order is
-        // the file, whatever order the scan visited them in.
-        std::fs::create_dir_all(a.join("z")).expect("z");
-        std::fs::write(a.join("z/x"), b"linked").expect("x");
-        std::fs::hard_link(a.join("z/x"), a.join("b-link")).expect("link");
-        let m3 = scan(&a, &ex).expect("scan");
-        assert_eq!(m3.entries["z/x"].link_of.as_deref(), Some("b-link"));
-        assert_eq!(m3.entries["b-link"].link_of, None);
-        std::fs::remove_dir_all(a.join("z")).expect("rm z");
-        std::fs::remove_file(a.join("b-link")).expect("rm link");
-        // A cached scan equals a full one, also after a same-size rewrite.
-        let mut cache = HashCache::default();
-        assert_eq!(scan_cached(&a, &ex, &mut cache).expect("scan"), m2);
-        assert_eq!(cache.len(), 3);
-        std::fs::write(a.join("new"), b"NEW").expect("rewrite");
-        let fresh = scan(&a, &ex).expect("scan");
-        assert_eq!(scan_cached(&a, &ex, &mut cache).expect("scan"), fresh);
-        assert_ne!(fresh, m2);
-        let _ = std::fs::remove_dir_all(&a);
     }
 }

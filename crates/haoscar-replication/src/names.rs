@@ -105,7 +105,25 @@ pub struct Root {
     fd: OwnedFd,
 }
 
+/// Suffixes of the names replication itself creates beside a file on a
+/// receiver: the file being received (`.<name>.haoscar-part`), an
+/// interrupted one kept to resume from (`.haoscar-resume`), and other
+/// temporaries (`.haoscar-tmp`). Never part of a set's manifest.
+pub const INTERNAL_SUFFIXES: [&str; 3] = [".haoscar-part", ".haoscar-resume", ".haoscar-tmp"];
+
+/// Whether the last component `last` is one of replication's own
+/// temporary names ([`INTERNAL_SUFFIXES`], always starting with `.`).
+pub fn is_internal(last: &str) -> bool {
+    last.starts_with('.') && INTERNAL_SUFFIXES.iter().any(|s| last.ends_with(s))
+}
+
 impl Root {
+    /// The directory descriptor (opened with `O_PATH`).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
     /// Opens the set's root (which must be a directory; a symlink as the
     /// root itself is refused too).
     pub fn open(path: &std::path::Path) -> io::Result<Root> {

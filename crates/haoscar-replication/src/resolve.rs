@@ -77,7 +77,7 @@ fn cstr(s: &str) -> io::Result<CString> {
 mod tests {
     use super::*;
     use crate::apply::sync_once;
-    use crate::manifest::scan;
+    use crate::scan::scan;
 
     fn tempdir(tag: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("haoscar-resolve-{tag}-{}", std::process::id()));

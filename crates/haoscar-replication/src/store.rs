@@ -7,7 +7,6 @@
 //! being silently overwritten.
 
 use crate::generation::Generations;
-use crate::manifest::Manifest;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,11 +23,26 @@ pub struct CopyState {
     /// The split-brain resolution order (its time) already carried out here.
     #[serde(default)]
     pub resolved_order: u64,
-    /// A pass from this source generation was being applied (cleared when
-    /// it ends): differences found after a crash are that pass's.
+    /// A session from this source generation was being applied (cleared
+    /// when it ends cleanly): differences found after a crash or a broken
+    /// connection are that session's, completed by the next one.
     #[serde(default)]
     pub applying: Option<u64>,
+    /// This head wrote its current generation (it was the source).
+    #[serde(default)]
+    pub wrote: bool,
+    /// Receiver: local time (Unix ms) as of which this copy held everything
+    /// the source had written (the lag at a failover is measured from it).
+    #[serde(default)]
+    pub in_sync_local_ms: u64,
+    /// Layout of this file ([`FORMAT`]); older files' root hashes are not
+    /// comparable and are ignored.
+    #[serde(default)]
+    pub format: u32,
 }
+
+/// The current layout of the state file.
+pub const FORMAT: u32 = 2;
 
 /// Where the state of `set`'s `index`-th directory lives.
 pub fn state_file(state_dir: &Path, set: &str, index: usize) -> PathBuf {
@@ -41,8 +55,15 @@ impl CopyState {
     /// Reads the state (a missing file is a never-replicated copy).
     pub fn load(file: &Path) -> std::io::Result<CopyState> {
         match std::fs::read(file) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Ok(b) => {
+                let mut st: CopyState = serde_json::from_slice(&b)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                if st.format < FORMAT {
+                    st.root_hash = None;
+                    st.format = FORMAT;
+                }
+                Ok(st)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CopyState::default()),
             Err(e) => Err(e),
         }
@@ -55,7 +76,9 @@ impl CopyState {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = file.with_extension(format!("json.{}-{n}.tmp", std::process::id()));
-        let text = serde_json::to_vec_pretty(self)
+        let mut me = self.clone();
+        me.format = FORMAT;
+        let text = serde_json::to_vec_pretty(&me)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         {
             let mut f = std::fs::File::create(&tmp)?;
@@ -69,11 +92,12 @@ impl CopyState {
     /// Compares with the copy as it is now: if it was replicated before and
     /// its content changed since, it starts a generation of its own
     /// (`fresh`). Returns whether it did.
-    pub fn notice_local_changes(&mut self, now: &Manifest, fresh: u64) -> bool {
+    pub fn notice_local_changes(&mut self, now: [u8; 32], fresh: u64) -> bool {
         match self.root_hash {
-            Some(h) if h != now.root_hash() && self.generations.current.is_some() => {
-                self.generations.rotate(fresh);
-                self.root_hash = Some(now.root_hash());
+            Some(h) if h != now && self.generations.current.is_some() => {
+                self.generations.rotate_from(fresh, now);
+                self.root_hash = Some(now);
+                self.wrote = true;
                 true
             }
             _ => false,
@@ -92,11 +116,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).expect("dir");
         std::fs::write(dir.join("data/f"), b"v1").expect("f");
-        let m1 = crate::manifest::scan(&dir.join("data"), &[]).expect("scan");
+        let m1 = crate::scan::scan(&dir.join("data"), &[]).expect("scan");
         // head1 received generation 10 with this content.
         let mut st = CopyState::default();
         st.generations.rotate(10);
         st.root_hash = Some(m1.root_hash());
+        st.format = FORMAT;
         let file = state_file(&dir, "spool", 0);
         st.save(&file).expect("save");
         assert_eq!(CopyState::load(&file).expect("load"), st);
@@ -106,11 +131,11 @@ mod tests {
         );
         // Unchanged: nothing to notice.
         let mut same = st.clone();
-        assert!(!same.notice_local_changes(&m1, 99));
+        assert!(!same.notice_local_changes(m1.root_hash(), 99));
         // A service wrote on head1 while it was cut off...
         std::fs::write(dir.join("data/f"), b"v2 written while cut off").expect("f");
-        let m2 = crate::manifest::scan(&dir.join("data"), &[]).expect("scan");
-        assert!(st.notice_local_changes(&m2, 30));
+        let m2 = crate::scan::scan(&dir.join("data"), &[]).expect("scan");
+        assert!(st.notice_local_changes(m2.root_hash(), 30));
         // ... and head2, active meanwhile, started generation 20 from 10.
         let mut head2 = Generations::default();
         head2.rotate(10);

@@ -1,0 +1,543 @@
+//! The source's model of one replicated directory: its manifest kept
+//! current from the names change detection reports ([`Tracker::refresh`]),
+//! checked against a full scan now and then ([`Tracker::rescan`]: what it
+//! finds was missed), with a journal numbering every change so each
+//! receiver is sent only what changed since the change it last confirmed
+//! ([`Tracker::changes_since`]). Hard links are kept as groups (a write to
+//! one name changes them all). Reading the disk goes through
+//! [`crate::scan::Scanner`]; the rest is bookkeeping.
+
+use crate::manifest::{Entry, Kind, Manifest, RootAccum};
+use crate::scan::{Found, Scanner};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Counters of a tracker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrackerStats {
+    /// Refreshes from reported names.
+    pub refreshes: u64,
+    /// Full scans (periodic verification, overflow, start).
+    pub rescans: u64,
+    /// Entries a full scan found different from the model: changes the
+    /// change detection did not report.
+    pub missed: u64,
+    /// Names that could not be read (kept as they were).
+    pub errors: u64,
+}
+
+/// The source's model of a directory.
+#[derive(Debug)]
+pub struct Tracker {
+    scanner: Scanner,
+    manifest: Manifest,
+    acc: RootAccum,
+    /// Inodes of names with more than one link, and the names per inode.
+    inode_of: HashMap<String, (u64, u64)>,
+    groups: HashMap<(u64, u64), BTreeSet<String>>,
+    /// The last change's number.
+    seq: u64,
+    /// Changes numbered below this are forgotten: a receiver that confirmed
+    /// an older one gets a full pass.
+    floor: u64,
+    changed: HashMap<String, u64>,
+    by_seq: BTreeMap<u64, String>,
+    pub stats: TrackerStats,
+    pub last_error: Option<String>,
+}
+
+impl Tracker {
+    /// Scans the directory (`snapshots`: where SQLite databases are copied).
+    pub fn new(
+        root: &std::path::Path,
+        exclude: &[String],
+        snapshots: Option<PathBuf>,
+    ) -> io::Result<Tracker> {
+        let mut t = Tracker {
+            scanner: Scanner::new(root, exclude, snapshots),
+            manifest: Manifest::default(),
+            acc: RootAccum::default(),
+            inode_of: HashMap::new(),
+            groups: HashMap::new(),
+            seq: 0,
+            floor: 0,
+            changed: HashMap::new(),
+            by_seq: BTreeMap::new(),
+            stats: TrackerStats::default(),
+            last_error: None,
+        };
+        t.rescan()?;
+        t.stats.missed = 0;
+        Ok(t)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn root_hash(&self) -> [u8; 32] {
+        self.acc.hash()
+    }
+
+    /// The number of the last change.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Where the replicated content of `name` is read.
+    pub fn data_path(&self, name: &str) -> PathBuf {
+        self.scanner.data_path(name)
+    }
+
+    /// Entries changed after change `seq` (with their entry now, or `None`
+    /// for a removal), in name order; `None` if that is too old to know
+    /// (send everything).
+    pub fn changes_since(&self, seq: u64) -> Option<Vec<(String, Option<Entry>)>> {
+        if seq < self.floor {
+            return None;
+        }
+        let mut names: Vec<&String> = self.by_seq.range(seq + 1..).map(|(_, n)| n).collect();
+        names.sort();
+        Some(
+            names
+                .into_iter()
+                .map(|n| (n.clone(), self.manifest.entries.get(n).cloned()))
+                .collect(),
+        )
+    }
+
+    /// Bytes of the files changed after change `seq` (what a receiver that
+    /// confirmed `seq` still lacks, at most).
+    pub fn pending_bytes(&self, seq: u64) -> u64 {
+        self.by_seq
+            .range(seq + 1..)
+            .filter_map(|(_, n)| match self.manifest.entries.get(n) {
+                Some(Entry {
+                    kind: Kind::File { size, .. },
+                    link_of: None,
+                    ..
+                }) => Some(*size),
+                _ => None,
+            })
+            .sum()
+    }
+
+    /// Every entry, for a full pass.
+    pub fn all(&self) -> Vec<(String, Option<Entry>)> {
+        self.manifest
+            .entries
+            .iter()
+            .map(|(n, e)| (n.clone(), Some(e.clone())))
+            .collect()
+    }
+
+    fn record(&mut self, name: &str) {
+        self.seq += 1;
+        if let Some(old) = self.changed.insert(name.to_string(), self.seq) {
+            self.by_seq.remove(&old);
+        }
+        self.by_seq.insert(self.seq, name.to_string());
+    }
+
+    fn set(&mut self, name: &str, e: Option<Entry>) -> bool {
+        let changed = self.manifest.set(&mut self.acc, name, e);
+        if changed {
+            self.record(name);
+        }
+        changed
+    }
+
+    /// Puts what was found for `name` (no link relation yet), keeping the
+    /// inode groups; returns the inode groups touched.
+    fn put_found(&mut self, name: &str, f: Option<Found>, touched: &mut BTreeSet<(u64, u64)>) {
+        if let Some(old) = self.inode_of.remove(name) {
+            if let Some(g) = self.groups.get_mut(&old) {
+                g.remove(name);
+                if g.is_empty() {
+                    self.groups.remove(&old);
+                }
+            }
+            touched.insert(old);
+        }
+        let entry = f.map(|f| {
+            if let Some(ino) = f.inode {
+                self.inode_of.insert(name.to_string(), ino);
+                self.groups.entry(ino).or_default().insert(name.to_string());
+                touched.insert(ino);
+            }
+            f.entry
+        });
+        // The link relation is settled for the whole group afterwards.
+        let keep_link = entry.as_ref().map(|e| {
+            let mut e = e.clone();
+            e.link_of = self
+                .manifest
+                .entries
+                .get(name)
+                .and_then(|o| o.link_of.clone());
+            e
+        });
+        self.set(name, keep_link);
+    }
+
+    /// The first name of a group is the file, the others link to it.
+    fn settle_links(&mut self, touched: BTreeSet<(u64, u64)>) {
+        for ino in touched {
+            let names: Vec<String> = self
+                .groups
+                .get(&ino)
+                .map(|g| g.iter().cloned().collect())
+                .unwrap_or_default();
+            let Some(first) = names.first().cloned() else {
+                continue;
+            };
+            for n in &names {
+                let want = (n != &first).then(|| first.clone());
+                if let Some(e) = self.manifest.entries.get(n) {
+                    if e.link_of != want {
+                        let mut e = e.clone();
+                        e.link_of = want;
+                        self.set(n, Some(e));
+                    }
+                }
+            }
+        }
+        // A name that left every group links to nothing.
+        let stale: Vec<String> = self
+            .manifest
+            .entries
+            .iter()
+            .filter(|(n, e)| e.link_of.is_some() && !self.inode_of.contains_key(*n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in stale {
+            if let Some(e) = self.manifest.entries.get(&n) {
+                let mut e = e.clone();
+                e.link_of = None;
+                self.set(&n, Some(e));
+            }
+        }
+    }
+
+    fn remove_tree(&mut self, name: &str, touched: &mut BTreeSet<(u64, u64)>) {
+        let under = format!("{name}/");
+        let gone: Vec<String> = self
+            .manifest
+            .entries
+            .range(under.clone()..)
+            .take_while(|(k, _)| k.starts_with(&under))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for g in gone {
+            self.put_found(&g, None, touched);
+        }
+        self.scanner.forget(name);
+    }
+
+    /// Brings the names `dirty` reported up to date: each is read again; a
+    /// directory with everything beneath it; a database's sidecar counts
+    /// for the database; a hard-linked file for every name of its inode.
+    /// Returns how many entries changed.
+    pub fn refresh(&mut self, dirty: &BTreeSet<String>) -> usize {
+        self.stats.refreshes += 1;
+        let before = self.seq;
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        for n in dirty {
+            match crate::sqlite::sidecar_of(n) {
+                Some(base) => {
+                    names.insert(base.to_string());
+                    names.insert(n.clone());
+                }
+                None => {
+                    names.insert(n.clone());
+                }
+            }
+        }
+        if names.contains("") {
+            // The root itself: everything.
+            let _ = self.rescan();
+            return (self.seq - before) as usize;
+        }
+        let mut touched = BTreeSet::new();
+        let mut covered: Option<String> = None;
+        let mut again: BTreeSet<String> = BTreeSet::new();
+        for name in &names {
+            if covered
+                .as_ref()
+                .is_some_and(|c| name.starts_with(&format!("{c}/")))
+            {
+                continue;
+            }
+            if self.scanner.left_out(name) {
+                continue;
+            }
+            match self.scanner.one(name) {
+                Ok(None) => {
+                    self.put_found(name, None, &mut touched);
+                    self.remove_tree(name, &mut touched);
+                }
+                Ok(Some(f)) if matches!(f.entry.kind, Kind::Dir) => {
+                    self.put_found(name, Some(f), &mut touched);
+                    match self.scanner.subtree(name) {
+                        Ok(Some(sub)) => {
+                            let under = format!("{name}/");
+                            let old: Vec<String> = self
+                                .manifest
+                                .entries
+                                .range(under.clone()..)
+                                .take_while(|(k, _)| k.starts_with(&under))
+                                .map(|(k, _)| k.clone())
+                                .filter(|k| !sub.contains_key(k))
+                                .collect();
+                            for k in old {
+                                self.put_found(&k, None, &mut touched);
+                            }
+                            for (k, f) in sub {
+                                self.put_found(&k, Some(f), &mut touched);
+                            }
+                            covered = Some(name.clone());
+                        }
+                        Ok(None) => {}
+                        Err(e) => self.error(name, e),
+                    }
+                }
+                Ok(Some(f)) => {
+                    if matches!(
+                        self.manifest.entries.get(name).map(|e| &e.kind),
+                        Some(Kind::Dir)
+                    ) {
+                        self.remove_tree(name, &mut touched);
+                    }
+                    if let Some(ino) = f.inode {
+                        // The other names of this inode changed with it.
+                        if let Some(g) = self.groups.get(&ino) {
+                            again.extend(g.iter().filter(|n| *n != name).cloned());
+                        }
+                    }
+                    self.put_found(name, Some(f), &mut touched);
+                }
+                Err(e) => self.error(name, e),
+            }
+        }
+        for name in again.difference(&names) {
+            match self.scanner.one(name) {
+                Ok(f) => self.put_found(name, f, &mut touched),
+                Err(e) => self.error(name, e),
+            }
+        }
+        self.settle_links(touched);
+        self.compact();
+        (self.seq - before) as usize
+    }
+
+    fn error(&mut self, name: &str, e: io::Error) {
+        self.stats.errors += 1;
+        self.last_error = Some(format!("{name}: {e}"));
+        tracing::warn!(name, error = %e, "cannot read a replicated entry");
+    }
+
+    /// Reads the whole directory and brings the model to it. Returns how
+    /// many entries differed (counted as missed, unless at start).
+    pub fn rescan(&mut self) -> io::Result<usize> {
+        self.stats.rescans += 1;
+        let found = self.scanner.full_found()?;
+        let m = Manifest {
+            entries: crate::scan::resolve_links(found.clone()),
+        };
+        let mut n = 0;
+        let old: Vec<String> = self
+            .manifest
+            .entries
+            .keys()
+            .filter(|k| !m.entries.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in old {
+            if self.set(&k, None) {
+                n += 1;
+            }
+        }
+        for (k, e) in &m.entries {
+            if self.set(k, Some(e.clone())) {
+                n += 1;
+            }
+        }
+        self.inode_of.clear();
+        self.groups.clear();
+        for (k, f) in found {
+            if let (Some(ino), true) = (f.inode, m.entries.contains_key(&k)) {
+                self.inode_of.insert(k.clone(), ino);
+                self.groups.entry(ino).or_default().insert(k);
+            }
+        }
+        self.stats.missed += n as u64;
+        self.compact();
+        Ok(n)
+    }
+
+    /// Forgets removals once the journal is much larger than the set
+    /// (receivers behind then get one full pass).
+    fn compact(&mut self) {
+        if self.changed.len() <= 2 * self.manifest.entries.len() + 4096 {
+            return;
+        }
+        let gone: Vec<String> = self
+            .changed
+            .keys()
+            .filter(|n| !self.manifest.entries.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            if let Some(s) = self.changed.remove(&n) {
+                self.by_seq.remove(&s);
+            }
+        }
+        self.floor = self.seq;
+    }
+}
+
+/// Opens a name's replicated content for the sender: the file beneath the
+/// set's root (never through a link), or a database's snapshot.
+pub fn opener(t: Arc<Mutex<Tracker>>) -> crate::session::Opener {
+    Arc::new(move |name: &str| {
+        let (path, root) = {
+            let g = t.lock().unwrap_or_else(PoisonError::into_inner);
+            (g.data_path(name), g.scanner.root_path().to_path_buf())
+        };
+        if path.starts_with(&root) {
+            let rel = crate::names::RelName::parse(name)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            crate::names::Root::open(&root)?.open_read(&rel)
+        } else {
+            std::fs::File::open(path)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("haoscar-tracker-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("tempdir");
+        d
+    }
+
+    fn names(v: &[(String, Option<Entry>)]) -> Vec<String> {
+        v.iter()
+            .map(|(n, e)| format!("{}{n}", if e.is_some() { "+" } else { "-" }))
+            .collect()
+    }
+
+    fn set(v: &[&str]) -> BTreeSet<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The model kept from reported names equals a fresh scan at every
+    /// step, and each receiver is sent what changed since it confirmed.
+    #[test]
+    fn refreshes_keep_the_model_equal_to_the_disk() {
+        let d = tempdir("refresh");
+        std::fs::create_dir_all(d.join("a/b")).expect("dirs");
+        std::fs::write(d.join("a/b/f"), b"one").expect("f");
+        std::fs::write(d.join("x.tmp"), b"excluded").expect("tmp");
+        let ex = vec!["*.tmp".to_string()];
+        let mut t = Tracker::new(&d, &ex, None).expect("tracker");
+        let check = |t: &Tracker| {
+            let fresh = crate::scan::scan(&d, &ex).expect("scan");
+            assert_eq!(t.manifest(), &fresh);
+            assert_eq!(t.root_hash(), fresh.root_hash());
+        };
+        check(&t);
+        let s0 = t.seq();
+        // A new file, a write, a new directory tree moved in.
+        std::fs::write(d.join("a/g"), b"g").expect("g");
+        std::fs::write(d.join("a/b/f"), b"two").expect("f");
+        std::fs::create_dir_all(d.join("new/deep")).expect("new");
+        std::fs::write(d.join("new/deep/h"), b"h").expect("h");
+        assert_eq!(t.refresh(&set(&["a/g", "a/b/f", "new"])), 5);
+        check(&t);
+        let since = t.changes_since(s0).expect("known");
+        assert_eq!(
+            names(&since),
+            ["+a/b/f", "+a/g", "+new", "+new/deep", "+new/deep/h"]
+        );
+        let s1 = t.seq();
+        // A rename of a directory: both names reported.
+        std::fs::rename(d.join("new"), d.join("renamed")).expect("mv");
+        t.refresh(&set(&["new", "renamed"]));
+        check(&t);
+        assert_eq!(
+            names(&t.changes_since(s1).expect("known")),
+            [
+                "-new",
+                "-new/deep",
+                "-new/deep/h",
+                "+renamed",
+                "+renamed/deep",
+                "+renamed/deep/h"
+            ]
+        );
+        // Hard links: a write through one name changes the other too.
+        std::fs::write(d.join("l1"), b"linked").expect("l1");
+        std::fs::hard_link(d.join("l1"), d.join("l2")).expect("link");
+        t.refresh(&set(&["l1", "l2"]));
+        check(&t);
+        assert_eq!(t.manifest().entries["l2"].link_of.as_deref(), Some("l1"));
+        std::fs::write(d.join("l1"), b"linked, rewritten").expect("rewrite");
+        t.refresh(&set(&["l1"]));
+        check(&t);
+        std::fs::remove_file(d.join("l1")).expect("rm");
+        t.refresh(&set(&["l1"]));
+        check(&t);
+        assert_eq!(t.manifest().entries["l2"].link_of, None);
+        // Excluded and unchanged names change nothing.
+        let s2 = t.seq();
+        std::fs::write(d.join("y.tmp"), b"excluded").expect("tmp");
+        assert_eq!(t.refresh(&set(&["y.tmp", "a/g"])), 0);
+        assert_eq!(t.changes_since(s2).expect("known"), vec![]);
+        // A directory replaced by a file.
+        std::fs::remove_dir_all(d.join("renamed")).expect("rm");
+        std::fs::write(d.join("renamed"), b"now a file").expect("file");
+        t.refresh(&set(&["renamed"]));
+        check(&t);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_rescan_finds_what_was_not_reported() {
+        let d = tempdir("rescan");
+        std::fs::write(d.join("f"), b"one").expect("f");
+        let mut t = Tracker::new(&d, &[], None).expect("tracker");
+        let s0 = t.seq();
+        std::fs::write(d.join("f"), b"changed silently").expect("f");
+        std::fs::write(d.join("g"), b"new silently").expect("g");
+        assert_eq!(t.rescan().expect("rescan"), 2);
+        assert_eq!(t.stats.missed, 2);
+        assert_eq!(names(&t.changes_since(s0).expect("known")), ["+f", "+g"]);
+        assert_eq!(t.manifest(), &crate::scan::scan(&d, &[]).expect("scan"));
+        assert_eq!(t.pending_bytes(s0), 16 + 12);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_journal_much_larger_than_the_set_is_forgotten() {
+        let d = tempdir("compact");
+        let mut t = Tracker::new(&d, &[], None).expect("tracker");
+        let s0 = t.seq();
+        for i in 0..5000 {
+            let n = format!("f{i}");
+            std::fs::write(d.join(&n), b"x").expect("w");
+            t.refresh(&set(&[&n]));
+            std::fs::remove_file(d.join(&n)).expect("rm");
+            t.refresh(&set(&[&n]));
+        }
+        assert_eq!(t.changes_since(s0), None, "too old: a full pass");
+        assert!(t.changes_since(t.seq()).is_some());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
