@@ -34,7 +34,8 @@ pub use consensus::{Consensus, ConsensusParams, ConsensusView, RaftRole, VoterSp
 pub use error::Error;
 pub use network::NetCounters;
 pub use state::{
-    AppliedConfig, ClusterState, PendingSwitchover, ResolveOrder, Silence, MAX_EVENTS,
+    AcceptedLoss, AppliedConfig, ClusterState, PendingSwitchover, ResolveOrder, Silence,
+    SyncSource, MAX_EVENTS,
 };
 pub use timing::RaftTiming;
 pub use types::{node_id, Command, NodeId, RaftNode, Response, TypeConfig, VoterRole};

@@ -59,6 +59,32 @@ pub struct ClusterState {
     /// Alert silences: `group` or `group/service` -> until (Unix ms).
     #[serde(default)]
     pub silences: BTreeMap<String, Silence>,
+    /// Per replicated set: the head that last became its source, and the
+    /// generation of each of its directories then (so a head taking over
+    /// knows whose writes it must have).
+    #[serde(default)]
+    pub sync_sources: BTreeMap<String, SyncSource>,
+    /// Per replicated set: an operator accepted that `node` starts the
+    /// set's services with the copy it has (`failover --accept-data-loss`).
+    #[serde(default)]
+    pub sync_accepted: BTreeMap<String, AcceptedLoss>,
+}
+
+/// The source of a replicated set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncSource {
+    pub node: String,
+    /// Generation of each directory of the set (in its `paths` order).
+    pub generations: Vec<u64>,
+    pub at_unix_ms: u64,
+}
+
+/// `haoscar failover --accept-data-loss SET`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedLoss {
+    pub node: String,
+    pub by: String,
+    pub at_unix_ms: u64,
 }
 
 /// `haoscar sync resolve SET --keep NODE`.
@@ -270,6 +296,44 @@ impl ClusterState {
                 };
                 self.sync_resolve.insert(set.clone(), order.clone()) != Some(order)
             }
+            Command::SyncSource {
+                set,
+                node,
+                generations,
+                at_unix_ms,
+            } => {
+                let rec = SyncSource {
+                    node: node.clone(),
+                    generations: generations.clone(),
+                    at_unix_ms: *at_unix_ms,
+                };
+                // The acceptance was for the failover this settles.
+                self.sync_accepted.remove(set);
+                self.sync_sources.insert(set.clone(), rec.clone()) != Some(rec)
+            }
+            Command::SyncAcceptLoss {
+                set,
+                node,
+                by,
+                at_unix_ms,
+            } => {
+                let acc = AcceptedLoss {
+                    node: node.clone(),
+                    by: by.clone(),
+                    at_unix_ms: *at_unix_ms,
+                };
+                // The copies that differ from `node`'s are moved aside when
+                // their heads meet it: nothing is lost, nothing blocks.
+                self.sync_resolve.insert(
+                    set.clone(),
+                    ResolveOrder {
+                        keep: node.clone(),
+                        by: by.clone(),
+                        at_unix_ms: *at_unix_ms,
+                    },
+                );
+                self.sync_accepted.insert(set.clone(), acc.clone()) != Some(acc)
+            }
             Command::WatchForget { keys } => {
                 let before = self.watch_memory.len();
                 self.watch_memory.retain(|k, _| !keys.contains(k));
@@ -340,6 +404,34 @@ mod tests {
         assert!(!s.apply(&Command::SetConfigVersion { digest: 7 }));
         assert_eq!(s.config_digest, Some(7));
         assert!(!s.apply(&Command::Noop));
+    }
+
+    #[test]
+    fn sync_sources_and_accepted_losses() {
+        let mut s = ClusterState::default();
+        let src = |node: &str, g: u64| Command::SyncSource {
+            set: "spool".into(),
+            node: node.into(),
+            generations: vec![g],
+            at_unix_ms: 1,
+        };
+        assert!(s.apply(&src("head1", 10)));
+        assert!(!s.apply(&src("head1", 10)));
+        assert_eq!(s.sync_sources["spool"].node, "head1");
+        // head2 took over with a copy behind head1's; accepted.
+        assert!(s.apply(&Command::SyncAcceptLoss {
+            set: "spool".into(),
+            node: "head2".into(),
+            by: "root@head2".into(),
+            at_unix_ms: 5,
+        }));
+        assert_eq!(s.sync_accepted["spool"].node, "head2");
+        // head1's copy is moved aside where it differs when it returns.
+        assert_eq!(s.sync_resolve["spool"].keep, "head2");
+        // Once head2 is the source, the acceptance is settled.
+        assert!(s.apply(&src("head2", 20)));
+        assert!(s.sync_accepted.is_empty());
+        assert_eq!(s.sync_sources["spool"].generations, vec![20]);
     }
 
     #[test]

@@ -145,6 +145,23 @@ pub enum Command {
         by: String,
         at_unix_ms: u64,
     },
+    /// `node` became the source of replicated set `set` with these
+    /// generations (one per directory).
+    SyncSource {
+        set: String,
+        node: String,
+        generations: Vec<u64>,
+        at_unix_ms: u64,
+    },
+    /// `haoscar failover --accept-data-loss SET`: `node` (the active head)
+    /// starts the set's services with its copy; the other copies are moved
+    /// aside where they differ when their heads meet it.
+    SyncAcceptLoss {
+        set: String,
+        node: String,
+        by: String,
+        at_unix_ms: u64,
+    },
     /// Forgets the monitoring's memory of services no longer configured
     /// (so one added again later starts afresh).
     WatchForget { keys: Vec<String> },

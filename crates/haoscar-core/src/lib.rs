@@ -9,4 +9,5 @@ pub mod mon_import;
 /// Time periods live with the configuration model (it validates them).
 pub use haoscar_types::period;
 pub mod recovery;
+pub mod sync_gate;
 pub mod watch;

@@ -11,7 +11,7 @@ mod timing;
 mod validate;
 mod watch;
 
-pub use replicate::Replicate;
+pub use replicate::{Replicate, DEFAULT_MAX_LAG};
 pub use timing::{Timing, TimingPreset};
 pub use watch::{
     AlertAfter, MonitoringSection, Watch, WatchHost, WatchPeriod, WatchService, DEFAULT_ALERT_DIRS,

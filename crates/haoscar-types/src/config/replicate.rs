@@ -5,6 +5,7 @@ use super::decode::{join, Cx, Sp, Table};
 use serde::Serialize;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// A replicated set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -15,7 +16,20 @@ pub struct Replicate {
     /// Names left out (`*.tmp`, `cache/**`; see the configuration reference).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// A head taking over starts the services of `group` with its copy only
+    /// if it is at most this far behind the previous source; otherwise it
+    /// holds them until the old head hands its writes over or an operator
+    /// accepts the loss.
+    #[serde(with = "crate::duration::serde_text")]
+    pub max_lag_on_failover: Duration,
+    /// The service group that needs this set: it starts only once the set
+    /// is ready on the active head (placed first in the group).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
+
+/// Default of `max_lag_on_failover`.
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub(super) struct RawReplicate {
@@ -24,9 +38,11 @@ pub(super) struct RawReplicate {
     name: Option<Sp<String>>,
     paths: Option<Sp<Vec<String>>>,
     exclude: Option<Sp<Vec<String>>>,
+    max_lag: Option<Sp<Duration>>,
+    group: Option<Sp<String>>,
 }
 
-const KEYS: &[&str] = &["name", "paths", "exclude"];
+const KEYS: &[&str] = &["name", "paths", "exclude", "max_lag_on_failover", "group"];
 
 impl Cx<'_> {
     pub(super) fn replicate(
@@ -42,11 +58,17 @@ impl Cx<'_> {
             name: self.string(t, path, "name"),
             paths: self.string_array(t, path, "paths"),
             exclude: self.string_array(t, path, "exclude"),
+            max_lag: self.duration(t, path, "max_lag_on_failover"),
+            group: self.string(t, path, "group"),
         }
     }
 }
 
-pub(super) fn validate_replicates(cx: &mut Cx<'_>, raw: &[RawReplicate]) -> Vec<Replicate> {
+pub(super) fn validate_replicates(
+    cx: &mut Cx<'_>,
+    raw: &[RawReplicate],
+    resources: &[super::Resource],
+) -> Vec<Replicate> {
     let mut out: Vec<Replicate> = Vec::new();
     for r in raw {
         let Some(name) = &r.name else {
@@ -119,10 +141,58 @@ pub(super) fn validate_replicates(cx: &mut Cx<'_>, raw: &[RawReplicate]) -> Vec<
             }
             ok.push(pb);
         }
+        let group = match &r.group {
+            None => None,
+            Some(g) => {
+                let members: Vec<&super::Resource> = resources
+                    .iter()
+                    .filter(|res| res.group() == Some(g.v.as_str()))
+                    .collect();
+                let field = join(&r.path, "group");
+                if members.is_empty() {
+                    let mut groups: Vec<&str> =
+                        resources.iter().filter_map(|res| res.group()).collect();
+                    groups.sort();
+                    groups.dedup();
+                    cx.error(
+                        &g.span,
+                        &field,
+                        format!(
+                            "no service resource is in group {:?} (groups: {})",
+                            g.v,
+                            if groups.is_empty() {
+                                "none".to_string()
+                            } else {
+                                groups.join(", ")
+                            }
+                        ),
+                    );
+                    continue;
+                }
+                if let Some(m) = members.iter().find(|m| {
+                    m.service
+                        .as_ref()
+                        .is_some_and(|s| s.placement != super::Placement::Active)
+                }) {
+                    cx.error(
+                        &g.span,
+                        &field,
+                        format!(
+                            "group {:?} has {:?} with placement = \"every-head\": a replicated set's group runs on the active head only (a standby's copy is written by replication)",
+                            g.v, m.name
+                        ),
+                    );
+                    continue;
+                }
+                Some(g.v.clone())
+            }
+        };
         out.push(Replicate {
             name: name.v.clone(),
             paths: ok,
             exclude: r.exclude.as_ref().map(|e| e.v.clone()).unwrap_or_default(),
+            max_lag_on_failover: r.max_lag.as_ref().map_or(DEFAULT_MAX_LAG, |d| d.v),
+            group,
         });
     }
     out

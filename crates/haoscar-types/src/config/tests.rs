@@ -954,4 +954,68 @@ fn replicated_sets() {
         let bad = text.replacen(from, to, 1);
         assert_error(&bad, line_of(&bad, to), field, msg);
     }
+    assert_eq!(cfg.replicates[0].max_lag_on_failover, DEFAULT_MAX_LAG);
+    assert_eq!(cfg.replicates[0].group, None);
+}
+
+#[test]
+fn replicated_sets_gate_a_group() {
+    let text = format!(
+        "{MINIMAL}
+[[resource]]
+name = \"slurmctld\"
+type = \"exec\"
+command = [\"/usr/sbin/slurmctld\", \"-D\"]
+group = \"slurm\"
+
+[[resource]]
+name = \"exporter\"
+type = \"exec\"
+command = [\"/usr/bin/exporter\"]
+placement = \"every-head\"
+
+[[replicate]]
+name = \"slurm-state\"
+paths = [\"/var/spool/slurmctld\"]
+max_lag_on_failover = \"5s\"
+group = \"slurm\"
+"
+    );
+    let cfg = ok(&text);
+    let r = &cfg.replicates[0];
+    assert_eq!(r.max_lag_on_failover, Duration::from_secs(5));
+    assert_eq!(r.group.as_deref(), Some("slurm"));
+    assert_eq!(ok(&cfg.to_toml()), cfg);
+    for (from, to, field, msg) in [
+        (
+            "group = \"slurm\"",
+            "group = \"slurmd\"",
+            "replicate[0].group",
+            "no service resource is in group \"slurmd\" (groups: exporter, slurm)",
+        ),
+        (
+            "group = \"slurm\"",
+            "group = \"exporter\"",
+            "replicate[0].group",
+            "placement = \"every-head\"",
+        ),
+        (
+            "max_lag_on_failover = \"5s\"",
+            "max_lag_on_failover = \"soon\"",
+            "replicate[0].max_lag_on_failover",
+            "",
+        ),
+        (
+            "max_lag_on_failover = \"5s\"",
+            "max_lag = \"5s\"",
+            "replicate[0].max_lag",
+            "unknown key",
+        ),
+    ] {
+        // The [[replicate]] table comes last: change its key.
+        let at = text.rfind(from).unwrap();
+        let bad = format!("{}{to}{}", &text[..at], &text[at + from.len()..]);
+        let line = bad[..at].lines().count() + 1;
+        assert_error(&bad, line, field, msg);
+    }
 }

@@ -46,7 +46,7 @@ pub(super) fn validate(cx: &mut Cx<'_>, raw: RawConfig) -> Option<Config> {
         .as_ref()
         .map(|m| super::watch::validate_monitoring(cx, m, cluster_name));
     let watches = super::watch::validate_watches(cx, &raw.watches, &nodes);
-    let replicates = super::replicate::validate_replicates(cx, &raw.replicates);
+    let replicates = super::replicate::validate_replicates(cx, &raw.replicates, &resources);
     if let (false, Some(c)) = (raw.replicates.is_empty(), raw.cluster.as_ref()) {
         if let Some(p) = c.consensus_port.as_ref().filter(|p| p.v == u16::MAX) {
             cx.error(
