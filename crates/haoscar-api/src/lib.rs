@@ -6,4 +6,4 @@ pub mod client;
 pub mod server;
 
 pub use client::{Client, ClientError, Endpoint};
-pub use server::{ActionFuture, AgentView, ServeError, Server};
+pub use server::{ActionFuture, AgentView, ServeError, Server, VerifyFuture};

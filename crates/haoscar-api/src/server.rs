@@ -11,8 +11,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use haoscar_types::api::{
     Action, ActionReply, ApiError, ConfigApplyRequest, Event, Health, ResourceList,
-    ResourceRequest, SilenceRequest, StandbyRequest, Status, SwitchoverRequest, SyncResolveRequest,
-    SyncStatus, SyncWaitRequest, WatchStatus,
+    ResourceRequest, SilenceRequest, StandbyRequest, Status, SwitchoverRequest, SyncAcceptRequest,
+    SyncResolveRequest, SyncStatus, SyncVerifyReport, SyncVerifyRequest, SyncWaitRequest,
+    WatchStatus,
 };
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -50,7 +51,17 @@ pub trait AgentView: Send + Sync + 'static {
     fn sync(&self) -> Option<SyncStatus> {
         None
     }
+    /// `haoscar sync verify SET` (served on the Unix socket only).
+    fn sync_verify(&self, set: String) -> VerifyFuture {
+        let _ = set;
+        Box::pin(async { Err((501, "this agent does not replicate".to_string())) })
+    }
 }
+
+/// What [`AgentView::sync_verify`] returns.
+pub type VerifyFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<SyncVerifyReport, (u16, String)>> + Send>,
+>;
 
 /// What [`AgentView::action`] returns.
 pub type ActionFuture =
@@ -88,6 +99,8 @@ pub fn router(view: Shared, actions: bool) -> Router {
             .route("/v1/watch/silence", post(silence))
             .route("/v1/sync/wait", post(sync_wait))
             .route("/v1/sync/resolve", post(sync_resolve))
+            .route("/v1/sync/accept", post(sync_accept))
+            .route("/v1/sync/verify", post(sync_verify))
     } else {
         r
     };
@@ -250,6 +263,44 @@ async fn sync_resolve(
             StatusCode::BAD_REQUEST,
             format!(
                 "bad body: {} (expected {{\"set\": \"NAME\", \"keep\": \"NODE\", \"by\": \"WHO\"}})",
+                e.body_text()
+            ),
+        ),
+    }
+}
+
+async fn sync_accept(
+    State(v): State<Shared>,
+    body: Result<Json<SyncAcceptRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => run_action(v, Action::SyncAccept(req)).await,
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad body: {} (expected {{\"set\": \"NAME\", \"by\": \"WHO\"}})",
+                e.body_text()
+            ),
+        ),
+    }
+}
+
+async fn sync_verify(
+    State(v): State<Shared>,
+    body: Result<Json<SyncVerifyRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => match v.sync_verify(req.set).await {
+            Ok(report) => Json(report).into_response(),
+            Err((code, message)) => error(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                message,
+            ),
+        },
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad body: {} (expected {{\"set\": \"NAME\"}})",
                 e.body_text()
             ),
         ),

@@ -10,13 +10,15 @@
 //! 2. this head was its recorded source and still has that copy: ready
 //!    (with another copy: held, it is not the one it wrote);
 //! 3. an operator accepted this head's copy: ready;
-//! 4. the previous source handed its last writes over: ready;
-//! 5. the previous source is up: wait for its hand-over (a switchover, or
+//! 4. its hand-over was refused as a split brain (both copies changed):
+//!    held until the split brain is resolved;
+//! 5. the previous source handed its last writes over: ready;
+//! 6. the previous source is up: wait for its hand-over (a switchover, or
 //!    a head that lost the role but runs): during [`HANDOFF_WAIT`], then as
 //!    long as the copy is too far behind to start without it;
-//! 6. the copy followed the previous source's generation and is at most
+//! 7. the copy followed the previous source's generation and is at most
 //!    `max_lag_on_failover` behind it: ready;
-//! 7. otherwise held, saying why.
+//! 8. otherwise held, saying why.
 
 use std::time::Duration;
 
@@ -45,8 +47,12 @@ pub struct GateInput<'a> {
     /// source was last known alive. `None`: unknown.
     pub lag: Option<Duration>,
     pub max_lag: Duration,
-    /// An operator accepted this head's copy for this failover.
+    /// An operator accepted this head's copy for this failover (or ordered
+    /// a split brain resolved in its favour).
     pub accepted: bool,
+    /// The previous source's hand-over was refused as a split brain (both
+    /// copies changed), with why.
+    pub split: Option<&'a str>,
 }
 
 /// The decision, with its reason in words.
@@ -102,6 +108,11 @@ pub fn decide(i: &GateInput<'_>) -> Gate {
     if i.accepted {
         return Gate::Ready("an operator accepted this head's copy".into());
     }
+    if let Some(why) = i.split {
+        return Gate::Hold(format!(
+            "{why}: the services wait for `haoscar sync resolve SET --keep NODE`"
+        ));
+    }
     if i.handed_over {
         return Gate::Ready(format!("{prev} handed its last writes over"));
     }
@@ -155,6 +166,7 @@ mod tests {
             lag: Some(Duration::from_millis(300)),
             max_lag: Duration::from_secs(5),
             accepted: false,
+            split: None,
         }
     }
 
@@ -262,6 +274,26 @@ mod tests {
                 },
                 "wait",
                 "which is up",
+            ),
+            (
+                "hand-over refused as a split brain",
+                GateInput {
+                    previous_up: true,
+                    split: Some("SPLIT BRAIN with head1"),
+                    ..base(&gens, &same)
+                },
+                "hold",
+                "SPLIT BRAIN with head1: the services wait for `haoscar sync resolve",
+            ),
+            (
+                "split brain resolved for this head",
+                GateInput {
+                    split: Some("SPLIT BRAIN with head1"),
+                    accepted: true,
+                    ..base(&gens, &same)
+                },
+                "ready",
+                "operator accepted",
             ),
             (
                 "held, then accepted",

@@ -16,6 +16,8 @@
 //!   entries through descriptors, with a hash cache and SQLite snapshots.
 //! * [`sqlite`]: recognising SQLite databases and copying them with the
 //!   online backup API.
+//! * [`inotify`]: change detection: watches on a directory tree kept
+//!   current, drained until empty (the barrier's guarantee), overflow seen.
 //! * [`tracker`]: the source's model of a directory kept current from the
 //!   names change detection reports, with a numbered journal of changes.
 //! * [`chunks`]: content-defined chunking with blake3 hashes, streamed
@@ -39,6 +41,7 @@ pub mod chunks;
 pub mod codec;
 pub mod frame;
 pub mod generation;
+pub mod inotify;
 pub mod manifest;
 pub mod names;
 pub mod receiver;

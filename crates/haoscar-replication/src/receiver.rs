@@ -36,6 +36,9 @@ const WANTS_FILES: usize = 512;
 const WANTS_SIG_BYTES: usize = 4 << 20;
 /// ... or this many bytes of announced content.
 const WANTS_CONTENT: u64 = 256 << 20;
+/// A source sends something at least every keepalive: silent this long,
+/// it is gone (a partition), and the session ends.
+const IDLE: Duration = Duration::from_secs(15);
 /// The copy's state file is saved at most this often during a session
 /// (and at its end).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -64,6 +67,14 @@ pub struct Target {
     pub cache: Arc<Mutex<HashCache>>,
     /// Asked before each pass: whether this source may still send.
     pub still_allowed: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Any change found here since the last session, even after a session
+    /// cut short, is this copy's own (a hand-over onto the active head's
+    /// copy must never overwrite what was written on it).
+    pub strict: bool,
+    /// The root hash this copy is known to have (from the last pass
+    /// applied, in memory); a copy that differs from it was changed here.
+    /// `None`: the root hash saved in the copy's state is used.
+    pub expected_root: Option<[u8; 32]>,
 }
 
 /// What one applied pass did, for the caller's status.
@@ -219,10 +230,27 @@ pub async fn receive_any(
     // Changed here since the last session ended cleanly (written while cut
     // off)? Then this copy has a generation of its own. After a session
     // cut short the differences are that session's, and are completed.
-    let interrupted = state
-        .applying
-        .is_some_and(|g| hello.generations.descends_from(g));
-    if !interrupted && state.notice_local_changes(replica.root_hash(), rand::random()) {
+    let interrupted = !target.strict
+        && state
+            .applying
+            .is_some_and(|g| hello.generations.descends_from(g));
+    // A head that wrote its current generation (it was the source) is
+    // checked against the fork point the source sends instead.
+    if let Some(r) = target.expected_root {
+        state.root_hash = Some(r);
+    }
+    // A hand-over onto a copy changed here since it last received from
+    // that source: both sides changed; nothing is taken over.
+    let handoff_split = target.strict
+        && !state.wrote
+        && state
+            .root_hash
+            .is_some_and(|r| r != replica.root_hash() && state.generations.current.is_some());
+    if !target.strict
+        && !interrupted
+        && !state.wrote
+        && state.notice_local_changes(replica.root_hash(), rand::random())
+    {
         blocking(|| state.save(&state_file))?;
     }
     // Never synced, but not empty (a directory that already held data, a
@@ -241,6 +269,10 @@ pub async fn receive_any(
             .relate_as_receiver(&hello.generations, state.wrote, replica.root_hash());
     let generations = &state.generations;
     let refusal = match relation {
+        _ if handoff_split => Some(format!(
+            "set {set:?}: SPLIT BRAIN with {}: this copy was changed here since it last received from {}, which has writes of its own; nothing taken over (resolve by keeping one side)",
+            hello.from, hello.from
+        )),
         Relation::InSync | Relation::PeerAhead | Relation::LocalEmpty => None,
         _ if order.is_some() => None,
         Relation::LocalAhead => Some(format!(
@@ -275,12 +307,13 @@ pub async fn receive_any(
         target,
         set,
         hello,
-        state,
+        state: state.clone(),
         replica,
         pending_order: order.or(first_with_data.then(now_ms)),
         order,
         last_save: Instant::now(),
         dirty_state: false,
+        saved: state.clone(),
         current_id: 0,
     };
     let r = session.serve(&mut on_pass).await;
@@ -289,6 +322,7 @@ pub async fn receive_any(
         target,
         mut state,
         replica,
+        saved,
         ..
     } = session;
     if matches!(&r, Ok(())) {
@@ -296,9 +330,28 @@ pub async fn receive_any(
     }
     state.root_hash = Some(replica.root_hash());
     state.at_unix_ms = now_ms();
-    let _ = blocking(|| state.save(&state_file));
+    // Never over what another part of the agent wrote meanwhile.
+    let _ = blocking(|| save_unless_changed(&state_file, &saved, &state));
     *target.cache.lock().unwrap_or_else(PoisonError::into_inner) = replica.into_cache();
     r.map(|()| hello_set(&info))
+}
+
+/// Saves `st` unless the file no longer holds `expected` (someone else
+/// changed the copy's state since this session last saved it).
+fn save_unless_changed(
+    file: &std::path::Path,
+    expected: &CopyState,
+    st: &CopyState,
+) -> std::io::Result<bool> {
+    CopyState::update(file, |now| {
+        let same = now.generations == expected.generations
+            && now.wrote == expected.wrote
+            && now.resolved_order == expected.resolved_order;
+        if same {
+            *now = st.clone();
+        }
+        (same, same)
+    })
 }
 
 fn hello_set(h: &HelloInfo) -> String {
@@ -317,6 +370,8 @@ struct Session {
     order: Option<u64>,
     last_save: Instant,
     dirty_state: bool,
+    /// The state as this session last saw it on disk.
+    saved: CopyState,
     /// The pass being applied.
     current_id: u64,
 }
@@ -335,7 +390,7 @@ impl Session {
     async fn serve(&mut self, on_pass: &mut impl FnMut(Report<'_>)) -> Result<(), SessionError> {
         let mut update: Option<Update> = None;
         loop {
-            let (k, p) = match self.conn.recv(READ_TIMEOUT).await {
+            let (k, p) = match self.conn.recv(IDLE).await {
                 Ok(f) => f,
                 Err(SessionError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Ok(())
@@ -410,7 +465,13 @@ impl Session {
         self.state.root_hash = Some(self.replica.root_hash());
         self.state.at_unix_ms = now_ms();
         let (st, file) = (&self.state, &self.target.state_file);
-        blocking(|| st.save(file))?;
+        if !blocking(|| save_unless_changed(file, &self.saved, st))? {
+            return refused(format!(
+                "the state of {} changed outside this session (this head became its source?): session ended",
+                self.set
+            ));
+        }
+        self.saved = self.state.clone();
         self.last_save = Instant::now();
         self.dirty_state = false;
         Ok(())
@@ -458,8 +519,7 @@ impl Session {
                 if self.order.is_some() {
                     self.state.resolved_order = at;
                 }
-                let st = &self.state;
-                blocking(|| st.save(&self.target.state_file))?;
+                self.save_state(true)?;
                 let rep = &mut self.replica;
                 blocking(|| rep.rescan())?;
             }
@@ -471,8 +531,7 @@ impl Session {
         // session's (if the agent dies half-way), not local writes.
         if !changes.is_empty() && self.state.applying != self.hello.generations.current {
             self.state.applying = self.hello.generations.current;
-            let st = &self.state;
-            blocking(|| st.save(&self.target.state_file))?;
+            self.save_state(true)?;
         }
         let differs = self.apply(&root, &changes, &mut stats).await?;
         if !changes.is_empty() || full {
@@ -710,7 +769,7 @@ impl Session {
         have: &Have,
         stats: &mut Stats,
     ) -> Result<Option<(Incoming, u64, [u8; 32])>, SessionError> {
-        let (k, p) = self.conn.recv(READ_TIMEOUT).await?;
+        let (k, p) = self.conn.recv(IDLE).await?;
         if k == kind::FILE_SKIP {
             stats
                 .refused
@@ -744,7 +803,7 @@ impl Session {
             .as_mut()
             .map(|inc| Rebuild::new(inc.writer(), have, limit));
         loop {
-            let (k, p) = self.conn.recv(READ_TIMEOUT).await?;
+            let (k, p) = self.conn.recv(IDLE).await?;
             match k {
                 kind::OPS => {
                     let c = |e: crate::codec::CodecError| {

@@ -67,7 +67,7 @@ pub(crate) mod flag {
 }
 
 /// Why a source sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Purpose {
     /// It is the active head; the receiver follows it.
@@ -439,6 +439,7 @@ async fn serve_wants(
             }
             let mut ops = Writer::new();
             let mut count = 0u32;
+            let mut last = std::time::Instant::now();
             let flush = |ops: &mut Writer, count: &mut u32| -> std::io::Result<()> {
                 let mut w = Writer::with_capacity(ops.len() + 4);
                 w.u32(*count);
@@ -458,8 +459,11 @@ async fn serve_wants(
                     }
                     ops.op(&op);
                     count += 1;
-                    if ops.len() >= LITERAL_PIECE {
+                    // Bounded frames, and never a silence the receiver
+                    // would take for a lost source.
+                    if ops.len() >= LITERAL_PIECE || last.elapsed() >= Duration::from_secs(1) {
                         flush(&mut ops, &mut count)?;
+                        last = std::time::Instant::now();
                     }
                     Ok(())
                 },

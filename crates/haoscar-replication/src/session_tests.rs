@@ -46,6 +46,8 @@ async fn one_receiver(
         resolve,
         cache: Arc::new(Mutex::new(HashCache::default())),
         still_allowed: Arc::new(|| true),
+        strict: false,
+        expected_root: None,
     };
     let handle = tokio::spawn(async move {
         let (s, _) = listener.accept().await.expect("accept");

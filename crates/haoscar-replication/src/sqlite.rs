@@ -21,7 +21,10 @@
 //!   file. While a snapshot runs, the same process must not `open`/`close`
 //!   the live database or its sidecars (hashing them, say): the snapshot's
 //!   read lock would silently vanish and the writer could change pages it
-//!   is copying. Hash the snapshot, not the live file; skip sidecars.
+//!   is copying. Hash the snapshot, not the live file; skip sidecars; call
+//!   [`is_sqlite`] (which opens the file) before a snapshot of that file,
+//!   not during one. [`snapshot`] itself only `lstat`s the source outside
+//!   SQLite, so snapshots of one database from several threads are safe.
 //! * A rollback-journal database holds its writers off while the snapshot
 //!   copies (a shared lock for the whole copy): a writer without a busy
 //!   timeout sees `SQLITE_BUSY` at commit. A WAL database does not: readers
@@ -30,9 +33,12 @@
 //! * A rollback database left with a hot journal (its writer died mid
 //!   transaction) cannot be read read-only ([`SnapshotError::HotJournal`])
 //!   until a read-write connection (the service restarting) rolls it back.
-//! * The snapshot is written to a temporary file beside `dst`, checked
-//!   (`PRAGMA quick_check`), fsynced and renamed over `dst`: `dst` is
-//!   either the old file or the whole new snapshot.
+//! * The snapshot is written to a temporary file beside `dst`
+//!   (`.<name>.haoscar-snapshot-<pid>-<random>`, mode 0600: the caller
+//!   applies the mode and owner it replicates; one left by a crash is the
+//!   caller's to sweep), without journal or fsync while the source's read
+//!   lock is held, then checked (`PRAGMA quick_check`), fsynced and renamed
+//!   over `dst`: `dst` is either the old file or the whole new snapshot.
 
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{ffi, Connection, ErrorCode, OpenFlags};
@@ -354,6 +360,11 @@ pub fn snapshot(src: &Path, dst: &Path, busy_timeout: Duration) -> Result<u64, S
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(final_error(&tmp.path))?;
+    // The temporary file needs no crash safety of its own (it is fsynced
+    // once complete, and only then renamed into place): no journal and no
+    // fsync inside the backup step, which holds the source's read lock.
+    dest.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")
+        .map_err(final_error(&tmp.path))?;
 
     let mut pause = Duration::from_millis(1);
     loop {

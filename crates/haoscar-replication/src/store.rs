@@ -89,6 +89,26 @@ impl CopyState {
         std::fs::File::open(dir)?.sync_all()
     }
 
+    /// Loads the state, lets `f` change it and saves it if `f` says so, all
+    /// under one lock of this process: two parts of the agent (a session
+    /// ending, a head becoming the source) never overwrite each other's
+    /// changes. Returns what `f` returned.
+    pub fn update<R>(
+        file: &Path,
+        f: impl FnOnce(&mut CopyState) -> (bool, R),
+    ) -> std::io::Result<R> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _g = LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = CopyState::load(file)?;
+        let (save, r) = f(&mut st);
+        if save {
+            st.save(file)?;
+        }
+        Ok(r)
+    }
+
     /// Compares with the copy as it is now: if it was replicated before and
     /// its content changed since, it starts a generation of its own
     /// (`fresh`). Returns whether it did.

@@ -46,6 +46,9 @@ pub struct Tracker {
     by_seq: BTreeMap<u64, String>,
     pub stats: TrackerStats,
     pub last_error: Option<String>,
+    /// Every write completed before this time (Unix ms) is in the model:
+    /// set by whoever drains the change detection before refreshing.
+    pub covered_ms: u64,
 }
 
 impl Tracker {
@@ -55,8 +58,19 @@ impl Tracker {
         exclude: &[String],
         snapshots: Option<PathBuf>,
     ) -> io::Result<Tracker> {
+        Tracker::with_cache(root, exclude, snapshots, crate::scan::HashCache::default())
+    }
+
+    /// [`Tracker::new`] reusing file hashes known from earlier scans.
+    pub fn with_cache(
+        root: &std::path::Path,
+        exclude: &[String],
+        snapshots: Option<PathBuf>,
+        cache: crate::scan::HashCache,
+    ) -> io::Result<Tracker> {
+        let started = crate::session::now_ms();
         let mut t = Tracker {
-            scanner: Scanner::new(root, exclude, snapshots),
+            scanner: Scanner::new(root, exclude, snapshots).with_cache(cache),
             manifest: Manifest::default(),
             acc: RootAccum::default(),
             inode_of: HashMap::new(),
@@ -67,6 +81,7 @@ impl Tracker {
             by_seq: BTreeMap::new(),
             stats: TrackerStats::default(),
             last_error: None,
+            covered_ms: started,
         };
         t.rescan()?;
         t.stats.missed = 0;

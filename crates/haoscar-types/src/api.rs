@@ -253,6 +253,45 @@ pub enum Action {
     Silence(SilenceRequest),
     SyncWait(SyncWaitRequest),
     SyncResolve(SyncResolveRequest),
+    SyncAccept(SyncAcceptRequest),
+}
+
+/// `POST /v1/sync/accept` body (`haoscar failover --accept-data-loss SET`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncAcceptRequest {
+    pub set: String,
+    pub by: String,
+}
+
+/// `POST /v1/sync/verify` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncVerifyRequest {
+    pub set: String,
+}
+
+/// `POST /v1/sync/verify`: the source's copy compared with each receiver's,
+/// both read afresh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncVerifyReport {
+    pub set: String,
+    pub source: String,
+    pub dirs: Vec<SyncVerifyDir>,
+    /// Whether every receiver compared equal.
+    pub clean: bool,
+}
+
+/// One directory compared with one receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncVerifyDir {
+    pub path: String,
+    pub receiver: String,
+    /// Entries compared (on the source).
+    pub entries: u64,
+    /// `None`: compared; otherwise why not (receiver not connected...).
+    pub error: Option<String>,
+    /// Each difference: `name: what` (only on the source, only on the
+    /// receiver, content, mode, owner, mtime, kind, link).
+    pub differences: Vec<String>,
 }
 
 /// `POST /v1/sync/resolve` body.
@@ -278,6 +317,24 @@ pub struct SyncStatus {
     pub node: String,
     pub active: Option<String>,
     pub dirs: Vec<SyncDir>,
+    /// Per set, on the active head: whether its services may start.
+    #[serde(default)]
+    pub sets: Vec<SyncSet>,
+}
+
+/// A replicated set as the active head decided on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncSet {
+    pub name: String,
+    pub group: Option<String>,
+    /// `ready` (this head is the source; the group may start), `waiting`
+    /// (for the previous source's hand-over), `held` (services held), or
+    /// `standby` (this head is not active).
+    pub state: String,
+    pub reason: String,
+    /// The head recorded as its source.
+    pub source: Option<String>,
+    pub max_lag_on_failover_ms: u64,
 }
 
 /// One replicated directory of a set.
@@ -292,6 +349,15 @@ pub struct SyncDir {
     pub history: Vec<String>,
     /// Receiver: the source time of the last pass applied here (Unix ms).
     pub last_applied_taken_unix_ms: Option<u64>,
+    /// Receiver: the local time as of which this copy had everything the
+    /// source had written, and how long ago that is.
+    #[serde(default)]
+    pub in_sync_unix_ms: Option<u64>,
+    #[serde(default)]
+    pub lag_ms: Option<u64>,
+    /// Source: change detection of this directory.
+    #[serde(default)]
+    pub tracker: Option<SyncTracker>,
     /// Source: each receiver.
     pub receivers: Vec<SyncReceiver>,
     /// Why this copy is not being synced (split brain...).
@@ -311,6 +377,34 @@ pub struct SyncReceiver {
     pub files: u64,
     pub literal_bytes: u64,
     pub error: Option<String>,
+    /// Bytes of files changed here that it has not confirmed yet.
+    #[serde(default)]
+    pub lag_bytes: u64,
+    /// Bytes on the wire, both directions, compressed and encrypted.
+    #[serde(default)]
+    pub wire_bytes: u64,
+    /// It confirmed a full pass since it connected.
+    #[serde(default)]
+    pub caught_up: bool,
+    /// How long the first full pass after connecting took.
+    #[serde(default)]
+    pub catch_up_ms: Option<u64>,
+}
+
+/// Change detection of a source directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncTracker {
+    pub entries: u64,
+    /// `inotify` (watched directories in `watches`) or `scanning`.
+    pub mode: String,
+    pub watches: u64,
+    pub refreshes: u64,
+    pub rescans: u64,
+    /// Changes found by a full scan that change detection had not reported.
+    pub missed: u64,
+    pub overflows: u64,
+    pub errors: u64,
+    pub problem: Option<String>,
 }
 
 /// `POST /v1/watch/silence` body.

@@ -223,6 +223,8 @@ struct Agent {
     monitoring: OnceLock<Arc<crate::monitoring::Monitoring>>,
     /// Replicated sets (heads).
     replication: OnceLock<Arc<crate::replication::Replication>>,
+    /// Which replicated sets may be used here (shared with the services).
+    sync_gates: OnceLock<Arc<crate::replication::SyncGates>>,
 }
 
 /// The configuration this node runs and how it relates to the cluster's.
@@ -816,6 +818,17 @@ impl AgentView for Agent {
         self.replication.get().map(|r| r.status())
     }
 
+    fn sync_verify(&self, set: String) -> haoscar_api::VerifyFuture {
+        let rep = self.replication.get().cloned();
+        let node = self.node.clone();
+        Box::pin(async move {
+            match rep {
+                Some(rep) => rep.verify(&set).await,
+                None => Err((409, format!("{node} is not a head"))),
+            }
+        })
+    }
+
     fn watch(&self) -> Option<api::WatchStatus> {
         if self.role != Role::Head {
             return None;
@@ -924,6 +937,12 @@ impl AgentView for Agent {
                     };
                     let timeout = Duration::from_millis(req.timeout_ms.clamp(1, 3_600_000));
                     rep.wait(timeout).await?
+                }
+                api::Action::SyncAccept(req) => {
+                    let Some(rep) = this.replication.get().cloned() else {
+                        return Err((409, format!("{node} is not a head")));
+                    };
+                    rep.accept_loss(&req.set, &req.by).await?
                 }
                 api::Action::SyncResolve(req) => {
                     let Some(rep) = this.replication.get().cloned() else {
@@ -1178,6 +1197,7 @@ async fn agent_main(
         this: OnceLock::new(),
         monitoring: OnceLock::new(),
         replication: OnceLock::new(),
+        sync_gates: OnceLock::new(),
     });
     let _ = agent.this.set(Arc::downgrade(&agent));
     // Heads and witnesses: the consensus node, and on heads the active role.
@@ -1223,6 +1243,9 @@ async fn agent_main(
             let running = agent.current().config;
             let a = agent.clone();
             let rec = agent.clone();
+            let _ = agent
+                .sync_gates
+                .set(crate::replication::SyncGates::new(&config));
             let services = Services::start(ServiceCtx {
                 node: node.clone(),
                 config: running,
@@ -1236,6 +1259,7 @@ async fn agent_main(
                     move |k: &str, s: Option<&str>, m: String| a.record(k, s, m)
                 }),
                 view: agent.resource_view.clone(),
+                sync_gates: agent.sync_gates.get().cloned(),
             });
             let _ = agent
                 .services
@@ -1302,15 +1326,18 @@ async fn agent_main(
             stop_rx.clone(),
         )));
         if me.role == Role::Head {
-            if let Some(fo) = agent.failover.get().cloned() {
-                let peer_up: Arc<dyn Fn(&str) -> bool + Send + Sync> = {
+            if let (Some(fo), Some(gates)) = (
+                agent.failover.get().cloned(),
+                agent.sync_gates.get().cloned(),
+            ) {
+                let membership: Arc<dyn Fn() -> heartbeat::HeartbeatSnapshot + Send + Sync> = {
                     let a = agent.clone();
-                    Arc::new(move |peer: &str| {
-                        a.heartbeat
-                            .snapshot()
-                            .peers
-                            .iter()
-                            .any(|p| p.name == peer && p.state == PeerState::Up)
+                    Arc::new(move || a.heartbeat.snapshot())
+                };
+                let alerter: crate::replication::Alerter = {
+                    let (m, r) = (mon.clone(), recorder.clone());
+                    Arc::new(move |specs, set: &str, summary: String| {
+                        m.event_alert(specs, "replication", set, summary, r.clone())
                     })
                 };
                 let rep = crate::replication::Replication::new(
@@ -1318,16 +1345,15 @@ async fn agent_main(
                     node.clone(),
                     key_for_replication,
                     fo,
-                    peer_up,
+                    membership,
+                    recorder.clone(),
+                    alerter,
+                    gates,
                 );
                 let _ = agent.replication.set(rep.clone());
-                side_tasks.push(tokio::spawn(crate::replication::listen_loop(
-                    rep.clone(),
-                    recorder.clone(),
-                )));
-                side_tasks.push(tokio::spawn(crate::replication::source_loop(
+                side_tasks.push(tokio::spawn(crate::replication::listen_loop(rep.clone())));
+                side_tasks.push(tokio::spawn(crate::replication::role_loop(
                     rep,
-                    recorder.clone(),
                     stop_rx.clone(),
                 )));
             }

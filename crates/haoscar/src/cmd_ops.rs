@@ -30,6 +30,18 @@ pub struct SwitchoverArgs {
     pub to: Option<String>,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct FailoverArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// On the active head, whose copy of the replicated set SET is behind
+    /// the previous source's and whose services are held: start them with
+    /// this copy. The other heads' copies are moved aside where they differ
+    /// when they come back (nothing is deleted).
+    #[arg(long, value_name = "SET", required = true)]
+    pub accept_data_loss: String,
+}
+
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnOff {
     On,
@@ -104,6 +116,17 @@ pub fn switchover(args: SwitchoverArgs) -> Result<ExitCode> {
         &args.agent,
         "/v1/switchover",
         &SwitchoverRequest { to: args.to },
+    )
+}
+
+pub fn failover(args: FailoverArgs) -> Result<ExitCode> {
+    act(
+        &args.agent,
+        "/v1/sync/accept",
+        &haoscar_types::api::SyncAcceptRequest {
+            set: args.accept_data_loss,
+            by: crate::cmd_resource::who(),
+        },
     )
 }
 

@@ -336,14 +336,14 @@ fn heads_by_preference(config: &Config) -> Vec<(String, u32)> {
     heads
 }
 
-fn peer_up(snap: &HeartbeatSnapshot, name: &str) -> bool {
+pub(crate) fn peer_up(snap: &HeartbeatSnapshot, name: &str) -> bool {
     snap.peers
         .iter()
         .any(|p| p.name == name && p.state == PeerState::Up)
 }
 
 /// How long ago `name` was last heard on any channel.
-fn last_heard(snap: &HeartbeatSnapshot, name: &str) -> Option<Duration> {
+pub(crate) fn last_heard(snap: &HeartbeatSnapshot, name: &str) -> Option<Duration> {
     snap.peers
         .iter()
         .find(|p| p.name == name)?

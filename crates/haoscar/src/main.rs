@@ -65,6 +65,8 @@ enum Command {
     Status(cmd_status::StatusArgs),
     /// Hand the active role to another head (planned, fast).
     Switchover(cmd_ops::SwitchoverArgs),
+    /// On the active head: start the services a replicated set holds with the copy this head has (`--accept-data-loss SET`).
+    Failover(cmd_ops::FailoverArgs),
     /// Put a node in (on) or out of (off) standby (maintenance) mode: a node in standby is never made active.
     Standby(cmd_ops::StandbyArgs),
     /// Show the replicated event history (role changes, channels, VIPs).
@@ -72,7 +74,7 @@ enum Command {
     /// List, inspect and act on the service resources.
     #[command(subcommand)]
     Resource(cmd_resource::ResourceCommand),
-    /// Replicated sets: status, and the durability barrier (`sync wait`).
+    /// Replicated sets: status, the durability barrier (`sync wait`), verify, resolve a split brain.
     #[command(subcommand)]
     Sync(cmd_sync::SyncCommand),
     /// Health monitoring: watch list status, silences, mon.cf import.
@@ -107,6 +109,7 @@ fn main() -> std::process::ExitCode {
         Command::Config(_)
         | Command::Status(_)
         | Command::Switchover(_)
+        | Command::Failover(_)
         | Command::Standby(_)
         | Command::Events(_)
         | Command::Resource(_)
@@ -130,6 +133,7 @@ fn main() -> std::process::ExitCode {
         Command::Config(cmd) => cmd_config::run(cmd),
         Command::Status(args) => cmd_status::run(args),
         Command::Switchover(args) => cmd_ops::switchover(args),
+        Command::Failover(args) => cmd_ops::failover(args),
         Command::Standby(args) => cmd_ops::standby(args),
         Command::Events(args) => cmd_ops::events(args),
         Command::Resource(cmd) => cmd_resource::run(cmd),

@@ -1124,7 +1124,17 @@ impl Monitoring {
                         let record = record.clone();
                         tokio::spawn(async move {
                             let ok = mon
-                                .deliver(&w, &s, &spec, kind, &hosts, &summary, &detail, now)
+                                .deliver(
+                                    &w.group,
+                                    &s.name,
+                                    s.description.as_deref(),
+                                    &spec,
+                                    kind,
+                                    &hosts,
+                                    &summary,
+                                    &detail,
+                                    now,
+                                )
                                 .await;
                             {
                                 let mut st = mon.lock();
@@ -1202,11 +1212,64 @@ impl Monitoring {
         }
     }
 
+    /// Sends a critical event of another part of the agent (replication)
+    /// through `specs`, in the background; the outcome is an event.
+    pub fn event_alert(
+        self: &Arc<Self>,
+        specs: &[AlertSpec],
+        group: &str,
+        service: &str,
+        summary: String,
+        record: Recorder,
+    ) {
+        for spec in specs {
+            let spec = spec.clone();
+            let (mon, group, service, summary, record) = (
+                self.clone(),
+                group.to_string(),
+                service.to_string(),
+                summary.clone(),
+                record.clone(),
+            );
+            tokio::spawn(async move {
+                let hosts = vec![mon.node.clone()];
+                let r = mon
+                    .deliver(
+                        &group,
+                        &service,
+                        None,
+                        &spec,
+                        AlertKind::Failure,
+                        &hosts,
+                        &summary,
+                        &summary,
+                        unix_ms_now(),
+                    )
+                    .await;
+                let target = alert_name(&spec);
+                let key = format!("{group}/{service}");
+                match r {
+                    Ok(()) => record(
+                        "alert",
+                        Some(&key),
+                        format!("alert via {target}: {summary}"),
+                    ),
+                    Err(e) => record(
+                        "alert_failed",
+                        Some(&key),
+                        format!("alert via {target} failed: {e}"),
+                    ),
+                }
+            });
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn deliver(
         &self,
-        w: &Watch,
-        s: &WatchService,
+        group: &str,
+        service: &str,
+        description: Option<&str>,
         spec: &AlertSpec,
         kind: AlertKind,
         hosts: &[String],
@@ -1223,8 +1286,8 @@ impl Monitoring {
                 let path = haoscar_monitor::external::resolve_program(program, &m.alert_dirs)
                     .map_err(|e| e.to_string())?;
                 let call = alert::AlertCall {
-                    service: s.name.clone(),
-                    group: w.group.clone(),
+                    service: service.to_string(),
+                    group: group.to_string(),
                     hosts: hosts.to_vec(),
                     time_unix,
                     kind: match kind {
@@ -1237,7 +1300,7 @@ impl Monitoring {
                     env: vec![
                         (
                             "MON_DESCRIPTION".into(),
-                            s.description.clone().unwrap_or_default(),
+                            description.unwrap_or_default().to_string(),
                         ),
                         (
                             "MON_RETVAL".into(),
@@ -1268,8 +1331,8 @@ impl Monitoring {
                 let body = serde_json::json!({
                     "cluster": cfg.cluster.name,
                     "from": self.node,
-                    "group": w.group,
-                    "service": s.name,
+                    "group": group,
+                    "service": service,
                     "kind": kind_name(kind),
                     "hosts": hosts,
                     "summary": summary,

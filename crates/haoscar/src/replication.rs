@@ -1,70 +1,76 @@
-//! The replication shell (`[[replicate]]` sets) around `haoscar-replication`:
-//! every head listens for the active head's replication sessions on its
-//! first channel's address (port: consensus + 1) and applies what it sends
-//! beneath the configured directories; the active head runs one session per
-//! directory and receiver, a pass every [`PASS_INTERVAL`] (scan, deltas,
-//! confirmation). Becoming active starts a new generation of each copy, so
-//! two heads that both changed a set are told apart from one that is only
-//! behind. Status for `haoscar sync status`, and the `sync wait` barrier.
+//! The replication shell (`[[replicate]]` sets) around `haoscar-replication`.
+//!
+//! * Every head listens on its first channel's address (port: consensus
+//!   port plus one) for sessions: from the active head (it follows it), or,
+//!   while it is itself newly active, from the head that was the set's
+//!   source before (that head hands its last writes over).
+//! * A head that becomes active decides per set, with the pure
+//!   [`haoscar_core::sync_gate`], whether its copy may be used: ready (it
+//!   starts a new generation, records itself as the set's source through
+//!   the consensus, and only then opens the set's group to its services),
+//!   waiting for the previous source's hand-over, or held (a critical event
+//!   and alert; `haoscar failover --accept-data-loss SET` or the old head's
+//!   return ends it).
+//! * A source directory has a tracker task owning its inotify watcher: it
+//!   drains events (coalesced over a few ms), refreshes the model, rescans
+//!   everything on a queue overflow and every [`VERIFY_EVERY`] (counting
+//!   what change detection missed). One send task per directory and
+//!   receiver sends what changed since the receiver's last confirmation,
+//!   a keepalive every [`KEEPALIVE`] when idle, a full pass at connection
+//!   and every [`FULL_PASS_EVERY`].
+//! * `sync status`, the `sync wait` barrier, `sync verify`, `sync resolve`,
+//!   `failover --accept-data-loss`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use haoscar_core::sync_gate::{self, Gate, GateInput};
+use haoscar_net::heartbeat::HeartbeatSnapshot;
 use haoscar_net::wire::ClusterKey;
 use haoscar_replication::generation::Generations;
-use haoscar_replication::session::{self, Source, Target};
+use haoscar_replication::inotify::Watcher;
+use haoscar_replication::manifest::Manifest;
+use haoscar_replication::receiver::{self, HelloInfo, Target};
+use haoscar_replication::scan::HashCache;
+use haoscar_replication::session::{self, Outgoing, Purpose, Source, KEEPALIVE};
 use haoscar_replication::store::{state_file, CopyState};
-use haoscar_types::api::{SyncDir, SyncReceiver, SyncStatus};
-use haoscar_types::config::{Config, Role};
+use haoscar_replication::tracker::{opener, Tracker};
+use haoscar_types::api::{
+    SyncDir, SyncReceiver, SyncSet, SyncStatus, SyncTracker, SyncVerifyDir, SyncVerifyReport,
+};
+use haoscar_types::config::{Config, Replicate, Role};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::failover::Failover;
 use crate::monitoring::{unix_ms_now, Recorder};
 
-/// Time between two passes of a directory to a receiver.
-pub const PASS_INTERVAL: Duration = Duration::from_millis(500);
-/// A pass not confirmed within this is abandoned (the connection is reset).
-const PASS_TIMEOUT: Duration = Duration::from_secs(600);
+/// Events coalesced this long after the first one before a pass.
+const COALESCE: Duration = Duration::from_millis(3);
+/// A source directory is scanned in full this often (what change
+/// detection missed is counted and sent).
+pub const VERIFY_EVERY: Duration = Duration::from_secs(30);
+/// A receiver gets a full pass this often (what changed on it is seen).
+const FULL_PASS_EVERY: Duration = Duration::from_secs(30);
+/// Without inotify, a directory is scanned this often.
+const POLL_EVERY: Duration = Duration::from_secs(1);
 /// Time between two connection attempts to a receiver.
 const RETRY: Duration = Duration::from_secs(1);
+/// How often the role loop looks at the gates and the roles.
+const TICK: Duration = Duration::from_millis(100);
+/// A pass not answered within this ends the connection.
+const PASS_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Sends a set's alerts: `(alerts, set, summary)`.
+pub type Alerter = Arc<dyn Fn(&[haoscar_types::watchspec::AlertSpec], &str, String) + Send + Sync>;
 
 /// One replicated directory: `(set name, index in its paths)`.
 type DirKey = (String, usize);
 
-#[derive(Debug, Clone, Default)]
-struct Recv {
-    connected: bool,
-    last_taken: Option<u64>,
-    passes: u64,
-    files: u64,
-    literal: u64,
-    error: Option<String>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Dir {
-    receivers: BTreeMap<String, Recv>,
-    /// Receiver side: source time of the last pass applied here.
-    last_applied_taken: Option<u64>,
-    problem: Option<String>,
-}
-
-/// Replication of this head, shared with the API.
-pub struct Replication {
-    config: Config,
-    node: String,
-    key: ClusterKey,
-    failover: Arc<Failover>,
-    dirs: Mutex<BTreeMap<DirKey, Dir>>,
-    /// Whether a peer is up (heard on some channel): a receiver that is up
-    /// must confirm a `sync wait`; one that is down is reported, not waited for.
-    peer_up: Arc<dyn Fn(&str) -> bool + Send + Sync>,
-}
-
-fn set_id(set: &str, index: usize) -> String {
-    format!("{set}/{index}")
+fn set_id(key: &DirKey) -> String {
+    format!("{}/{}", key.0, key.1)
 }
 
 fn parse_set_id(id: &str) -> Option<DirKey> {
@@ -79,71 +85,635 @@ fn replication_addr(config: &Config, node: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, config.replication_port()))
 }
 
+/// Which sets may be used on this head, shared with the services: a group
+/// that needs a set starts only once the set is ready here.
+pub struct SyncGates {
+    /// Group -> the sets it needs.
+    groups: BTreeMap<String, Vec<String>>,
+    ready: Mutex<BTreeMap<String, Result<(), String>>>,
+    tx: watch::Sender<u64>,
+}
+
+impl SyncGates {
+    pub fn new(config: &Config) -> Arc<SyncGates> {
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in &config.replicates {
+            if let Some(g) = &r.group {
+                groups.entry(g.clone()).or_default().push(r.name.clone());
+            }
+        }
+        Arc::new(SyncGates {
+            groups,
+            ready: Mutex::new(BTreeMap::new()),
+            tx: watch::channel(0).0,
+        })
+    }
+
+    /// Why `group` may not start here now (`None`: it may).
+    pub fn hold_reason(&self, group: &str) -> Option<String> {
+        let sets = self.groups.get(group)?;
+        let ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+        sets.iter().find_map(|s| match ready.get(s) {
+            Some(Ok(())) => None,
+            Some(Err(why)) => Some(format!("waits for replicated set {s}: {why}")),
+            None => Some(format!(
+                "waits for replicated set {s}: the copy is being checked"
+            )),
+        })
+    }
+
+    /// Bumped at every change.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.tx.subscribe()
+    }
+
+    fn set(&self, set: &str, v: Result<(), String>) {
+        let changed = {
+            let mut m = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+            m.insert(set.to_string(), v.clone()) != Some(v)
+        };
+        if changed {
+            self.tx.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn close_all(&self) {
+        let was = {
+            let mut m = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::take(&mut *m)
+        };
+        if !was.is_empty() {
+            self.tx.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// A receiver as the source sees it.
+#[derive(Debug, Clone, Default)]
+struct RecvView {
+    connected: bool,
+    /// Cover time and change number of the last confirmed pass.
+    confirmed_cover: Option<u64>,
+    confirmed_seq: u64,
+    passes: u64,
+    files: u64,
+    literal: u64,
+    wire: u64,
+    lag_bytes: u64,
+    caught_up: bool,
+    catch_up_ms: Option<u64>,
+    error: Option<String>,
+}
+
+/// What is known of one directory, for the status.
+#[derive(Debug, Clone, Default)]
+struct DirState {
+    receivers: BTreeMap<String, RecvView>,
+    /// Receiver: the source's cover time of the last pass applied here.
+    last_applied_cover: Option<u64>,
+    /// Receiver: local time as of which the copy had everything.
+    in_sync_local_ms: u64,
+    problem: Option<String>,
+    /// New active head: the previous source's final pass was applied.
+    handed_over: bool,
+    /// New active head: the previous source's hand-over was refused as a
+    /// split brain.
+    handoff_split: Option<String>,
+    /// Receiver: the copy's root hash after the last pass applied here
+    /// (where a new generation forks from if this head becomes the source).
+    last_root: Option<[u8; 32]>,
+}
+
+/// A source directory's tracker and its task.
+struct Live {
+    tracker: Arc<Mutex<Tracker>>,
+    /// The change number after each refresh.
+    changed: watch::Receiver<u64>,
+    poke: mpsc::Sender<oneshot::Sender<()>>,
+    /// Wakes the send tasks at once (a `sync wait`).
+    urgent: Arc<Notify>,
+    info: Arc<Mutex<TrackerInfo>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct TrackerInfo {
+    inotify: bool,
+    watches: u64,
+    overflows: u64,
+    problem: Option<String>,
+}
+
+impl Live {
+    /// Has the tracker drain the change detection now; afterwards every
+    /// write completed before the call is in its model.
+    async fn poke(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.poke.send(tx).await.is_ok() && rx.await.is_ok()
+    }
+}
+
+/// A `sync verify` asked of a send task: the receiver's fresh manifest.
+type VerifyReq = oneshot::Sender<Result<Manifest, String>>;
+
+/// The gate of one set during this activation.
+#[derive(Debug, Clone)]
+struct SetGate {
+    decision: Gate,
+    /// The generations were rotated and must be recorded (retried).
+    pending: Option<Vec<u64>>,
+    said: Option<String>,
+}
+
+/// Replication of this head, shared with the API.
+pub struct Replication {
+    config: Config,
+    node: String,
+    key: ClusterKey,
+    failover: Arc<Failover>,
+    membership: Arc<dyn Fn() -> HeartbeatSnapshot + Send + Sync>,
+    record: Recorder,
+    alerter: Alerter,
+    gates: Arc<SyncGates>,
+    dirs: Mutex<BTreeMap<DirKey, DirState>>,
+    live: Mutex<BTreeMap<DirKey, Arc<Live>>>,
+    caches: Mutex<BTreeMap<DirKey, Arc<Mutex<HashCache>>>>,
+    verify: Mutex<BTreeMap<(DirKey, String), mpsc::Sender<VerifyReq>>>,
+    set_gates: Mutex<BTreeMap<String, SetGate>>,
+    /// When this head last became active.
+    active_since: Mutex<Option<Instant>>,
+    active_since_unix: Mutex<Option<u64>>,
+}
+
 impl Replication {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
         node: String,
         key: ClusterKey,
         failover: Arc<Failover>,
-        peer_up: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+        membership: Arc<dyn Fn() -> HeartbeatSnapshot + Send + Sync>,
+        record: Recorder,
+        alerter: Alerter,
+        gates: Arc<SyncGates>,
     ) -> Arc<Self> {
         Arc::new(Replication {
             config,
             node,
             key,
             failover,
+            membership,
+            record,
+            alerter,
+            gates,
             dirs: Mutex::new(BTreeMap::new()),
-            peer_up,
+            live: Mutex::new(BTreeMap::new()),
+            caches: Mutex::new(BTreeMap::new()),
+            verify: Mutex::new(BTreeMap::new()),
+            set_gates: Mutex::new(BTreeMap::new()),
+            active_since: Mutex::new(None),
+            active_since_unix: Mutex::new(None),
         })
     }
 
-    fn dirs(&self) -> std::sync::MutexGuard<'_, BTreeMap<DirKey, Dir>> {
-        self.dirs.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock<'a, T>(m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn dirs(&self) -> std::sync::MutexGuard<'_, BTreeMap<DirKey, DirState>> {
+        Self::lock(&self.dirs)
+    }
+
+    fn sets(&self) -> &[Replicate] {
+        &self.config.replicates
+    }
+
+    fn set_def(&self, set: &str) -> Option<&Replicate> {
+        self.sets().iter().find(|r| r.name == set)
+    }
+
+    fn dirs_of(&self, set: &Replicate) -> Vec<(DirKey, PathBuf, Vec<String>)> {
+        set.paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut ex = set.exclude.clone();
+                ex.push(haoscar_replication::resolve::exclude_pattern());
+                ((set.name.clone(), i), p.clone(), ex)
+            })
+            .collect()
     }
 
     fn all_dirs(&self) -> Vec<(DirKey, PathBuf, Vec<String>)> {
-        self.config
-            .replicates
-            .iter()
-            .flat_map(|r| {
-                r.paths
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, p)| ((r.name.clone(), i), p.clone(), r.exclude.clone()))
-            })
-            .collect()
+        self.sets().iter().flat_map(|r| self.dirs_of(r)).collect()
+    }
+
+    fn dir(&self, key: &DirKey) -> Option<(PathBuf, Vec<String>)> {
+        self.all_dirs()
+            .into_iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, p, e)| (p, e))
     }
 
     fn state_path(&self, key: &DirKey) -> PathBuf {
         state_file(&self.config.paths.state_dir, &key.0, key.1)
     }
 
-    fn target(&self, id: &str) -> Option<Target> {
-        let key = parse_set_id(id)?;
-        let (_, path, exclude) = self.all_dirs().into_iter().find(|(k, _, _)| *k == key)?;
-        let mut exclude = exclude;
-        exclude.push(haoscar_replication::resolve::exclude_pattern());
+    fn snapshot_dir(&self, key: &DirKey) -> PathBuf {
+        self.config
+            .paths
+            .state_dir
+            .join("replication")
+            .join("snapshots")
+            .join(format!("{}.{}", key.0, key.1))
+    }
+
+    fn cache(&self, key: &DirKey) -> Arc<Mutex<HashCache>> {
+        Self::lock(&self.caches)
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn receivers(&self) -> Vec<String> {
+        self.config
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Head && n.name != self.node)
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    fn peer_up(&self, peer: &str) -> bool {
+        crate::failover::peer_up(&(self.membership)(), peer)
+    }
+
+    fn active(&self) -> Option<String> {
+        self.failover.consensus.with_state(|s| s.active.clone())
+    }
+
+    /// This head holds no service claim (its services are stopped).
+    fn no_claims(&self) -> bool {
+        let me = self.node.clone();
+        self.failover
+            .consensus
+            .with_state(|s| s.resources.values().all(|r| !r.running_on.contains(&me)))
+    }
+
+    fn source_record(&self, set: &str) -> Option<haoscar_consensus::SyncSource> {
+        self.failover
+            .consensus
+            .with_state(|s| s.sync_sources.get(set).cloned())
+    }
+
+    /// A critical event, and the set's alerts.
+    fn critical(&self, set: &str, kind: &str, subject: Option<&str>, msg: String) {
+        (self.record)(kind, subject, format!("CRITICAL: {msg}"));
+        if let Some(def) = self.set_def(set) {
+            if !def.alerts.is_empty() {
+                (self.alerter)(&def.alerts, set, format!("{kind}: {msg}"));
+            }
+        }
+    }
+
+    // ---- the receiver side -------------------------------------------
+
+    /// Decides from a source's hello whether and where it is received.
+    fn accept(self: &Arc<Self>, h: &HelloInfo) -> Result<Target, String> {
+        if h.cluster != self.config.cluster.name {
+            return Err(format!(
+                "hello of cluster {:?}, this is {:?}",
+                h.cluster, self.config.cluster.name
+            ));
+        }
+        let key =
+            parse_set_id(&h.set).ok_or_else(|| format!("no replicated directory {:?}", h.set))?;
+        let (root, exclude) = self
+            .dir(&key)
+            .ok_or_else(|| format!("no replicated directory {:?} here", h.set))?;
+        let allowed = self.allowed_check(&key.0, &h.from, h.purpose);
+        if !allowed() {
+            return Err(match h.purpose {
+                Purpose::Follow => format!(
+                    "{} is not the active head as {} sees it (active: {})",
+                    h.from,
+                    self.node,
+                    self.active().as_deref().unwrap_or("none")
+                ),
+                Purpose::Handoff => format!(
+                    "{} does not wait for a hand-over of {} from {}",
+                    self.node, key.0, h.from
+                ),
+            });
+        }
         // The directory may not exist yet on a fresh standby.
-        std::fs::create_dir_all(&path).ok()?;
+        std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
         let resolve = self.failover.consensus.with_state(|s| {
             s.sync_resolve
                 .get(&key.0)
                 .map(|o| (o.keep.clone(), o.at_unix_ms))
         });
-        Some(Target {
-            root: path,
+        Ok(Target {
+            root,
             exclude,
             state_file: self.state_path(&key),
             resolve,
+            cache: self.cache(&key),
+            still_allowed: Arc::new(allowed),
+            strict: h.purpose == Purpose::Handoff,
+            // What this head last received is known better in memory than
+            // on disk (saved at most every second).
+            expected_root: self.dirs().get(&key).and_then(|d| d.last_root),
         })
     }
 
+    /// Whether `from` may send `set` for `purpose` (asked again before each pass).
+    fn allowed_check(
+        self: &Arc<Self>,
+        set: &str,
+        from: &str,
+        purpose: Purpose,
+    ) -> impl Fn() -> bool + Send + Sync + 'static {
+        let (me, set, from) = (self.node.clone(), set.to_string(), from.to_string());
+        let rep = Arc::downgrade(self);
+        move || {
+            let Some(rep) = rep.upgrade() else {
+                return false;
+            };
+            match purpose {
+                Purpose::Follow => {
+                    from != me
+                        && !rep.failover.is_active()
+                        && rep.active().as_deref() == Some(from.as_str())
+                }
+                Purpose::Handoff => {
+                    rep.failover.is_active()
+                        && rep.source_record(&set).is_some_and(|s| s.node == from)
+                        && Self::lock(&rep.set_gates)
+                            .get(&set)
+                            .is_some_and(|g| !g.decision.is_ready() && g.pending.is_none())
+                }
+            }
+        }
+    }
+
+    fn on_report(&self, r: &receiver::Report<'_>, purpose: Purpose) {
+        let Some(key) = parse_set_id(r.set) else {
+            return;
+        };
+        let mut newly = false;
+        {
+            let mut dirs = self.dirs();
+            let d = dirs.entry(key.clone()).or_default();
+            d.last_applied_cover = Some(r.cover_unix_ms);
+            d.last_root = Some(r.root_hash);
+            if let Some(t) = r.in_sync_local_ms {
+                d.in_sync_local_ms = d.in_sync_local_ms.max(t);
+            }
+            d.problem = (!r.stats.refused.is_empty())
+                .then(|| format!("refused: {}", r.stats.refused.join("; ")));
+            if purpose == Purpose::Handoff && r.final_pass && r.in_sync && !d.handed_over {
+                d.handed_over = true;
+                newly = true;
+            }
+        }
+        if !r.stats.kept_aside.is_empty() {
+            (self.record)(
+                "sync_kept_aside",
+                Some(&key.0),
+                format!(
+                    "{}: {} entries of this copy differed from the source's and were moved to {}/<time>/ (nothing deleted): {}",
+                    set_id(&key),
+                    r.stats.kept_aside.len(),
+                    haoscar_replication::resolve::SPLITBRAIN_DIR,
+                    r.stats.kept_aside.join(", ")
+                ),
+            );
+        }
+        if newly {
+            tracing::info!(dir = %set_id(&key), "hand-over received");
+        }
+    }
+
+    // ---- sources -------------------------------------------------------
+
+    /// The tracker of a directory this head sends (started on first use).
+    fn live(self: &Arc<Self>, key: &DirKey) -> std::io::Result<Arc<Live>> {
+        if let Some(l) = Self::lock(&self.live).get(key) {
+            return Ok(l.clone());
+        }
+        let (root, exclude) = self
+            .dir(key)
+            .ok_or_else(|| std::io::Error::other("not a replicated directory"))?;
+        std::fs::create_dir_all(&root)?;
+        let cache = std::mem::take(&mut *Self::lock(&self.cache(key)));
+        let snaps = self.snapshot_dir(key);
+        let tracker =
+            session::blocking(|| Tracker::with_cache(&root, &exclude, Some(snaps), cache))?;
+        let tracker = Arc::new(Mutex::new(tracker));
+        let (changed_tx, changed) = watch::channel(0u64);
+        let (poke, poke_rx) = mpsc::channel(16);
+        let info = Arc::new(Mutex::new(TrackerInfo::default()));
+        let urgent = Arc::new(Notify::new());
+        let task = tokio::spawn(tracker_task(
+            self.clone(),
+            key.clone(),
+            root,
+            exclude,
+            tracker.clone(),
+            changed_tx,
+            poke_rx,
+            info.clone(),
+        ));
+        let l = Arc::new(Live {
+            tracker,
+            changed,
+            poke,
+            urgent,
+            info,
+            task,
+        });
+        Self::lock(&self.live).insert(key.clone(), l.clone());
+        Ok(l)
+    }
+
+    fn drop_live(&self, key: &DirKey) {
+        Self::lock(&self.live).remove(key);
+    }
+
+    /// Evaluates the gate of `set` on this (active) head.
+    fn evaluate(self: &Arc<Self>, set: &Replicate, since: Instant) -> Gate {
+        let rec = self.source_record(&set.name);
+        let dirs = self.dirs_of(set);
+        let states: Vec<CopyState> = dirs
+            .iter()
+            .map(|(k, _, _)| CopyState::load(&self.state_path(k)).unwrap_or_default())
+            .collect();
+        let mine: Vec<Option<u64>> = states.iter().map(|s| s.generations.current).collect();
+        let activated = Self::lock(&self.active_since_unix).unwrap_or(u64::MAX);
+        let accepted = self.failover.consensus.with_state(|s| {
+            s.sync_accepted
+                .get(&set.name)
+                .is_some_and(|a| a.node == self.node)
+                || s.sync_resolve
+                    .get(&set.name)
+                    .is_some_and(|o| o.keep == self.node && o.at_unix_ms >= activated)
+        });
+        let split = {
+            let mem = self.dirs();
+            dirs.iter()
+                .find_map(|(k, _, _)| mem.get(k).and_then(|d| d.handoff_split.clone()))
+        };
+        let (prev_up, lag) = match &rec {
+            Some(r) if r.node != self.node => {
+                let snap = (self.membership)();
+                let up = crate::failover::peer_up(&snap, &r.node);
+                let now = unix_ms_now();
+                // When the previous source was last known alive.
+                let alive = crate::failover::last_heard(&snap, &r.node)
+                    .map(|ago| now.saturating_sub(ago.as_millis() as u64))
+                    .unwrap_or(now);
+                // When this copy last had everything (every directory).
+                let mem = self.dirs();
+                let synced = dirs
+                    .iter()
+                    .zip(&states)
+                    .map(|((k, _, _), st)| {
+                        mem.get(k)
+                            .map_or(0, |d| d.in_sync_local_ms)
+                            .max(st.in_sync_local_ms)
+                    })
+                    .min()
+                    .unwrap_or(0);
+                let lag = (synced > 0).then(|| Duration::from_millis(alive.saturating_sub(synced)));
+                (up, lag)
+            }
+            _ => (false, Some(Duration::ZERO)),
+        };
+        let handed_over = {
+            let mem = self.dirs();
+            dirs.iter()
+                .all(|(k, _, _)| mem.get(k).is_some_and(|d| d.handed_over))
+        };
+        let gens = rec
+            .as_ref()
+            .map(|r| r.generations.clone())
+            .unwrap_or_default();
+        sync_gate::decide(&GateInput {
+            me: &self.node,
+            source: rec.as_ref().map(|r| (r.node.as_str(), gens.as_slice())),
+            mine: &mine,
+            previous_up: prev_up,
+            handed_over,
+            waited: since.elapsed(),
+            lag,
+            max_lag: set.max_lag_on_failover,
+            accepted,
+            split: split.as_deref(),
+        })
+    }
+
+    /// Makes this head the source of `set`: new generations (from the
+    /// content as it is), recorded through the consensus; only then are the
+    /// set's services let start. Returns whether it is recorded.
+    async fn become_source(self: &Arc<Self>, set: &Replicate) -> bool {
+        let pending = Self::lock(&self.set_gates)
+            .get(&set.name)
+            .and_then(|g| g.pending.clone());
+        let gens = match pending {
+            Some(g) => g,
+            None => {
+                let mut gens = Vec::new();
+                for (key, path, _) in self.dirs_of(set) {
+                    let live = match self.live(&key) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            self.critical(
+                                &set.name,
+                                "sync_error",
+                                Some(&set.name),
+                                format!("cannot read {}: {e}", path.display()),
+                            );
+                            return false;
+                        }
+                    };
+                    let root = Self::lock(&live.tracker).root_hash();
+                    let file = self.state_path(&key);
+                    let fresh: u64 = rand::random();
+                    // The new generation forks from what this copy last had
+                    // of the previous source (not from writes made here
+                    // since: those are the new generation's).
+                    let last_root = self.dirs().get(&key).and_then(|d| d.last_root);
+                    let saved = CopyState::update(&file, |st| {
+                        let fork = last_root
+                            .or(st.root_hash.filter(|_| !st.wrote))
+                            .unwrap_or(root);
+                        st.generations.rotate_from(fresh, fork);
+                        st.wrote = true;
+                        st.applying = None;
+                        st.root_hash = Some(root);
+                        st.at_unix_ms = unix_ms_now();
+                        (true, ())
+                    });
+                    if let Err(e) = saved {
+                        self.critical(
+                            &set.name,
+                            "sync_error",
+                            Some(&set.name),
+                            format!("cannot record the generation of {}: {e}", path.display()),
+                        );
+                        return false;
+                    }
+                    gens.push(fresh);
+                }
+                if let Some(g) = Self::lock(&self.set_gates).get_mut(&set.name) {
+                    g.pending = Some(gens.clone());
+                }
+                gens
+            }
+        };
+        let cmd = haoscar_consensus::Command::SyncSource {
+            set: set.name.clone(),
+            node: self.node.clone(),
+            generations: gens,
+            at_unix_ms: unix_ms_now(),
+        };
+        match tokio::time::timeout(Duration::from_secs(5), self.failover.consensus.propose(cmd))
+            .await
+        {
+            Ok(Ok(_)) => {
+                if let Some(g) = Self::lock(&self.set_gates).get_mut(&set.name) {
+                    g.pending = None;
+                }
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(set = %set.name, error = %e, "cannot record this head as the source; retrying");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(set = %set.name, "cannot record this head as the source (no quorum in time); retrying");
+                false
+            }
+        }
+    }
+
+    // ---- operator requests ---------------------------------------------
+
     /// `GET /v1/sync`.
     pub fn status(&self) -> SyncStatus {
-        let active = self.failover.consensus.with_state(|s| s.active.clone());
-        let source = self.failover.is_active();
+        let active = self.active();
+        let is_active = self.failover.is_active();
         let now = unix_ms_now();
-        let dirs = self.dirs();
+        let gates = Self::lock(&self.set_gates).clone();
+        let live = Self::lock(&self.live).clone();
+        let dirs = self.dirs().clone();
         let out = self
             .all_dirs()
             .into_iter()
@@ -151,31 +721,64 @@ impl Replication {
                 let st = CopyState::load(&self.state_path(&key)).unwrap_or_default();
                 let d = dirs.get(&key).cloned().unwrap_or_default();
                 let hex = |g: u64| format!("{g:016x}");
+                let l = live.get(&key);
+                let role = match (is_active, gates.get(&key.0).map(|g| &g.decision), l) {
+                    (true, Some(Gate::Ready(_)), _) => "source",
+                    (true, _, _) => "catching-up",
+                    (false, _, Some(_)) => "handing-over",
+                    (false, _, None) if active.is_some() => "receiver",
+                    _ => "idle",
+                };
+                let tracker = l.map(|l| {
+                    let t = Self::lock(&l.tracker);
+                    let i = Self::lock(&l.info).clone();
+                    SyncTracker {
+                        entries: t.manifest().entries.len() as u64,
+                        mode: if i.inotify { "inotify" } else { "scanning" }.into(),
+                        watches: i.watches,
+                        refreshes: t.stats.refreshes,
+                        rescans: t.stats.rescans,
+                        missed: t.stats.missed,
+                        overflows: i.overflows,
+                        errors: t.stats.errors,
+                        problem: i.problem.clone().or_else(|| t.last_error.clone()),
+                    }
+                });
+                let in_sync = d.in_sync_local_ms.max(st.in_sync_local_ms);
                 SyncDir {
                     set: key.0.clone(),
                     path: path.display().to_string(),
-                    role: if source {
-                        "source".into()
-                    } else if active.is_some() {
-                        "receiver".into()
-                    } else {
-                        "idle".into()
-                    },
+                    role: role.into(),
                     generation: st.generations.current.map(hex),
                     history: st.generations.history.iter().map(|g| hex(*g)).collect(),
-                    last_applied_taken_unix_ms: d.last_applied_taken,
-                    receivers: if source {
+                    last_applied_taken_unix_ms: d.last_applied_cover,
+                    in_sync_unix_ms: (in_sync > 0 && role == "receiver").then_some(in_sync),
+                    lag_ms: (in_sync > 0 && role == "receiver")
+                        .then(|| now.saturating_sub(in_sync)),
+                    tracker,
+                    receivers: if role == "source" || role == "handing-over" {
                         d.receivers
                             .iter()
                             .map(|(n, r)| SyncReceiver {
                                 node: n.clone(),
                                 connected: r.connected,
-                                last_taken_unix_ms: r.last_taken,
-                                lag_ms: r.last_taken.map(|t| now.saturating_sub(t)),
+                                last_taken_unix_ms: r.confirmed_cover,
+                                // Nothing unconfirmed: not behind at all.
+                                lag_ms: r.confirmed_cover.map(|t| {
+                                    if r.lag_bytes == 0 && r.connected {
+                                        0
+                                    } else {
+                                        now.saturating_sub(t)
+                                    }
+                                }),
                                 passes: r.passes,
                                 files: r.files,
                                 literal_bytes: r.literal,
                                 error: r.error.clone(),
+                                lag_bytes: r.lag_bytes,
+                                wire_bytes: r.wire,
+                                caught_up: r.caught_up,
+                                catch_up_ms: r.catch_up_ms,
                             })
                             .collect()
                     } else {
@@ -185,51 +788,94 @@ impl Replication {
                 }
             })
             .collect();
+        let sets = self
+            .sets()
+            .iter()
+            .map(|r| {
+                let g = gates.get(&r.name);
+                let (state, reason) = match (is_active, g.map(|g| &g.decision)) {
+                    (false, _) => ("standby", "this head is not active".to_string()),
+                    (true, None) => ("waiting", "the copy is being checked".to_string()),
+                    (true, Some(Gate::Ready(why))) => ("ready", why.clone()),
+                    (true, Some(Gate::Wait(why))) => ("waiting", why.clone()),
+                    (true, Some(Gate::Hold(why))) => ("held", why.clone()),
+                };
+                SyncSet {
+                    name: r.name.clone(),
+                    group: r.group.clone(),
+                    state: state.into(),
+                    reason,
+                    source: self.source_record(&r.name).map(|s| s.node),
+                    max_lag_on_failover_ms: r.max_lag_on_failover.as_millis() as u64,
+                }
+            })
+            .collect();
         SyncStatus {
             node: self.node.clone(),
             active,
             dirs: out,
+            sets,
         }
     }
 
+    fn not_active(&self, what: &str) -> (u16, String) {
+        let active = self.active();
+        (
+            409,
+            format!(
+                "{} is not the active head: run `haoscar {what}` on {}",
+                self.node,
+                active.as_deref().unwrap_or("the active head")
+            ),
+        )
+    }
+
     /// `haoscar sync wait`: returns once every receiver that is up applied,
-    /// for every directory, a pass taken after this call (receivers that are
-    /// down are named in the answer, not waited for).
-    pub async fn wait(&self, timeout: Duration) -> Result<String, (u16, String)> {
+    /// for every directory, a pass covering every write made before this
+    /// call (receivers that are down are named in the answer, not waited for).
+    pub async fn wait(self: &Arc<Self>, timeout: Duration) -> Result<String, (u16, String)> {
         if !self.failover.is_active() {
-            let active = self.failover.consensus.with_state(|s| s.active.clone());
-            return Err((
-                409,
-                format!(
-                    "{} is not the active head: run `haoscar sync wait` on {}",
-                    self.node,
-                    active.as_deref().unwrap_or("the active head")
-                ),
-            ));
+            return Err(self.not_active("sync wait"));
         }
-        if self.config.replicates.is_empty() {
+        if self.sets().is_empty() {
             return Ok("no replicated sets".into());
         }
         let t0 = unix_ms_now();
         let deadline = tokio::time::Instant::now() + timeout;
+        // Everything written before now is drained into the models.
+        let lives: Vec<Arc<Live>> = Self::lock(&self.live).values().cloned().collect();
+        for l in &lives {
+            l.poke().await;
+            l.urgent.notify_waiters();
+        }
         loop {
+            let gates = Self::lock(&self.set_gates).clone();
             let (behind, skipped) = {
                 let dirs = self.dirs();
                 let mut behind = Vec::new();
                 let mut skipped = Vec::new();
                 for (key, _, _) in self.all_dirs() {
+                    if let Some(g) = gates.get(&key.0).filter(|g| !g.decision.is_ready()) {
+                        behind.push(format!(
+                            "{} is not replicated from {} yet: {}",
+                            key.0,
+                            self.node,
+                            g.decision.reason()
+                        ));
+                        continue;
+                    }
                     for peer in self.receivers() {
-                        if !(self.peer_up)(&peer) {
+                        if !self.peer_up(&peer) {
                             skipped.push(peer.clone());
                             continue;
                         }
                         let r = dirs.get(&key).and_then(|d| d.receivers.get(&peer));
-                        if r.and_then(|r| r.last_taken).is_none_or(|t| t < t0) {
+                        if r.and_then(|r| r.confirmed_cover).is_none_or(|t| t < t0) {
                             let why = r
                                 .and_then(|r| r.error.clone())
                                 .map(|e| format!(": {e}"))
                                 .unwrap_or_default();
-                            behind.push(format!("{peer} ({}{why})", set_id(&key.0, key.1)));
+                            behind.push(format!("{peer} ({}{why})", set_id(&key)));
                         }
                     }
                 }
@@ -253,24 +899,30 @@ impl Replication {
                     format!("not confirmed in time by: {}", behind.join(", ")),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    fn check_set(&self, set: &str) -> Result<&Replicate, (u16, String)> {
+        self.set_def(set).ok_or_else(|| {
+            let names: Vec<&str> = self.sets().iter().map(|r| r.name.as_str()).collect();
+            (
+                404,
+                format!(
+                    "no replicated set {set:?} (sets: {})",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            )
+        })
     }
 
     /// `haoscar sync resolve SET --keep NODE`.
     pub async fn resolve(&self, set: &str, keep: &str, by: &str) -> Result<String, (u16, String)> {
-        if !self.config.replicates.iter().any(|r| r.name == set) {
-            let names: Vec<&str> = self
-                .config
-                .replicates
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect();
-            return Err((
-                404,
-                format!("no replicated set {set:?} (sets: {})", names.join(", ")),
-            ));
-        }
+        self.check_set(set)?;
         if !self
             .config
             .nodes
@@ -279,7 +931,7 @@ impl Replication {
         {
             return Err((400, format!("{keep:?} is not a head")));
         }
-        let active = self.failover.consensus.with_state(|s| s.active.clone());
+        let active = self.active();
         if active.as_deref() != Some(keep) {
             return Err((
                 409,
@@ -305,19 +957,580 @@ impl Replication {
         }
     }
 
-    fn receivers(&self) -> Vec<String> {
-        self.config
-            .nodes
+    /// `haoscar failover --accept-data-loss SET`.
+    pub async fn accept_loss(&self, set: &str, by: &str) -> Result<String, (u16, String)> {
+        let def = self.check_set(set)?;
+        if !self.failover.is_active() {
+            return Err(self.not_active(&format!("failover --accept-data-loss {set}")));
+        }
+        let decision = Self::lock(&self.set_gates)
+            .get(set)
+            .map(|g| g.decision.clone());
+        if let Some(Gate::Ready(why)) = &decision {
+            return Err((
+                409,
+                format!(
+                    "{set} is not held on {}: {why}; nothing to accept",
+                    self.node
+                ),
+            ));
+        }
+        let cmd = haoscar_consensus::Command::SyncAcceptLoss {
+            set: set.to_string(),
+            node: self.node.clone(),
+            by: by.to_string(),
+            at_unix_ms: unix_ms_now(),
+        };
+        match tokio::time::timeout(Duration::from_secs(5), self.failover.consensus.propose(cmd))
+            .await
+        {
+            Ok(Ok(_)) => {
+                (self.record)(
+                    "sync_accept",
+                    Some(set),
+                    format!(
+                        "{by} accepted {}'s copy of {set} as it is ({}); {} starts{}; where the other heads' copies differ, they move it to {}/<time>/ when they return",
+                        self.node,
+                        decision.as_ref().map_or("", |d| d.reason()),
+                        self.node,
+                        def.group.as_ref().map(|g| format!(" group {g}")).unwrap_or_default(),
+                        haoscar_replication::resolve::SPLITBRAIN_DIR
+                    ),
+                );
+                Ok(format!(
+                    "{}'s copy of {set} is accepted: {} becomes its source and starts its services",
+                    self.node, self.node
+                ))
+            }
+            Ok(Err(e)) => Err((503, format!("cannot record the acceptance: {e}"))),
+            Err(_) => Err((503, "cannot record the acceptance: no quorum".into())),
+        }
+    }
+
+    /// `haoscar sync verify SET`: every file of the source's copy and of each
+    /// receiver's read afresh and compared (after a barrier, so what was
+    /// written before is expected on the receivers).
+    pub async fn verify(self: &Arc<Self>, set: &str) -> Result<SyncVerifyReport, (u16, String)> {
+        let def = self.check_set(set)?.clone();
+        if !self.failover.is_active() {
+            return Err(self.not_active(&format!("sync verify {set}")));
+        }
+        let _ = self.wait(Duration::from_secs(30)).await;
+        let mut out = Vec::new();
+        for (key, path, exclude) in self.dirs_of(&def) {
+            let live = self.live(&key).map_err(|e| (500, e.to_string()))?;
+            // The source afresh: every file read again; databases compared
+            // by the snapshot last sent (a new one would differ in bytes).
+            let (root, ex) = (path.clone(), exclude.clone());
+            let fresh = session::blocking(|| {
+                haoscar_replication::scan::Scanner::new(&root, &ex, None).full()
+            })
+            .map_err(|e| (500, format!("{}: {e}", path.display())))?;
+            let ours = {
+                let t = Self::lock(&live.tracker);
+                let model = t.manifest();
+                let dbs: Vec<String> = fresh
+                    .entries
+                    .keys()
+                    .filter(|n| {
+                        model
+                            .entries
+                            .get(*n)
+                            .is_some_and(|m| m.kind != fresh.entries[*n].kind)
+                            && haoscar_replication::sqlite::is_sqlite(&path.join(n))
+                                .unwrap_or(false)
+                    })
+                    .cloned()
+                    .collect();
+                let mut m = fresh.clone();
+                for n in dbs {
+                    if let Some(e) = model.entries.get(&n) {
+                        m.entries.insert(n, e.clone());
+                    }
+                }
+                m
+            };
+            for peer in self.receivers() {
+                let tx = Self::lock(&self.verify)
+                    .get(&(key.clone(), peer.clone()))
+                    .cloned();
+                let result = match tx {
+                    None => Err("not connected".to_string()),
+                    Some(tx) => {
+                        let (rtx, rrx) = oneshot::channel();
+                        if tx.send(rtx).await.is_err() {
+                            Err("not connected".to_string())
+                        } else {
+                            rrx.await.unwrap_or_else(|_| Err("connection lost".into()))
+                        }
+                    }
+                };
+                let (error, differences) = match result {
+                    Ok(theirs) => (None, differences(&ours, &theirs)),
+                    Err(e) => (Some(e), Vec::new()),
+                };
+                out.push(SyncVerifyDir {
+                    path: path.display().to_string(),
+                    receiver: peer,
+                    entries: ours.entries.len() as u64,
+                    error,
+                    differences,
+                });
+            }
+        }
+        let clean = out
             .iter()
-            .filter(|n| n.role == Role::Head && n.name != self.node)
-            .map(|n| n.name.clone())
-            .collect()
+            .all(|d| d.error.is_none() && d.differences.is_empty());
+        (self.record)(
+            "sync_verify",
+            Some(set),
+            format!(
+                "{set} verified: {}",
+                out.iter()
+                    .map(|d| format!(
+                        "{} -> {}: {}",
+                        d.path,
+                        d.receiver,
+                        match (&d.error, d.differences.len()) {
+                            (Some(e), _) => format!("not compared ({e})"),
+                            (None, 0) => format!("identical ({} entries)", d.entries),
+                            (None, n) => format!("{n} differences"),
+                        }
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        );
+        Ok(SyncVerifyReport {
+            set: set.to_string(),
+            source: self.node.clone(),
+            dirs: out,
+            clean,
+        })
     }
 }
 
-/// Every head: serves the active head's sessions.
-pub async fn listen_loop(rep: Arc<Replication>, record: Recorder) {
-    if rep.config.replicates.is_empty() {
+/// The differences between the source's manifest and a receiver's, in words.
+fn differences(ours: &Manifest, theirs: &Manifest) -> Vec<String> {
+    use haoscar_replication::manifest::Kind;
+    let mut out = Vec::new();
+    for (n, e) in &ours.entries {
+        match theirs.entries.get(n) {
+            None => out.push(format!("{n}: only on the source")),
+            Some(t) if t != e => {
+                let mut what = Vec::new();
+                match (&e.kind, &t.kind) {
+                    (Kind::File { hash: a, .. }, Kind::File { hash: b, .. }) if a != b => {
+                        what.push("content")
+                    }
+                    (a, b) if std::mem::discriminant(a) != std::mem::discriminant(b) => {
+                        what.push("kind")
+                    }
+                    (Kind::Symlink { target: a }, Kind::Symlink { target: b }) if a != b => {
+                        what.push("link target")
+                    }
+                    _ => {}
+                }
+                if e.mode != t.mode {
+                    what.push("mode");
+                }
+                if (e.uid, e.gid) != (t.uid, t.gid) {
+                    what.push("owner");
+                }
+                if e.mtime_ns != t.mtime_ns {
+                    what.push("mtime");
+                }
+                if e.link_of != t.link_of {
+                    what.push("hard link");
+                }
+                out.push(format!("{n}: {}", what.join(", ")));
+            }
+            Some(_) => {}
+        }
+    }
+    for n in theirs.entries.keys() {
+        if !ours.entries.contains_key(n) {
+            out.push(format!("{n}: only on the receiver"));
+        }
+    }
+    out
+}
+
+/// Owns a source directory's watcher: drains it when events arrive (after
+/// a short coalescing delay) or when asked, refreshes the tracker, rescans
+/// on an overflow and every [`VERIFY_EVERY`].
+#[allow(clippy::too_many_arguments)]
+async fn tracker_task(
+    rep: Arc<Replication>,
+    key: DirKey,
+    root: PathBuf,
+    exclude: Vec<String>,
+    tracker: Arc<Mutex<Tracker>>,
+    changed: watch::Sender<u64>,
+    mut poke: mpsc::Receiver<oneshot::Sender<()>>,
+    info: Arc<Mutex<TrackerInfo>>,
+) {
+    let dir = set_id(&key);
+    let mut watcher = match session::blocking(|| Watcher::new(&root, &exclude)) {
+        Ok(w) => {
+            let mut i = Replication::lock(&info);
+            i.inotify = true;
+            i.watches = w.watches() as u64;
+            Some(w)
+        }
+        Err(e) => {
+            let msg = format!(
+                "inotify unavailable for {} ({e}): scanning every {} s",
+                root.display(),
+                POLL_EVERY.as_secs()
+            );
+            (rep.record)("sync_scanning", Some(&key.0), msg.clone());
+            Replication::lock(&info).problem = Some(msg);
+            None
+        }
+    };
+    // The watches are in place: what changed while the tracker's first scan
+    // ran is found by one more scan.
+    {
+        let t0 = unix_ms_now();
+        let t = tracker.clone();
+        session::blocking(move || {
+            let mut g = Replication::lock(&t);
+            let _ = g.rescan();
+            g.covered_ms = t0;
+        });
+        changed.send_replace(Replication::lock(&tracker).seq());
+    }
+    let mut verify =
+        tokio::time::interval_at(tokio::time::Instant::now() + VERIFY_EVERY, VERIFY_EVERY);
+    let mut last_scan = Instant::now();
+    loop {
+        let mut reply = None;
+        let mut full = false;
+        tokio::select! {
+            r = readable(&watcher) => {
+                if r.is_err() {
+                    tokio::time::sleep(POLL_EVERY).await;
+                }
+                tokio::time::sleep(COALESCE).await;
+            }
+            p = poke.recv() => match p {
+                Some(r) => reply = Some(r),
+                None => return,
+            },
+            _ = verify.tick() => full = true,
+        }
+        let t0 = unix_ms_now();
+        let drained = match watcher.as_mut() {
+            Some(w) => match w.drain() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    Replication::lock(&info).problem = Some(format!("inotify: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let overflow = drained.as_ref().is_some_and(|d| d.overflow);
+        if let Some(p) = drained.as_ref().and_then(|d| d.problem.clone()) {
+            Replication::lock(&info).problem = Some(p);
+        }
+        if let Some(w) = &watcher {
+            Replication::lock(&info).watches = w.watches() as u64;
+        }
+        let poll = watcher.is_none() && last_scan.elapsed() >= POLL_EVERY;
+        let rescan = full || overflow || poll || drained.is_none() && watcher.is_some();
+        let t = tracker.clone();
+        let (n, missed_before, missed_after) = session::blocking(move || {
+            let mut g = Replication::lock(&t);
+            let before = g.stats.missed;
+            let n = if rescan {
+                g.rescan().unwrap_or(0)
+            } else if let Some(d) = &drained {
+                if d.dirty.is_empty() {
+                    0
+                } else {
+                    g.refresh(&d.dirty)
+                }
+            } else {
+                0
+            };
+            if rescan || drained.is_some() {
+                g.covered_ms = t0;
+            }
+            (n, before, g.stats.missed)
+        });
+        if rescan {
+            last_scan = Instant::now();
+        }
+        if overflow {
+            Replication::lock(&info).overflows += 1;
+            (rep.record)(
+                "sync_rescan",
+                Some(&key.0),
+                format!(
+                    "{dir}: the inotify queue overflowed (changes came faster than they were read): rescanned, {n} entries changed"
+                ),
+            );
+        } else if full && missed_after > missed_before {
+            (rep.record)(
+                "sync_missed",
+                Some(&key.0),
+                format!(
+                    "{dir}: the periodic scan found {} changes change detection had not reported; sent",
+                    missed_after - missed_before
+                ),
+            );
+        }
+        let seq = Replication::lock(&tracker).seq();
+        changed.send_if_modified(|v| std::mem::replace(v, seq) != seq);
+        if let Some(r) = reply {
+            let _ = r.send(());
+        }
+    }
+}
+
+async fn readable(w: &Option<Watcher>) -> std::io::Result<()> {
+    match w {
+        Some(w) => w.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one directory to one head: as the active head (`Follow`), or as
+/// the previous source handing its last writes over to the new active head
+/// (`Handoff`, until the new head has them all).
+async fn send_loop(rep: Arc<Replication>, key: DirKey, peer: String, purpose: Purpose) {
+    let dir = set_id(&key);
+    let Some(addr) = replication_addr(&rep.config, &peer) else {
+        return;
+    };
+    let update = |f: &dyn Fn(&mut RecvView)| {
+        let mut dirs = rep.dirs();
+        let r = dirs
+            .entry(key.clone())
+            .or_default()
+            .receivers
+            .entry(peer.clone())
+            .or_default();
+        f(r);
+    };
+    let (vtx, mut vrx) = mpsc::channel::<VerifyReq>(2);
+    if purpose == Purpose::Follow {
+        Replication::lock(&rep.verify).insert((key.clone(), peer.clone()), vtx);
+    }
+    let mut said: Option<String> = None;
+    loop {
+        let live = match rep.live(&key) {
+            Ok(l) => l,
+            Err(e) => {
+                update(&|r| r.error = Some(format!("cannot read the directory: {e}")));
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        let gens: Generations = CopyState::load(&rep.state_path(&key))
+            .map(|s| s.generations)
+            .unwrap_or_default();
+        let connect = Source::connect(
+            addr,
+            rep.key.clone(),
+            &rep.config.cluster.name,
+            &rep.node,
+            &dir,
+            gens,
+            purpose,
+        );
+        // The receiver reads its copy before it answers: allow for it.
+        let mut source = match tokio::time::timeout(session::READ_TIMEOUT, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let m = e.to_string();
+                if m.contains("SPLIT BRAIN") {
+                    rep.dirs().entry(key.clone()).or_default().problem = Some(m.clone());
+                    if said.as_deref() != Some(m.as_str()) {
+                        rep.critical(&key.0, "sync_split_brain", Some(&peer), m.clone());
+                        said = Some(m.clone());
+                    }
+                }
+                update(&|r| {
+                    r.connected = false;
+                    r.error = Some(m.clone());
+                });
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+            Err(_) => {
+                update(&|r| {
+                    r.connected = false;
+                    r.error = Some("connect timed out".into());
+                });
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        said = None;
+        update(&|r| {
+            r.connected = true;
+            r.error = None;
+            r.caught_up = false;
+        });
+        let connected_at = Instant::now();
+        let mut confirmed: Option<(u64, u64)> = None; // (seq, cover)
+        let mut need_full = true;
+        let mut last_full = Instant::now();
+        let mut changed = live.changed.clone();
+        let open = opener(live.tracker.clone());
+        'session: loop {
+            live.poke().await;
+            changed.borrow_and_update();
+            let final_pass = purpose == Purpose::Handoff && rep.no_claims();
+            let full = need_full || last_full.elapsed() >= FULL_PASS_EVERY;
+            let (out, seq, pending) = {
+                let t = Replication::lock(&live.tracker);
+                let since = confirmed.map(|c| c.0).filter(|_| !full);
+                let (changes, full) = match since.and_then(|s| t.changes_since(s)) {
+                    Some(c) => (c, false),
+                    None => (t.all(), true),
+                };
+                (
+                    Outgoing {
+                        full,
+                        final_pass,
+                        cover_unix_ms: t.covered_ms,
+                        root_hash: t.root_hash(),
+                        changes,
+                    },
+                    t.seq(),
+                    t.pending_bytes(confirmed.map_or(0, |c| c.0)),
+                )
+            };
+            update(&|r| r.lag_bytes = pending);
+            let was_full = out.full;
+            let res =
+                tokio::time::timeout(PASS_TIMEOUT, source.pass(out.clone(), open.clone())).await;
+            let res = res.unwrap_or_else(|_| {
+                Err(session::SessionError::Peer(format!(
+                    "pass not confirmed within {}s",
+                    PASS_TIMEOUT.as_secs()
+                )))
+            });
+            match res {
+                Ok(p) => {
+                    let caught_up_now = p.confirmed && was_full;
+                    update(&|r| {
+                        r.passes += 1;
+                        r.files += p.files;
+                        r.literal += p.literal_bytes;
+                        r.wire += p.wire_bytes;
+                        if p.confirmed {
+                            r.confirmed_cover = Some(out.cover_unix_ms);
+                            r.confirmed_seq = seq;
+                            r.lag_bytes = 0;
+                            r.error = None;
+                        } else if !p.applied.refused.is_empty() {
+                            r.error = Some(format!("refused: {}", p.applied.refused.join("; ")));
+                        }
+                        if caught_up_now && !r.caught_up {
+                            r.caught_up = true;
+                            r.catch_up_ms = Some(connected_at.elapsed().as_millis() as u64);
+                        }
+                    });
+                    if caught_up_now && need_full {
+                        let t = connected_at.elapsed();
+                        (rep.record)(
+                            "sync_caught_up",
+                            Some(&peer),
+                            format!(
+                                "{peer} caught up with {dir} ({}) in {} ms: {} files, {} bytes of new data",
+                                if purpose == Purpose::Handoff { "hand-over" } else { "full pass" },
+                                t.as_millis(),
+                                p.files,
+                                p.literal_bytes
+                            ),
+                        );
+                    }
+                    if !p.applied.kept_aside.is_empty() {
+                        (rep.record)(
+                            "sync_kept_aside",
+                            Some(&peer),
+                            format!(
+                                "{peer} moved {} entries of its copy of {dir} to {}/<time>/ before taking the source's: {}",
+                                p.applied.kept_aside.len(),
+                                haoscar_replication::resolve::SPLITBRAIN_DIR,
+                                p.applied.kept_aside.join(", ")
+                            ),
+                        );
+                    }
+                    if was_full {
+                        last_full = Instant::now();
+                    }
+                    if p.confirmed {
+                        confirmed = Some((seq, out.cover_unix_ms));
+                        need_full = false;
+                    } else if !p.applied.differs.is_empty() {
+                        // Changed while read: read again and send.
+                        let names = p.applied.differs.iter().cloned().collect();
+                        let t = live.tracker.clone();
+                        session::blocking(move || Replication::lock(&t).refresh(&names));
+                        continue 'session;
+                    } else if p.applied.refused.is_empty() {
+                        // The receiver's copy is not what we think it is.
+                        need_full = true;
+                        continue 'session;
+                    }
+                    if purpose == Purpose::Handoff && p.applied.done {
+                        (rep.record)(
+                            "sync_handed_over",
+                            Some(&peer),
+                            format!(
+                                "{} handed its last writes of {dir} over to {peer}",
+                                rep.node
+                            ),
+                        );
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let m = e.to_string();
+                    update(&|r| {
+                        r.connected = false;
+                        r.error = Some(m.clone());
+                    });
+                    break 'session;
+                }
+            }
+            // Until something changes, a keepalive now and then.
+            let wait_for = if purpose == Purpose::Handoff {
+                Duration::from_millis(50)
+            } else {
+                KEEPALIVE
+            };
+            tokio::select! {
+                r = changed.changed() => {
+                    if r.is_err() {
+                        break 'session;
+                    }
+                }
+                _ = live.urgent.notified() => {}
+                _ = tokio::time::sleep(wait_for) => {}
+                Some(req) = vrx.recv() => {
+                    let r = source.verify().await;
+                    let broken = r.is_err();
+                    let _ = req.send(r.map_err(|e| e.to_string()));
+                    if broken {
+                        break 'session;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Every head: serves the sessions sent to it.
+pub async fn listen_loop(rep: Arc<Replication>) {
+    if rep.sets().is_empty() {
         return;
     }
     let Some(addr) = replication_addr(&rep.config, &rep.node) else {
@@ -338,39 +1551,19 @@ pub async fn listen_loop(rep: Arc<Replication>, record: Recorder) {
             continue;
         };
         let rep = rep.clone();
-        let record = record.clone();
         tokio::spawn(async move {
-            // Only the active head may send, and never to itself.
-            let allowed: Vec<String> = rep
-                .failover
-                .consensus
-                .with_state(|s| s.active.clone())
-                .filter(|a| *a != rep.node)
-                .into_iter()
-                .collect();
-            let r2 = rep.clone();
-            let r3 = rep.clone();
-            let result = session::receive_any(
+            let purpose = Arc::new(Mutex::new(Purpose::Follow));
+            let (r2, p2, p3) = (rep.clone(), purpose.clone(), purpose.clone());
+            let result = receiver::receive_any(
                 stream,
                 rep.key.clone(),
-                &rep.config.cluster.name,
-                &allowed,
-                |id| rep.target(id),
-                |from| {
-                    !r3.failover.is_active()
-                        && r3
-                            .failover
-                            .consensus
-                            .with_state(|s| s.active.as_deref() == Some(from))
+                move |h| {
+                    *Replication::lock(&p2) = h.purpose;
+                    r2.accept(h)
                 },
-                |id, stats, taken| {
-                    if let Some(key) = parse_set_id(id) {
-                        let mut dirs = r2.dirs();
-                        let d = dirs.entry(key).or_default();
-                        d.last_applied_taken = Some(taken);
-                        d.problem = (!stats.refused.is_empty())
-                            .then(|| format!("refused: {}", stats.refused.join("; ")));
-                    }
+                |report| {
+                    let p = *Replication::lock(&p3);
+                    rep.on_report(&report, p);
                 },
             )
             .await;
@@ -378,17 +1571,24 @@ pub async fn listen_loop(rep: Arc<Replication>, record: Recorder) {
                 let msg = e.to_string();
                 tracing::warn!(%from, error = %msg, "replication session ended");
                 if msg.contains("SPLIT BRAIN") || msg.contains("not overwritten") {
-                    let mut changed = false;
+                    let handoff = *Replication::lock(&purpose) == Purpose::Handoff;
                     for (key, _, _) in rep.all_dirs() {
-                        if msg.contains(&format!("{:?}", set_id(&key.0, key.1))) {
-                            let mut dirs = rep.dirs();
-                            let d = dirs.entry(key).or_default();
-                            changed |= d.problem.as_deref() != Some(msg.as_str());
-                            d.problem = Some(msg.clone());
+                        if msg.contains(&format!("{:?}", set_id(&key))) {
+                            let changed = {
+                                let mut dirs = rep.dirs();
+                                let d = dirs.entry(key.clone()).or_default();
+                                let c = d.problem.as_deref() != Some(msg.as_str());
+                                d.problem = Some(msg.clone());
+                                if handoff && msg.contains("SPLIT BRAIN") {
+                                    d.handoff_split =
+                                        Some(msg.trim_start_matches("frame refused: ").to_string());
+                                }
+                                c
+                            };
+                            if changed {
+                                rep.critical(&key.0, "sync_split_brain", None, msg.clone());
+                            }
                         }
-                    }
-                    if changed {
-                        record("sync_split_brain", None, format!("CRITICAL: {msg}"));
                     }
                 }
             }
@@ -396,177 +1596,195 @@ pub async fn listen_loop(rep: Arc<Replication>, record: Recorder) {
     }
 }
 
-/// Every head: while active, sends each directory to each other head.
-pub async fn source_loop(
-    rep: Arc<Replication>,
-    record: Recorder,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    if rep.config.replicates.is_empty() {
+/// Every head: follows its role. Active: decides each set's gate, becomes
+/// the source of the sets that are ready and sends them to the other
+/// heads. Not active but still the recorded source of a set: hands its
+/// last writes over to the new active head.
+pub async fn role_loop(rep: Arc<Replication>, mut stop: watch::Receiver<bool>) {
+    if rep.sets().is_empty() {
         return;
     }
-    let mut active = rep.failover.active_watch();
-    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let mut active_rx = rep.failover.active_watch();
+    let mut tasks: BTreeMap<(DirKey, String, Purpose), tokio::task::JoinHandle<()>> =
+        BTreeMap::new();
+    let mut was_active = false;
     loop {
-        let now_active = rep.failover.is_active();
-        if now_active && tasks.is_empty() {
-            // A new generation of every copy this head now writes.
-            for (key, path, exclude) in rep.all_dirs() {
-                let file = rep.state_path(&key);
-                let mut st = CopyState::load(&file).unwrap_or_default();
-                st.generations.rotate(rand::random());
-                if let Err(e) = st.save(&file) {
-                    record(
-                        "sync_error",
-                        None,
-                        format!("cannot record the generation of {}: {e}", path.display()),
-                    );
-                }
-                let _ = std::fs::create_dir_all(&path);
-                let mut exclude = exclude;
-                exclude.push(haoscar_replication::resolve::exclude_pattern());
-                for peer in rep.receivers() {
-                    tasks.push(tokio::spawn(send_loop(
-                        rep.clone(),
-                        key.clone(),
-                        path.clone(),
-                        exclude.clone(),
-                        peer,
-                        st.generations.clone(),
-                        record.clone(),
-                    )));
-                }
+        let active = rep.failover.is_active();
+        if active && !was_active {
+            *Replication::lock(&rep.active_since) = Some(Instant::now());
+            *Replication::lock(&rep.active_since_unix) = Some(unix_ms_now());
+            Replication::lock(&rep.set_gates).clear();
+            for d in rep.dirs().values_mut() {
+                d.handed_over = false;
+                d.handoff_split = None;
             }
-            record(
-                "sync_source",
-                None,
-                format!("{} is the replication source from now on", rep.node),
-            );
-        } else if !now_active && !tasks.is_empty() {
-            for t in tasks.drain(..) {
+        }
+        if !active && was_active {
+            for (_, t) in std::mem::take(&mut tasks) {
                 t.abort();
             }
+            rep.gates.close_all();
+            Replication::lock(&rep.set_gates).clear();
+            *Replication::lock(&rep.active_since) = None;
+            *Replication::lock(&rep.active_since_unix) = None;
+            Replication::lock(&rep.verify).clear();
             rep.dirs().values_mut().for_each(|d| d.receivers.clear());
         }
+        was_active = active;
+        let mut want: Vec<(DirKey, String, Purpose)> = Vec::new();
+        let mut keep_live: Vec<DirKey> = Vec::new();
+        if active {
+            let since = Replication::lock(&rep.active_since).unwrap_or_else(Instant::now);
+            for set in rep.sets().to_vec() {
+                let current = Replication::lock(&rep.set_gates).get(&set.name).cloned();
+                let ready_and_recorded = current
+                    .as_ref()
+                    .is_some_and(|g| g.decision.is_ready() && g.pending.is_none());
+                if !ready_and_recorded {
+                    let decision = match &current {
+                        // Decided ready: only the record is missing.
+                        Some(g) if g.decision.is_ready() => g.decision.clone(),
+                        _ => rep.evaluate(&set, since),
+                    };
+                    let said = current.as_ref().and_then(|g| g.said.clone());
+                    {
+                        let mut gates = Replication::lock(&rep.set_gates);
+                        let e = gates.entry(set.name.clone()).or_insert(SetGate {
+                            decision: decision.clone(),
+                            pending: None,
+                            said: None,
+                        });
+                        e.decision = decision.clone();
+                    }
+                    let kind_now = match &decision {
+                        Gate::Ready(_) => "ready",
+                        Gate::Wait(_) => "wait",
+                        Gate::Hold(_) => "hold",
+                    };
+                    let group = set
+                        .group
+                        .as_ref()
+                        .map(|g| format!("services of group {g}"))
+                        .unwrap_or_else(|| "its replication from here".to_string());
+                    match &decision {
+                        Gate::Ready(why) => {
+                            if rep.become_source(&set).await {
+                                for (key, _, _) in rep.dirs_of(&set) {
+                                    let mut dirs = rep.dirs();
+                                    let d = dirs.entry(key).or_default();
+                                    d.problem = None;
+                                    d.handoff_split = None;
+                                }
+                                rep.gates.set(&set.name, Ok(()));
+                                (rep.record)(
+                                    "sync_source",
+                                    Some(&set.name),
+                                    format!(
+                                        "{} is the source of {} from now on: {why}",
+                                        rep.node, set.name
+                                    ),
+                                );
+                            }
+                        }
+                        Gate::Wait(why) => {
+                            rep.gates.set(&set.name, Err(why.clone()));
+                            if said.as_deref() != Some(kind_now) {
+                                (rep.record)(
+                                    "sync_waiting",
+                                    Some(&set.name),
+                                    format!("{}: {group} wait: {why}", set.name),
+                                );
+                            }
+                        }
+                        Gate::Hold(why) => {
+                            rep.gates.set(&set.name, Err(why.clone()));
+                            if said.as_deref() != Some(kind_now) {
+                                rep.critical(
+                                    &set.name,
+                                    "sync_held",
+                                    Some(&set.name),
+                                    format!("{} on {}: {group} held: {why}", set.name, rep.node),
+                                );
+                            }
+                        }
+                    }
+                    if let Some(g) = Replication::lock(&rep.set_gates).get_mut(&set.name) {
+                        g.said = Some(kind_now.to_string());
+                    }
+                }
+                let ready = Replication::lock(&rep.set_gates)
+                    .get(&set.name)
+                    .is_some_and(|g| g.decision.is_ready() && g.pending.is_none());
+                if ready {
+                    for (key, _, _) in rep.dirs_of(&set) {
+                        keep_live.push(key.clone());
+                        for peer in rep.receivers() {
+                            want.push((key.clone(), peer, Purpose::Follow));
+                        }
+                    }
+                }
+            }
+        } else if let Some(new_active) = rep.active().filter(|a| *a != rep.node) {
+            // Still the recorded source of a set, with the copy it wrote:
+            // hand the last writes over.
+            for set in rep.sets().to_vec() {
+                let Some(rec) = rep.source_record(&set.name) else {
+                    continue;
+                };
+                if rec.node != rep.node {
+                    continue;
+                }
+                let dirs = rep.dirs_of(&set);
+                let mine: Vec<u64> = dirs
+                    .iter()
+                    .map(|(k, _, _)| {
+                        CopyState::load(&rep.state_path(k))
+                            .ok()
+                            .and_then(|s| s.generations.current)
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                if mine != rec.generations || !rep.peer_up(&new_active) {
+                    continue;
+                }
+                for (key, _, _) in dirs {
+                    keep_live.push(key.clone());
+                    want.push((key, new_active.clone(), Purpose::Handoff));
+                }
+            }
+        }
+        // Start what should run, stop what should not.
+        tasks.retain(|k, t| {
+            let keep = want.contains(k) && !t.is_finished();
+            if !keep && !t.is_finished() {
+                t.abort();
+            }
+            keep || (want.contains(k) && t.is_finished() && k.2 == Purpose::Handoff)
+        });
+        for k in want {
+            if tasks.contains_key(&k) {
+                continue;
+            }
+            let t = tokio::spawn(send_loop(rep.clone(), k.0.clone(), k.1.clone(), k.2));
+            tasks.insert(k, t);
+        }
+        let stale: Vec<DirKey> = Replication::lock(&rep.live)
+            .keys()
+            .filter(|k| !keep_live.contains(k))
+            .cloned()
+            .collect();
+        for k in stale {
+            rep.drop_live(&k);
+        }
         tokio::select! {
-            _ = active.changed() => {}
-            _ = tokio::time::sleep(RETRY) => {}
+            _ = active_rx.changed() => {}
+            _ = tokio::time::sleep(TICK) => {}
             _ = stop.changed() => {
-                for t in tasks.drain(..) {
+                for (_, t) in std::mem::take(&mut tasks) {
                     t.abort();
                 }
                 return;
             }
         }
-    }
-}
-
-async fn send_loop(
-    rep: Arc<Replication>,
-    key: DirKey,
-    root: PathBuf,
-    exclude: Vec<String>,
-    peer: String,
-    generations: Generations,
-    record: Recorder,
-) {
-    let set = set_id(&key.0, key.1);
-    let mut said: Option<String> = None;
-    let update = |f: &dyn Fn(&mut Recv)| {
-        let mut dirs = rep.dirs();
-        let r = dirs
-            .entry(key.clone())
-            .or_default()
-            .receivers
-            .entry(peer.clone())
-            .or_default();
-        f(r);
-    };
-    let Some(addr) = replication_addr(&rep.config, &peer) else {
-        return;
-    };
-    loop {
-        let connect = Source::connect(
-            addr,
-            rep.key.clone(),
-            &rep.config.cluster.name,
-            &rep.node,
-            &set,
-            generations.clone(),
-            root.clone(),
-            exclude.clone(),
-        );
-        // The receiver scans its copy before it answers: allow for it.
-        let mut source = match tokio::time::timeout(session::READ_TIMEOUT, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let m = e.to_string();
-                if m.contains("SPLIT BRAIN") && said.as_deref() != Some(m.as_str()) {
-                    record("sync_split_brain", Some(&peer), format!("CRITICAL: {m}"));
-                    said = Some(m.clone());
-                }
-                update(&|r| {
-                    r.connected = false;
-                    r.error = Some(m.clone());
-                });
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-            Err(_) => {
-                update(&|r| {
-                    r.connected = false;
-                    r.error = Some("connect timed out".into());
-                });
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        update(&|r| {
-            r.connected = true;
-            r.error = None;
-        });
-        loop {
-            let pass = tokio::time::timeout(PASS_TIMEOUT, source.pass()).await;
-            let pass = pass.unwrap_or_else(|_| {
-                Err(session::SessionError::Peer(format!(
-                    "pass not confirmed within {}s",
-                    PASS_TIMEOUT.as_secs()
-                )))
-            });
-            match pass {
-                Ok(p) => {
-                    update(&|r| {
-                        // Only a pass applied in full counts for `sync wait`.
-                        if p.refused.is_empty() {
-                            r.last_taken = Some(p.taken_unix_ms);
-                        }
-                        r.passes += 1;
-                        r.files += u64::from(p.changed_files);
-                        r.literal += p.literal_bytes;
-                        r.error = (!p.refused.is_empty())
-                            .then(|| format!("refused: {}", p.refused.join("; ")));
-                    });
-                    // What the receivers have: a later change here is ours.
-                    let file = rep.state_path(&key);
-                    if let Ok(mut st) = CopyState::load(&file) {
-                        if st.root_hash != Some(p.root_hash) {
-                            st.root_hash = Some(p.root_hash);
-                            st.at_unix_ms = p.taken_unix_ms;
-                            let _ = st.save(&file);
-                        }
-                    }
-                }
-                Err(e) => {
-                    let m = e.to_string();
-                    update(&|r| {
-                        r.connected = false;
-                        r.error = Some(m.clone());
-                    });
-                    break;
-                }
-            }
-            tokio::time::sleep(PASS_INTERVAL).await;
-        }
-        tokio::time::sleep(RETRY).await;
     }
 }

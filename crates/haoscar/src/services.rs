@@ -46,6 +46,8 @@ pub struct ServiceCtx {
     pub record: Recorder,
     /// Per-resource status for the API.
     pub view: Arc<Mutex<BTreeMap<String, ResourceStatus>>>,
+    /// Replicated sets a group needs before it starts here.
+    pub sync_gates: Option<Arc<crate::replication::SyncGates>>,
 }
 
 /// A change sent to a group task.
@@ -73,6 +75,18 @@ fn now_unix_ms() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Waits for a change of the replicated sets' gates (forever without any).
+async fn gate_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Groups of service resources in file order, members in file order.
@@ -411,6 +425,7 @@ async fn group_task(
         epoch: Instant::now(),
     };
     let mut active = ctx.failover.active_watch();
+    let mut gates = ctx.sync_gates.as_ref().map(|g| g.watch());
     let mut applied = ctx.failover.consensus.raft().metrics();
     let mut last_applied = applied.borrow().last_applied.map(|l| l.index);
     g.publish();
@@ -454,6 +469,7 @@ async fn group_task(
                 }
             }
             _ = next_applied(&mut applied, &mut last_applied) => {}
+            _ = gate_changed(&mut gates) => {}
             cmd = rx.recv() => match cmd {
                 Some(GroupCmd::Replace(resources)) => g.replace(resources).await,
                 Some(GroupCmd::Shutdown) | None => {
@@ -552,6 +568,14 @@ impl Group {
             up: &up,
         };
         let mut runnable = Vec::with_capacity(self.members.len());
+        // A replicated set the group needs holds back starts (an instance
+        // already running here keeps running).
+        let gate = self
+            .ctx
+            .sync_gates
+            .as_ref()
+            .filter(|_| active)
+            .and_then(|g| g.hold_reason(&self.name));
         let mut prefix: Option<String> = None;
         for m in &mut self.members {
             let mut d = desire(record_of(&st, &m.res.name), &m.policy, here);
@@ -567,8 +591,12 @@ impl Group {
                     d = Desire::Run;
                 }
             }
+            let gated = gate
+                .clone()
+                .filter(|_| m.state != MState::Running && d == Desire::Run);
             let why = match (&prefix, d) {
                 (Some(p), _) => Some(p.clone()),
+                (None, Desire::Run) if gated.is_some() => gated,
                 (None, Desire::Hold(why)) => Some(why),
                 (None, Desire::Run) => match m.not_before {
                     Some(t) if t > Instant::now() => Some(format!(

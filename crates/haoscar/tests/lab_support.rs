@@ -101,6 +101,15 @@ impl Deref for LabGuard {
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
+        // For a post-mortem: HAOSCAR_KEEP_FAILED_LAB=1 keeps the lab of a
+        // failed test (its agents' logs, state and directories).
+        if std::thread::panicking() && std::env::var_os("HAOSCAR_KEEP_FAILED_LAB").is_some() {
+            eprintln!(
+                "lab {} kept for a post-mortem (haoscar lab down --name {0})",
+                self.name
+            );
+            return;
+        }
         match Lab::down(&self.name) {
             Ok(r) if !r.problems.is_empty() => {
                 eprintln!("lab down {}: problems: {:?}", self.name, r.problems)

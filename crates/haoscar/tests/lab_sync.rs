@@ -129,7 +129,10 @@ exclude = ["*.tmp"]
                 .receivers
                 .iter()
                 .any(|r| r.node == "head1" && r.connected))),
-        "head1 never came back as a receiver"
+        "head1 never came back as a receiver: {:?}\n{:?}\n{}",
+        sync_status(&lab, "head2"),
+        sync_status(&lab, "head1"),
+        haoscar_in(&lab, "head1", &["events", "--limit", "40"]).1
     );
     let (ok, out) = haoscar_in(&lab, "head2", &["sync", "wait", "--timeout", "30s"]);
     assert!(ok, "sync wait after failover: {out}");
@@ -171,8 +174,10 @@ exclude = ["*.tmp"]
                 .problem
                 .as_deref()
                 .is_some_and(|p| p.contains("SPLIT BRAIN")))),
-        "split brain not reported on head2: {:?}",
-        sync_status(&lab, "head2")
+        "split brain not reported on head2: {:?}\nhead1: {:?}\n{}",
+        sync_status(&lab, "head2"),
+        sync_status(&lab, "head1"),
+        haoscar_in(&lab, "head1", &["events", "--limit", "60"]).1
     );
     let (_, events) = haoscar_in(&lab, "head1", &["events", "--limit", "300"]);
     assert!(events.contains("sync_split_brain"), "{events}");

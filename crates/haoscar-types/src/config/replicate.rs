@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// A replicated set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Replicate {
     pub name: String,
     /// Absolute directories, the same on every head.
@@ -26,6 +26,12 @@ pub struct Replicate {
     /// is ready on the active head (placed first in the group).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Alerts sent on this set's critical events (split brain, services
+    /// held at a failover), in the watch lists' `alert` syntax.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alert: Vec<String>,
+    #[serde(skip)]
+    pub alerts: Vec<crate::watchspec::AlertSpec>,
 }
 
 /// Default of `max_lag_on_failover`.
@@ -40,9 +46,17 @@ pub(super) struct RawReplicate {
     exclude: Option<Sp<Vec<String>>>,
     max_lag: Option<Sp<Duration>>,
     group: Option<Sp<String>>,
+    alert: Option<Sp<Vec<String>>>,
 }
 
-const KEYS: &[&str] = &["name", "paths", "exclude", "max_lag_on_failover", "group"];
+const KEYS: &[&str] = &[
+    "name",
+    "paths",
+    "exclude",
+    "max_lag_on_failover",
+    "group",
+    "alert",
+];
 
 impl Cx<'_> {
     pub(super) fn replicate(
@@ -60,6 +74,7 @@ impl Cx<'_> {
             exclude: self.string_array(t, path, "exclude"),
             max_lag: self.duration(t, path, "max_lag_on_failover"),
             group: self.string(t, path, "group"),
+            alert: self.string_array(t, path, "alert"),
         }
     }
 }
@@ -187,7 +202,18 @@ pub(super) fn validate_replicates(
                 Some(g.v.clone())
             }
         };
+        let mut alerts = Vec::new();
+        if let Some(list) = &r.alert {
+            for (i, a) in list.v.iter().enumerate() {
+                match crate::watchspec::AlertSpec::parse(a) {
+                    Ok(s) => alerts.push(s),
+                    Err(e) => cx.error(&list.span, &format!("{}.alert[{i}]", r.path), e.0),
+                }
+            }
+        }
         out.push(Replicate {
+            alert: r.alert.as_ref().map(|a| a.v.clone()).unwrap_or_default(),
+            alerts,
             name: name.v.clone(),
             paths: ok,
             exclude: r.exclude.as_ref().map(|e| e.v.clone()).unwrap_or_default(),

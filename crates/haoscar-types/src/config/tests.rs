@@ -978,6 +978,7 @@ placement = \"every-head\"
 name = \"slurm-state\"
 paths = [\"/var/spool/slurmctld\"]
 max_lag_on_failover = \"5s\"
+alert = [\"mail.alert root@localhost\", \"syslog crit\"]
 group = \"slurm\"
 "
     );
@@ -985,6 +986,7 @@ group = \"slurm\"
     let r = &cfg.replicates[0];
     assert_eq!(r.max_lag_on_failover, Duration::from_secs(5));
     assert_eq!(r.group.as_deref(), Some("slurm"));
+    assert_eq!(r.alerts.len(), 2);
     assert_eq!(ok(&cfg.to_toml()), cfg);
     for (from, to, field, msg) in [
         (
@@ -1011,11 +1013,17 @@ group = \"slurm\"
             "replicate[0].max_lag",
             "unknown key",
         ),
+        (
+            "\"syslog crit\"",
+            "\"syslog loud\"",
+            "replicate[0].alert[1]",
+            "",
+        ),
     ] {
         // The [[replicate]] table comes last: change its key.
         let at = text.rfind(from).unwrap();
         let bad = format!("{}{to}{}", &text[..at], &text[at + from.len()..]);
-        let line = bad[..at].lines().count() + 1;
+        let line = bad[..at].matches('\n').count() + 1;
         assert_error(&bad, line, field, msg);
     }
 }
