@@ -205,7 +205,7 @@ impl Manifest {
 /// and their number. Adding and removing entries in any order gives the
 /// same value as summing the final set, so the source and a receiver keep
 /// it up to date at the cost of the entries that changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootAccum {
     lanes: [u64; 4],
     count: u64,

@@ -22,7 +22,7 @@ use crate::session::{
     blocking, decode_update_head, encode_wants, flag, from_json, json, kind, now_ms, Applied,
     Hello, HelloAck, Purpose, READ_TIMEOUT, VERSION,
 };
-use crate::store::CopyState;
+use crate::store::{CopyState, PassRecord};
 use haoscar_net::wire::ClusterKey;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -227,13 +227,15 @@ pub async fn receive_any(
     let mut state = blocking(|| CopyState::load(&state_file))?;
     let cache = std::mem::take(&mut *target.cache.lock().unwrap_or_else(PoisonError::into_inner));
     let replica = blocking(|| Replica::load(&target.root, &target.exclude, cache))?;
-    // Changed here since the last session ended cleanly (written while cut
-    // off)? Then this copy has a generation of its own. After a session
-    // cut short the differences are that session's, and are completed.
-    let interrupted = !target.strict
-        && state
-            .applying
-            .is_some_and(|g| hello.generations.descends_from(g));
+    // Changed here since the last pass saved its result? A pass cut short
+    // (a connection lost, this agent killed before its state was saved)
+    // explains differences in the names it was changing: those are
+    // completed by this session. Any other difference is a local write
+    // (made while cut off): this copy then has a generation of its own.
+    let interrupted = state
+        .pass
+        .as_ref()
+        .is_some_and(|p| p.explains(&replica.manifest));
     // A head that wrote its current generation (it was the source) is
     // checked against the fork point the source sends instead.
     if let Some(r) = target.expected_root {
@@ -242,6 +244,7 @@ pub async fn receive_any(
     // A hand-over onto a copy changed here since it last received from
     // that source: both sides changed; nothing is taken over.
     let handoff_split = target.strict
+        && !interrupted
         && !state.wrote
         && state
             .root_hash
@@ -325,9 +328,6 @@ pub async fn receive_any(
         saved,
         ..
     } = session;
-    if matches!(&r, Ok(())) {
-        state.applying = None;
-    }
     state.root_hash = Some(replica.root_hash());
     state.at_unix_ms = now_ms();
     // Never over what another part of the agent wrote meanwhile.
@@ -519,21 +519,32 @@ impl Session {
                 if self.order.is_some() {
                     self.state.resolved_order = at;
                 }
-                self.save_state(true)?;
                 let rep = &mut self.replica;
                 blocking(|| rep.rescan())?;
+                self.save_state(true)?;
             }
             self.replica.manifest.changes_to(&theirs)
         } else {
             self.replica.manifest.changes_for(&u.changes)
         };
-        // From here on, differences from the recorded root hash are this
-        // session's (if the agent dies half-way), not local writes.
-        if !changes.is_empty() && self.state.applying != self.hello.generations.current {
-            self.state.applying = self.hello.generations.current;
+        // From here on, differences in these names are this pass's (if the
+        // agent dies half-way), not local writes: recorded first.
+        if !changes.is_empty() {
+            let names = changes
+                .iter()
+                .map(|c| match c {
+                    Change::Put(n, _) | Change::Meta(n, _) | Change::Remove(n) => n.clone(),
+                })
+                .collect();
+            let m = &self.replica.manifest;
+            self.state.pass = Some(blocking(|| PassRecord::new(m, names)));
             self.save_state(true)?;
         }
         let differs = self.apply(&root, &changes, &mut stats).await?;
+        if self.state.pass.take().is_some() {
+            // Saved (with the root hash it left) at the next save.
+            self.dirty_state = true;
+        }
         if !changes.is_empty() || full {
             // What is here now came from the source.
             if self.state.generations != self.hello.generations || self.state.wrote {

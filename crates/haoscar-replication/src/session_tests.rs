@@ -37,6 +37,16 @@ async fn one_receiver(
     state: &Path,
     resolve: Option<(String, u64)>,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Served>) {
+    one_receiver_with(dst, state, resolve, false).await
+}
+
+/// [`one_receiver`], `strict` as for a hand-over onto a new active head.
+async fn one_receiver_with(
+    dst: &Path,
+    state: &Path,
+    resolve: Option<(String, u64)>,
+    strict: bool,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Served>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let target = Target {
@@ -46,7 +56,7 @@ async fn one_receiver(
         resolve,
         cache: Arc::new(Mutex::new(HashCache::default())),
         still_allowed: Arc::new(|| true),
-        strict: false,
+        strict,
         expected_root: None,
     };
     let handle = tokio::spawn(async move {
@@ -179,7 +189,7 @@ async fn full_then_incremental_passes_make_the_receiver_equal() {
     assert_eq!(passes.expect("receiver"), 3);
     // The receiver took the source's generation and ended cleanly.
     assert_eq!(st.generations.current, Some(11));
-    assert_eq!(st.applying, None);
+    assert_eq!(st.pass, None);
     assert_eq!(st.root_hash, Some(root_of(&dst)));
     assert!(st.in_sync_local_ms > 0);
     let _ = std::fs::remove_dir_all(&base);
@@ -280,6 +290,66 @@ async fn a_returning_source_that_wrote_after_the_fork_is_a_split_brain() {
         std::fs::read(dst.join("f")).expect("f"),
         b"v2, never replicated"
     );
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// A hand-over onto the new active head's copy: differences from what it
+/// last recorded are taken over only when the pass that was being applied
+/// explains them (the agent killed before it saved its result); a change
+/// anywhere else is this copy's own write: a split brain, nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_completes_an_interrupted_pass_but_never_local_writes() {
+    let base = tempdir("handoff");
+    let dst = base.join("dst");
+    std::fs::create_dir_all(dst.join("d")).expect("dst");
+    std::fs::write(dst.join("f"), b"v1").expect("f");
+    std::fs::write(dst.join("d/g"), b"g1").expect("g");
+    let before = scan(&dst, &[crate::resolve::exclude_pattern()]).expect("scan");
+    let g10 = gens(10, &[]);
+    let state = base.join("state.json");
+    let handoff = |addr| {
+        Source::connect(
+            addr,
+            key(K),
+            "c",
+            "head1",
+            "spool/0",
+            g10.clone(),
+            Purpose::Handoff,
+        )
+    };
+    // The pass that wrote v2 and removed d was being applied when this
+    // agent died: its state still says v1.
+    std::fs::write(dst.join("f"), b"v2 from head1").expect("f");
+    std::fs::remove_dir_all(dst.join("d")).expect("rm d");
+    let record = |names: &[&str]| {
+        crate::store::PassRecord::new(&before, names.iter().map(|n| n.to_string()).collect())
+    };
+    let cases = [
+        (Some(record(&["f", "d"])), true),
+        // The pass changed f only: d's removal is not its.
+        (Some(record(&["f"])), false),
+        (None, false),
+    ];
+    for (pass, accepted) in cases {
+        let what = format!("{pass:?}");
+        CopyState {
+            generations: g10.clone(),
+            root_hash: Some(before.root_hash()),
+            pass,
+            ..CopyState::default()
+        }
+        .save(&state)
+        .expect("save");
+        let (addr, server) = one_receiver_with(&dst, &state, None, true).await;
+        match (handoff(addr).await, accepted) {
+            (Ok(s), true) => drop(s),
+            (Err(e), false) => assert!(e.to_string().contains("SPLIT BRAIN"), "{e}"),
+            (r, _) => panic!("{what}: {:?}", r.map(|_| ())),
+        }
+        let _ = server.await;
+        assert_eq!(std::fs::read(dst.join("f")).expect("f"), b"v2 from head1");
+    }
     let _ = std::fs::remove_dir_all(&base);
 }
 
@@ -554,7 +624,7 @@ async fn a_transfer_cut_short_is_resumed() {
     drop(conn);
     let (r, st) = server.await.expect("join");
     assert!(r.is_err(), "a session cut short is an error");
-    assert!(st.applying.is_some(), "the next session completes it");
+    assert!(st.pass.is_some(), "the next session completes it");
     assert_eq!(std::fs::read(dst.join("big")).expect("old"), b"old");
     // The next session: only the rest travels.
     let t = Arc::new(Mutex::new(Tracker::new(&src, &[], None).expect("tracker")));

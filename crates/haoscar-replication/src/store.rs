@@ -7,6 +7,7 @@
 //! being silently overwritten.
 
 use crate::generation::Generations;
+use crate::manifest::{Manifest, RootAccum};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,11 +24,13 @@ pub struct CopyState {
     /// The split-brain resolution order (its time) already carried out here.
     #[serde(default)]
     pub resolved_order: u64,
-    /// A session from this source generation was being applied (cleared
-    /// when it ends cleanly): differences found after a crash or a broken
-    /// connection are that session's, completed by the next one.
+    /// The pass being applied (saved before it changes anything, cleared
+    /// once it is applied and the root hash above is saved): differences
+    /// found after a crash or a broken connection that it explains are its
+    /// own, completed by the next session; any other difference is a local
+    /// write.
     #[serde(default)]
-    pub applying: Option<u64>,
+    pub pass: Option<PassRecord>,
     /// This head wrote its current generation (it was the source).
     #[serde(default)]
     pub wrote: bool,
@@ -43,6 +46,63 @@ pub struct CopyState {
 
 /// The current layout of the state file.
 pub const FORMAT: u32 = 2;
+
+/// What a pass being applied may change in a copy: the names it puts,
+/// changes or removes (everything beneath a removed name too), and the
+/// root accumulator of every other entry as it was when the pass began.
+/// A copy whose entries outside those names still sum to `outside` was
+/// changed by that pass only, whatever state each of its names is in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassRecord {
+    pub names: Vec<String>,
+    pub outside: RootAccum,
+}
+
+impl PassRecord {
+    /// The record of a pass about to change `names` in a copy whose entries
+    /// are `before`.
+    pub fn new(before: &Manifest, names: Vec<String>) -> PassRecord {
+        let mut r = PassRecord {
+            names,
+            outside: RootAccum::default(),
+        };
+        r.names.sort();
+        r.names.dedup();
+        r.outside = r.untouched(before);
+        r
+    }
+
+    fn touches(&self, name: &str) -> bool {
+        // A name, or anything beneath one (a directory removed or replaced).
+        let mut cut = name;
+        loop {
+            if self.names.binary_search_by(|n| n.as_str().cmp(cut)).is_ok() {
+                return true;
+            }
+            match cut.rsplit_once('/') {
+                Some((parent, _)) => cut = parent,
+                None => return false,
+            }
+        }
+    }
+
+    /// The accumulator of the entries of `m` outside the pass's names.
+    fn untouched(&self, m: &Manifest) -> RootAccum {
+        let mut a = RootAccum::default();
+        for (n, e) in &m.entries {
+            if !self.touches(n) {
+                a.add(n, e);
+            }
+        }
+        a
+    }
+
+    /// Whether the copy as it is now (`now`) differs from the copy the pass
+    /// began on in the pass's names only.
+    pub fn explains(&self, now: &Manifest) -> bool {
+        self.untouched(now) == self.outside
+    }
+}
 
 /// Where the state of `set`'s `index`-th directory lives.
 pub fn state_file(state_dir: &Path, set: &str, index: usize) -> PathBuf {

@@ -656,7 +656,7 @@ impl Replication {
                             .unwrap_or(root);
                         st.generations.rotate_from(fresh, fork);
                         st.wrote = true;
-                        st.applying = None;
+                        st.pass = None;
                         st.root_hash = Some(root);
                         st.at_unix_ms = unix_ms_now();
                         (true, ())

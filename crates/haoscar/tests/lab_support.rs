@@ -262,3 +262,66 @@ pub fn haoscar_in(lab: &Lab, node: &str, args: &[&str]) -> (bool, String) {
         ),
     )
 }
+
+/// `haoscar sync status --json` of `node`.
+pub fn sync_status(lab: &Lab, node: &str) -> Option<haoscar_types::api::SyncStatus> {
+    let (ok, out) = haoscar_in(lab, node, &["sync", "status", "--json"]);
+    if !ok {
+        return None;
+    }
+    serde_json::from_str(&out).ok()
+}
+
+/// Every file beneath `dir` as (relative name, digest of the content), the
+/// dated split-brain directory, replication's own temporaries and excluded
+/// `*.tmp` files left out.
+pub fn files(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p
+                .strip_prefix(dir)
+                .map(|r| r.display().to_string())
+                .unwrap_or_default();
+            if rel.starts_with(".haoscar-splitbrain")
+                || rel.ends_with(".tmp")
+                || rel.contains(".haoscar-")
+            {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push((rel, digest(&b)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A short, printable digest (FNV-1a is enough to compare copies here).
+pub fn digest(b: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in b {
+        h ^= u64::from(*x);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}/{}", b.len())
+}
+
+/// The active head as `node` sees it (`haoscar status --json`; heads and
+/// witnesses).
+pub fn active_seen_by(lab: &Lab, node: &str) -> Option<String> {
+    let (ok, out) = haoscar_in(lab, node, &["status", "--json"]);
+    if !ok {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v.get("active")?.as_str().map(str::to_string)
+}

@@ -11,57 +11,9 @@
 mod lab_support;
 
 use haoscar_lab::LabSpec;
-use haoscar_types::api::SyncStatus;
 use lab_support::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
-
-fn sync_status(lab: &haoscar_lab::Lab, node: &str) -> Option<SyncStatus> {
-    let (ok, out) = haoscar_in(lab, node, &["sync", "status", "--json"]);
-    if !ok {
-        return None;
-    }
-    serde_json::from_str(&out).ok()
-}
-
-/// Every file beneath `dir` as (relative name, blake3 of the content), the
-/// dated split-brain directory and excluded `*.tmp` files left out.
-fn files(dir: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            let rel = p
-                .strip_prefix(dir)
-                .map(|r| r.display().to_string())
-                .unwrap_or_default();
-            if rel.starts_with(".haoscar-splitbrain") || rel.ends_with(".tmp") {
-                continue;
-            }
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(b) = std::fs::read(&p) {
-                out.push((rel, digest(&b)));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn digest(b: &[u8]) -> String {
-    // A short, printable digest (FNV-1a is enough to compare copies here).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for x in b {
-        h ^= u64::from(*x);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}/{}", b.len())
-}
 
 #[test]
 fn replication_barrier_failover_and_split_brain() {

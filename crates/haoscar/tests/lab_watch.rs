@@ -419,16 +419,6 @@ fn tempdir(name: &str) -> PathBuf {
     d
 }
 
-/// The active role as `node` sees it.
-fn active_seen_by(lab: &haoscar_lab::Lab, node: &str) -> Option<String> {
-    let (ok, out) = haoscar_in(lab, node, &["status", "--json"]);
-    if !ok {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-    v.get("active")?.as_str().map(str::to_string)
-}
-
 #[test]
 fn a_failing_critical_head_check_hands_the_active_role_over() {
     if !lab_tests_enabled("a_failing_critical_head_check_hands_the_active_role_over") {
