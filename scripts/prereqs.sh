@@ -16,6 +16,8 @@ perl -MTime::Period -e 1 >/dev/null 2>&1 || missing+=(libtime-period-perl)
 # benchmark compares against the mon daemon with fping.monitor.
 [ -x /usr/lib/mon/alert.d/file.alert ] || missing+=(mon)
 command -v fping >/dev/null 2>&1 || missing+=(fping)
+# rsync (client and daemon): the replication benchmark's anchor.
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 # Python's HTTP server is the example service of the demo and the tests.
 [ -x /usr/bin/python3 ] || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -476,10 +476,10 @@ const SYNCFS_ABOVE: usize = 4;
 /// database's stale sidecars, and syncs the directories. Files that could
 /// not be put in place are listed in `stats.refused`, and their names
 /// returned.
-pub fn commit(root: &Root, items: Vec<Incoming>, stats: &mut Stats) -> Vec<String> {
-    let mut failed = Vec::new();
+pub fn commit(root: &Root, items: Vec<Incoming>, stats: &mut Stats) -> Committed {
+    let mut out = Committed::default();
     if items.is_empty() {
-        return failed;
+        return out;
     }
     let synced = if items.len() > SYNCFS_ABOVE {
         syncfs(root).is_ok()
@@ -508,6 +508,20 @@ pub fn commit(root: &Root, items: Vec<Incoming>, stats: &mut Stats) -> Vec<Strin
         match r {
             Ok(()) => {
                 stats.files_written += 1;
+                // What is under the name now, if it is still the file
+                // written (its stamp lets a later scan skip hashing it).
+                let mine = nix::sys::stat::fstat(&inc.file).ok();
+                let now = nix::sys::stat::fstatat(
+                    &inc.dir,
+                    inc.last.as_str(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .ok();
+                if let (Some(a), Some(b)) = (mine, now) {
+                    if (a.st_dev, a.st_ino, a.st_size) == (b.st_dev, b.st_ino, b.st_size) {
+                        out.placed.push((inc.name.clone(), b));
+                    }
+                }
                 let st = nix::sys::stat::fstat(&inc.dir).ok();
                 let key = st.map(|s| (s.st_dev, s.st_ino)).unwrap_or((0, 0));
                 if !inodes.contains(&key) {
@@ -517,7 +531,7 @@ pub fn commit(root: &Root, items: Vec<Incoming>, stats: &mut Stats) -> Vec<Strin
             }
             Err(e) => {
                 stats.refused.push(format!("{}: {e}", inc.name));
-                failed.push(inc.name);
+                out.failed.push(inc.name);
             }
         }
     }
@@ -528,7 +542,17 @@ pub fn commit(root: &Root, items: Vec<Incoming>, stats: &mut Stats) -> Vec<Strin
             let _ = fsync_dir(d);
         }
     }
-    failed
+    out
+}
+
+/// What [`commit`] did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Names that could not be put in place.
+    pub failed: Vec<String>,
+    /// Names put in place, with what their real name holds now (the file
+    /// written).
+    pub placed: Vec<(String, nix::sys::stat::FileStat)>,
 }
 
 fn syncfs(root: &Root) -> io::Result<()> {

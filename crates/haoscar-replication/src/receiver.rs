@@ -536,8 +536,8 @@ impl Session {
                     Change::Put(n, _) | Change::Meta(n, _) | Change::Remove(n) => n.clone(),
                 })
                 .collect();
-            let m = &self.replica.manifest;
-            self.state.pass = Some(blocking(|| PassRecord::new(m, names)));
+            let (m, acc) = (&self.replica.manifest, &self.replica.acc);
+            self.state.pass = Some(PassRecord::new(m, acc, names));
             self.save_state(true)?;
         }
         let differs = self.apply(&root, &changes, &mut stats).await?;
@@ -747,7 +747,14 @@ impl Session {
             metas.push((inc.name.clone(), inc.entry.clone(), len, whole));
             incs.push(inc);
         }
-        let failed = blocking(|| apply::commit(root, incs, stats));
+        let committed = blocking(|| apply::commit(root, incs, stats));
+        let hashes: HashMap<&str, [u8; 32]> = metas.iter().map(|m| (m.0.as_str(), m.3)).collect();
+        for (name, st) in &committed.placed {
+            if let Some(whole) = hashes.get(name.as_str()) {
+                self.replica.scanner.remember(name, st, *whole);
+            }
+        }
+        let failed = committed.failed;
         for (name, entry, len, whole) in metas {
             if failed.contains(&name) {
                 self.replica.reread(&name);

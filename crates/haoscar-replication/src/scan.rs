@@ -34,6 +34,18 @@ struct FileStamp {
     dev: u64,
 }
 
+impl FileStamp {
+    fn of(st: &FileStat) -> FileStamp {
+        FileStamp {
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+            ino: st.st_ino,
+            dev: st.st_dev,
+        }
+    }
+}
+
 /// File hashes remembered between scans, by name.
 #[derive(Debug, Default, Clone)]
 pub struct HashCache {
@@ -255,6 +267,17 @@ impl Scanner {
         Ok(r)
     }
 
+    /// Remembers the hash of a file this head wrote itself (a receiver
+    /// that verified what it received): the next scan does not read it
+    /// again while its stamp is `st`.
+    pub fn remember(&mut self, name: &str, st: &FileStat, hash: [u8; 32]) {
+        if SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) == SFlag::S_IFREG {
+            self.cache
+                .entries
+                .insert(name.to_string(), (FileStamp::of(st), hash));
+        }
+    }
+
     /// Forgets what is known of names at or beneath `prefix` (removed).
     pub fn forget(&mut self, prefix: &str) {
         let under = format!("{prefix}/");
@@ -423,13 +446,7 @@ impl Scanner {
             // Sockets, fifos, devices: not replicated.
             return Ok(None);
         }
-        let stamp = FileStamp {
-            size: st.st_size as u64,
-            mtime_ns,
-            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
-            ino: st.st_ino,
-            dev: st.st_dev,
-        };
+        let stamp = FileStamp::of(&st);
         let inode = (st.st_nlink > 1).then_some((st.st_dev, st.st_ino));
         // A database is snapshotted at every scan that looks at it: its
         // committed state may live in its -wal file, which the stamp of the

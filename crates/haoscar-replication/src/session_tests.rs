@@ -323,7 +323,11 @@ async fn a_hand_over_completes_an_interrupted_pass_but_never_local_writes() {
     std::fs::write(dst.join("f"), b"v2 from head1").expect("f");
     std::fs::remove_dir_all(dst.join("d")).expect("rm d");
     let record = |names: &[&str]| {
-        crate::store::PassRecord::new(&before, names.iter().map(|n| n.to_string()).collect())
+        crate::store::PassRecord::new(
+            &before,
+            &before.accum(),
+            names.iter().map(|n| n.to_string()).collect(),
+        )
     };
     let cases = [
         (Some(record(&["f", "d"])), true),

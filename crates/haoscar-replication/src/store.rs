@@ -60,16 +60,35 @@ pub struct PassRecord {
 
 impl PassRecord {
     /// The record of a pass about to change `names` in a copy whose entries
-    /// are `before`.
-    pub fn new(before: &Manifest, names: Vec<String>) -> PassRecord {
-        let mut r = PassRecord {
-            names,
-            outside: RootAccum::default(),
-        };
-        r.names.sort();
-        r.names.dedup();
-        r.outside = r.untouched(before);
-        r
+    /// are `before`, with root accumulator `acc`. Costs the touched entries
+    /// only (a pass of one file in a set of a million entries is cheap).
+    pub fn new(before: &Manifest, acc: &RootAccum, names: Vec<String>) -> PassRecord {
+        let mut names = names;
+        names.sort();
+        names.dedup();
+        let mut outside = *acc;
+        let mut last: Option<&str> = None;
+        for n in &names {
+            // A name beneath one already counted (with its subtree) is too.
+            if last.is_some_and(|l| {
+                n.len() > l.len() && n.starts_with(l) && n.as_bytes()[l.len()] == b'/'
+            }) {
+                continue;
+            }
+            last = Some(n);
+            if let Some(e) = before.entries.get(n) {
+                outside.remove(n, e);
+            }
+            let under = format!("{n}/");
+            for (k, e) in before
+                .entries
+                .range(under.clone()..)
+                .take_while(|(k, _)| k.starts_with(&under))
+            {
+                outside.remove(k, e);
+            }
+        }
+        PassRecord { names, outside }
     }
 
     fn touches(&self, name: &str) -> bool {
@@ -189,6 +208,72 @@ impl CopyState {
 mod tests {
     use super::*;
     use crate::generation::Relation;
+
+    fn manifest(names: &[(&str, &str)]) -> Manifest {
+        use crate::manifest::{Entry, Kind};
+        let mut m = Manifest::default();
+        for (n, content) in names {
+            let kind = if content.is_empty() {
+                Kind::Dir
+            } else {
+                Kind::File {
+                    size: content.len() as u64,
+                    hash: *blake3::hash(content.as_bytes()).as_bytes(),
+                }
+            };
+            let e = Entry {
+                kind,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 0,
+                link_of: None,
+            };
+            m.entries.insert(n.to_string(), e);
+        }
+        m
+    }
+
+    /// A pass record tells a copy changed by that pass only (in its names,
+    /// in any state, everything beneath a name included) from one with
+    /// another change.
+    #[test]
+    fn a_pass_record_explains_its_own_changes_only() {
+        let before = manifest(&[
+            ("a", "1"),
+            ("d", ""),
+            ("d/x", "2"),
+            ("d/y", "3"),
+            ("e", "4"),
+        ]);
+        let rec = PassRecord::new(
+            &before,
+            &before.accum(),
+            vec!["d".into(), "a".into(), "d/x".into()],
+        );
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (
+                &[
+                    ("a", "1"),
+                    ("d", ""),
+                    ("d/x", "2"),
+                    ("d/y", "3"),
+                    ("e", "4"),
+                ],
+                true,
+            ),
+            // Half applied: a new, d removed with what it held.
+            (&[("a", "new"), ("e", "4")], true),
+            (&[("a", "new"), ("d", ""), ("d/z", "5"), ("e", "4")], true),
+            // e is not the pass's.
+            (&[("a", "new"), ("e", "changed")], false),
+            (&[("a", "1"), ("d", ""), ("d/x", "2"), ("d/y", "3")], false),
+            (&[("a", "1"), ("b", "new"), ("d", ""), ("e", "4")], false),
+        ];
+        for (i, (now, want)) in cases.iter().enumerate() {
+            assert_eq!(rec.explains(&manifest(now)), *want, "case {i}");
+        }
+    }
 
     #[test]
     fn a_copy_changed_behind_replication_becomes_a_split_brain() {

@@ -22,6 +22,8 @@ pub enum BenchCommand {
     Recovery(crate::bench_recovery::RecoveryArgs),
     /// Health monitoring on the active head: CPU, memory and check latency with 1,000 simulated hosts x 3 services, idle overhead of a small watch list; optionally against mon.
     Monitor(crate::bench_monitor::MonitorArgs),
+    /// Replication of a set to the standby: initial copy, incremental change, lag of continuous small writes; optionally against rsync.
+    Sync(crate::bench_sync::SyncArgs),
     /// Node-set parsing, expansion and folding speed (no root needed).
     Nodeset {
         /// Repetitions of each measurement (the fastest is reported).
@@ -54,6 +56,7 @@ pub(crate) struct Summary {
     pub runs: usize,
     pub p50_ms: f64,
     pub p90_ms: f64,
+    pub p99_ms: f64,
     pub max_ms: f64,
     pub mean_ms: f64,
     pub samples_ms: Vec<f64>,
@@ -92,6 +95,7 @@ pub(crate) fn summarize(mut samples: Vec<f64>) -> Summary {
         runs: n,
         p50_ms: rank(0.5),
         p90_ms: rank(0.9),
+        p99_ms: rank(0.99),
         max_ms: samples.last().copied().unwrap_or(f64::NAN),
         mean_ms: if n == 0 {
             f64::NAN
@@ -124,6 +128,11 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             crate::labwatch::require_root("haoscar bench monitor")?;
             crate::labwatch::install_interrupt_handler()?;
             crate::bench_monitor::run(args)
+        }
+        BenchCommand::Sync(args) => {
+            crate::labwatch::require_root("haoscar bench sync")?;
+            crate::labwatch::install_interrupt_handler()?;
+            crate::bench_sync::run(args)
         }
         BenchCommand::Nodeset { runs } => nodeset(runs.max(1)),
     }

@@ -7,6 +7,7 @@ mod bench;
 mod bench_failover;
 mod bench_monitor;
 mod bench_recovery;
+mod bench_sync;
 mod cmd_config;
 mod cmd_keygen;
 mod cmd_nodeset;
