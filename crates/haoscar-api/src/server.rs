@@ -7,7 +7,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use haoscar_types::api::{
     Action, ActionReply, ApiError, ConfigApplyRequest, Event, Health, ResourceList,
@@ -86,32 +86,67 @@ pub enum ServeError {
 
 type Shared = Arc<dyn AgentView>;
 
+/// The paths answering GET, on TCP and on the Unix socket.
+const GET_PATHS: &[&str] = &[
+    "/v1/status",
+    "/v1/health",
+    "/v1/events",
+    "/v1/resources",
+    "/v1/watch",
+    "/v1/sync",
+    "/v1/config",
+    "/metrics",
+];
+
+/// The operator actions: POST, on the Unix socket only.
+const POST_PATHS: &[&str] = &[
+    "/v1/switchover",
+    "/v1/standby",
+    "/v1/resource",
+    "/v1/config/apply",
+    "/v1/watch/silence",
+    "/v1/sync/wait",
+    "/v1/sync/resolve",
+    "/v1/sync/accept",
+    "/v1/sync/verify",
+];
+
+/// The handler of each path of [`GET_PATHS`] and, with `actions`,
+/// [`POST_PATHS`].
+fn routes(actions: bool) -> Vec<(&'static str, MethodRouter<Shared>)> {
+    let mut r: Vec<(&'static str, MethodRouter<Shared>)> = vec![
+        ("/v1/status", get(status)),
+        ("/v1/health", get(health)),
+        ("/v1/events", get(events)),
+        ("/v1/resources", get(resources)),
+        ("/v1/watch", get(watch_status)),
+        ("/v1/sync", get(sync_status)),
+        ("/v1/config", get(config)),
+        ("/metrics", get(metrics)),
+    ];
+    if actions {
+        r.extend([
+            ("/v1/switchover", post(switchover)),
+            ("/v1/standby", post(standby)),
+            ("/v1/resource", post(resource_action)),
+            ("/v1/config/apply", post(config_apply)),
+            ("/v1/watch/silence", post(silence)),
+            ("/v1/sync/wait", post(sync_wait)),
+            ("/v1/sync/resolve", post(sync_resolve)),
+            ("/v1/sync/accept", post(sync_accept)),
+            ("/v1/sync/verify", post(sync_verify)),
+        ]);
+    }
+    r
+}
+
 /// Builds the routes. Unknown paths answer 404 with a JSON error. With
-/// `actions`, the operator actions (`POST /v1/switchover`, `/v1/standby`)
-/// are served too: only on the Unix socket (mode 0600), never on TCP.
+/// `actions`, the operator actions ([`POST_PATHS`]) are served too: only
+/// on the Unix socket (mode 0600), never on TCP.
 pub fn router(view: Shared, actions: bool) -> Router {
-    let r = Router::new();
-    let r = if actions {
-        r.route("/v1/switchover", post(switchover))
-            .route("/v1/standby", post(standby))
-            .route("/v1/resource", post(resource_action))
-            .route("/v1/config/apply", post(config_apply))
-            .route("/v1/watch/silence", post(silence))
-            .route("/v1/sync/wait", post(sync_wait))
-            .route("/v1/sync/resolve", post(sync_resolve))
-            .route("/v1/sync/accept", post(sync_accept))
-            .route("/v1/sync/verify", post(sync_verify))
-    } else {
-        r
-    };
-    r.route("/v1/status", get(status))
-        .route("/v1/health", get(health))
-        .route("/v1/events", get(events))
-        .route("/v1/resources", get(resources))
-        .route("/v1/watch", get(watch_status))
-        .route("/v1/sync", get(sync_status))
-        .route("/v1/config", get(config))
-        .route("/metrics", get(metrics))
+    routes(actions)
+        .into_iter()
+        .fold(Router::new(), |r, (path, m)| r.route(path, m))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(view)
@@ -353,18 +388,28 @@ fn error(status: StatusCode, error: String) -> Response {
     (status, Json(ApiError { error })).into_response()
 }
 
-async fn not_found() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "no such API path (this agent serves /v1/status, /v1/health, /v1/events, /v1/config, /metrics)".into(),
+fn not_found_message() -> String {
+    format!(
+        "no such API path (this agent serves GET {}; POST {} on the Unix socket only)",
+        GET_PATHS.join(", "),
+        POST_PATHS.join(", ")
     )
 }
 
-async fn method_not_allowed() -> Response {
-    error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed: /v1/switchover, /v1/standby, /v1/resource and /v1/config/apply answer POST (on the Unix socket), the other paths GET".into(),
+fn method_not_allowed_message() -> String {
+    format!(
+        "method not allowed: {} answer POST (on the Unix socket), the other paths GET ({})",
+        POST_PATHS.join(", "),
+        GET_PATHS.join(", ")
     )
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, not_found_message())
+}
+
+async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed_message())
 }
 
 /// A running API server.
@@ -465,4 +510,23 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The paths served are the paths the error messages list.
+    #[test]
+    fn the_error_messages_list_every_path() {
+        let served =
+            |actions| -> Vec<&str> { routes(actions).into_iter().map(|(p, _)| p).collect() };
+        assert_eq!(served(false), GET_PATHS);
+        assert_eq!(served(true)[GET_PATHS.len()..], *POST_PATHS);
+        for p in GET_PATHS.iter().chain(POST_PATHS) {
+            assert!(not_found_message().contains(p), "{p}");
+            assert!(method_not_allowed_message().contains(p), "{p}");
+        }
+        assert!(not_found_message().contains("/v1/sync/wait"));
+    }
 }

@@ -110,11 +110,79 @@ pub fn for_each_chunk(
     }
 }
 
+/// Cuts content that arrives in pieces into the same chunks as [`cut`] of
+/// the whole, and hashes them: the [`Signature`] of what was pushed.
+#[derive(Debug, Default)]
+pub struct Chunker {
+    /// The start of a chunk not complete yet (less than [`MAX_CHUNK`]).
+    tail: Vec<u8>,
+    sig: Signature,
+}
+
+impl Chunker {
+    pub fn push(&mut self, mut data: &[u8]) {
+        if !self.tail.is_empty() {
+            // Complete the pending chunk from the new data first.
+            let take = (MAX_CHUNK - self.tail.len()).min(data.len());
+            self.tail.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.tail.len() < MAX_CHUNK {
+                return;
+            }
+            let len = cut_point(&self.tail);
+            self.sig.chunks.push(ChunkSig::of(&self.tail[..len]));
+            // What follows the cut is new data again.
+            let rest = self.tail.split_off(len);
+            self.tail.clear();
+            if !rest.is_empty() {
+                let mut joined = rest;
+                joined.extend_from_slice(data);
+                return self.push_fresh(&joined);
+            }
+        }
+        self.push_fresh(data);
+    }
+
+    fn push_fresh(&mut self, data: &[u8]) {
+        let mut start = 0;
+        while data.len() - start >= MAX_CHUNK {
+            let len = cut_point(&data[start..]);
+            self.sig
+                .chunks
+                .push(ChunkSig::of(&data[start..start + len]));
+            start += len;
+        }
+        self.tail.extend_from_slice(&data[start..]);
+    }
+
+    /// The signature of everything pushed.
+    pub fn finish(mut self) -> Signature {
+        let mut start = 0;
+        while start < self.tail.len() {
+            let len = cut_point(&self.tail[start..]);
+            self.sig
+                .chunks
+                .push(ChunkSig::of(&self.tail[start..start + len]));
+            start += len;
+        }
+        self.sig
+    }
+}
+
 /// One chunk of a signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkSig {
     pub len: u32,
     pub hash: [u8; 32],
+}
+
+impl ChunkSig {
+    pub fn of(piece: &[u8]) -> ChunkSig {
+        ChunkSig {
+            len: piece.len() as u32,
+            hash: *blake3::hash(piece).as_bytes(),
+        }
+    }
 }
 
 /// What a receiver has: chunks, by index.
@@ -124,6 +192,15 @@ pub struct Signature {
 }
 
 impl Signature {
+    /// Bytes the chunks cover.
+    pub fn len(&self) -> u64 {
+        self.chunks.iter().map(|c| u64::from(c.len)).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
     pub fn of(data: &[u8]) -> Signature {
         let mut chunks = Vec::new();
         let mut at = 0;
@@ -145,6 +222,22 @@ pub enum Op {
     Copy(u32),
     /// New bytes.
     Data(Vec<u8>),
+}
+
+/// An [`Op`] as decoded from a frame, its data borrowed from the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpRef<'a> {
+    Copy(u32),
+    Data(&'a [u8]),
+}
+
+impl Op {
+    pub fn as_ref(&self) -> OpRef<'_> {
+        match self {
+            Op::Copy(i) => OpRef::Copy(*i),
+            Op::Data(d) => OpRef::Data(d),
+        }
+    }
 }
 
 /// The ops of a delta, and what the result must be.
@@ -180,31 +273,37 @@ const LITERAL_READ: usize = 1 << 20;
 /// Without any old chunk the content is not cut at all.
 pub fn delta_stream(
     old: &Signature,
+    r: impl Read,
+    max_literal: usize,
+    emit: impl FnMut(Op) -> io::Result<()>,
+) -> io::Result<(u64, [u8; 32])> {
+    delta_stream_signed(old, r, max_literal, emit).map(|(len, whole, _)| (len, whole))
+}
+
+/// [`delta_stream`], also returning the [`Signature`] of the new content
+/// when it was cut (there was an old content to compare with; empty
+/// otherwise): the receiver's next delta of this file needs no read of it.
+pub fn delta_stream_signed(
+    old: &Signature,
     mut r: impl Read,
     max_literal: usize,
     mut emit: impl FnMut(Op) -> io::Result<()>,
-) -> io::Result<(u64, [u8; 32])> {
+) -> io::Result<(u64, [u8; 32], Signature)> {
     let max_literal = max_literal.max(1);
     let mut whole = blake3::Hasher::new();
     if old.chunks.is_empty() {
         let mut total = 0u64;
+        let step = max_literal.min(LITERAL_READ) as u64;
         loop {
-            let mut piece = vec![0u8; max_literal.min(LITERAL_READ)];
-            let mut n = 0;
-            while n < piece.len() {
-                match r.read(&mut piece[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
+            // Only what the file holds is allocated (a small file does
+            // not cost a whole piece), and never zeroed first.
+            let mut piece = Vec::new();
+            (&mut r).take(step).read_to_end(&mut piece)?;
+            if piece.is_empty() {
+                return Ok((total, *whole.finalize().as_bytes(), Signature::default()));
             }
-            if n == 0 {
-                return Ok((total, *whole.finalize().as_bytes()));
-            }
-            piece.truncate(n);
             whole.update(&piece);
-            total += n as u64;
+            total += piece.len() as u64;
             emit(Op::Data(piece))?;
         }
     }
@@ -213,9 +312,14 @@ pub fn delta_stream(
         have.entry(c.hash).or_insert(i as u32);
     }
     let mut pending: Vec<u8> = Vec::new();
+    let mut sig = Signature::default();
     let total = for_each_chunk(&mut r, |piece| {
         whole.update(piece);
         let h = *blake3::hash(piece).as_bytes();
+        sig.chunks.push(ChunkSig {
+            len: piece.len() as u32,
+            hash: h,
+        });
         match have.get(&h) {
             Some(&i) if old.chunks[i as usize].len as usize == piece.len() => {
                 if !pending.is_empty() {
@@ -241,7 +345,7 @@ pub fn delta_stream(
     if !pending.is_empty() {
         emit(Op::Data(pending))?;
     }
-    Ok((total, *whole.finalize().as_bytes()))
+    Ok((total, *whole.finalize().as_bytes(), sig))
 }
 
 /// The delta from `old` to `new`, in memory.
@@ -308,6 +412,32 @@ impl Have {
         Ok(())
     }
 
+    /// Adds the chunks of `f` as `sig` says they are (a signature
+    /// remembered for this very content: nothing is read).
+    pub fn add_known(&mut self, f: std::fs::File, sig: &Signature) {
+        let idx = self.files.len();
+        let mut off = 0u64;
+        for c in &sig.chunks {
+            self.at.push((idx, off, c.len));
+            self.sig.chunks.push(*c);
+            off += u64::from(c.len);
+        }
+        self.files.push(f);
+    }
+
+    /// The signature of the first file added (the receiver's current copy).
+    pub fn first_signature(&self) -> Signature {
+        Signature {
+            chunks: self
+                .at
+                .iter()
+                .zip(&self.sig.chunks)
+                .take_while(|((f, _, _), _)| *f == 0)
+                .map(|(_, c)| *c)
+                .collect(),
+        }
+    }
+
     pub fn signature(&self) -> &Signature {
         &self.sig
     }
@@ -341,20 +471,21 @@ impl<'a, W: Write> Rebuild<'a, W> {
     }
 
     pub fn op(&mut self, op: &Op) -> Result<(), ApplyError> {
+        self.op_ref(op.as_ref())
+    }
+
+    /// [`Rebuild::op`] of an op borrowed from a frame.
+    pub fn op_ref(&mut self, op: OpRef<'_>) -> Result<(), ApplyError> {
         let piece: &[u8] = match op {
-            Op::Copy(i) => {
-                let &(f, off, len) = self
-                    .have
-                    .at
-                    .get(*i as usize)
-                    .ok_or(ApplyError::NoChunk(*i))?;
+            OpRef::Copy(i) => {
+                let &(f, off, len) = self.have.at.get(i as usize).ok_or(ApplyError::NoChunk(i))?;
                 self.buf.resize(len as usize, 0);
                 self.have.files[f]
                     .read_exact_at(&mut self.buf, off)
                     .map_err(|_| ApplyError::OldChanged)?;
                 &self.buf
             }
-            Op::Data(b) => b,
+            OpRef::Data(b) => b,
         };
         self.len += piece.len() as u64;
         if self.len > self.limit {

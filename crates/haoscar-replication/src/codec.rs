@@ -228,6 +228,18 @@ impl<'a> Reader<'a> {
         }
         Ok(out)
     }
+    /// An op, its data borrowed from the payload.
+    pub fn op_ref(&mut self) -> Result<crate::chunks::OpRef<'a>, CodecError> {
+        use crate::chunks::OpRef;
+        match self.u8()? {
+            0 => Ok(OpRef::Copy(self.u32()?)),
+            1 => Ok(OpRef::Data(self.bytes()?)),
+            tag => Err(CodecError::Tag {
+                what: "delta op",
+                tag,
+            }),
+        }
+    }
     pub fn op(&mut self) -> Result<Op, CodecError> {
         match self.u8()? {
             0 => Ok(Op::Copy(self.u32()?)),

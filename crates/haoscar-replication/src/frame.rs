@@ -73,8 +73,17 @@ pub struct Conn {
     sent: u64,
     received: u64,
     wbuf: Vec<u8>,
+    /// Kept for the connection's life (a context per frame costs more
+    /// than compressing a small one).
+    zc: Option<zstd::bulk::Compressor<'static>>,
+    zd: Option<zstd::bulk::Decompressor<'static>>,
+    zbuf: Vec<u8>,
     pub traffic: Traffic,
 }
+
+/// A body is compressed only if this much of its start shrinks by 1/16
+/// (incompressible data costs a small sample, not a whole frame).
+const SAMPLE: usize = 4096;
 
 impl Conn {
     /// `source`: whether this end is the one sending the set.
@@ -91,6 +100,9 @@ impl Conn {
             sent: 0,
             received: 0,
             wbuf: Vec::with_capacity(256 << 10),
+            zc: None,
+            zd: None,
+            zbuf: Vec::new(),
             traffic: Traffic::default(),
         })
     }
@@ -135,6 +147,26 @@ impl Conn {
         m
     }
 
+    /// Compresses `body` into `self.zbuf` if that pays (a sample of its
+    /// start first); returns whether it did.
+    fn pack(&mut self, body: &[u8]) -> bool {
+        if self.zc.is_none() {
+            self.zc = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        let Some(zc) = self.zc.as_mut() else {
+            return false;
+        };
+        let pays = |zc: &mut zstd::bulk::Compressor<'static>, zbuf: &mut Vec<u8>, data: &[u8]| {
+            zbuf.clear();
+            zbuf.reserve(zstd::zstd_safe::compress_bound(data.len()));
+            matches!(zc.compress_to_buffer(data, zbuf), Ok(n) if n < data.len() - data.len() / 16)
+        };
+        if body.len() > 2 * SAMPLE && !pays(zc, &mut self.zbuf, &body[..SAMPLE]) {
+            return false;
+        }
+        pays(zc, &mut self.zbuf, body)
+    }
+
     /// Queues a frame (written at the next [`Conn::flush`], [`Conn::recv`],
     /// or when enough is queued). With `compress`, a body that shrinks by
     /// at least 1/16 travels compressed; returns whether it did.
@@ -151,28 +183,25 @@ impl Conn {
         self.traffic.frames_out += 1;
         self.traffic.plain_out += body.len() as u64;
         let mut kind = kind;
-        let mut packed = None;
-        if compress && body.len() >= COMPRESS_MIN && self.cipher.is_some() {
-            if let Ok(c) = zstd::bulk::compress(body, ZSTD_LEVEL) {
-                if c.len() < body.len() - body.len() / 16 {
-                    packed = Some(c);
-                    kind |= COMPRESSED;
-                }
-            }
+        let packed =
+            compress && body.len() >= COMPRESS_MIN && self.cipher.is_some() && self.pack(body);
+        if packed {
+            kind |= COMPRESSED;
         }
-        let was_compressed = packed.is_some();
         let start = self.wbuf.len();
         match self.cipher.as_ref() {
             Some(cipher) => {
-                let mut sealed = packed.unwrap_or_else(|| body.to_vec());
+                // Sealed in place in the write buffer: one copy of the body.
+                let data: &[u8] = if packed { &self.zbuf } else { body };
+                self.wbuf
+                    .extend_from_slice(&((data.len() + 1) as u32).to_be_bytes());
+                self.wbuf.push(kind);
+                let at = self.wbuf.len();
+                self.wbuf.extend_from_slice(data);
                 let nonce = Self::nonce(self.out_dir, self.sent);
                 let tag = cipher
-                    .encrypt_inout_detached(&nonce.into(), &[kind], sealed.as_mut_slice().into())
+                    .encrypt_inout_detached(&nonce.into(), &[kind], (&mut self.wbuf[at..]).into())
                     .map_err(|_| SessionError::Refused("cannot seal a frame".into()))?;
-                self.wbuf
-                    .extend_from_slice(&((sealed.len() + 1) as u32).to_be_bytes());
-                self.wbuf.push(kind);
-                self.wbuf.extend_from_slice(&sealed);
                 self.wbuf.extend_from_slice(tag.as_slice());
             }
             None => {
@@ -190,7 +219,7 @@ impl Conn {
         if self.wbuf.len() >= 256 << 10 {
             self.flush().await?;
         }
-        Ok(was_compressed)
+        Ok(packed)
     }
 
     /// Writes out what is queued.
@@ -234,18 +263,26 @@ impl Conn {
             return refused(format!("frame length {len}"));
         }
         let tag_len = if sealed { GCM_TAG } else { HMAC_TAG };
-        let mut body = vec![0u8; len + tag_len];
-        self.stream.read_exact(&mut body).await?;
-        self.traffic.bytes_in += (4 + body.len()) as u64;
+        let kind = self.stream.read_u8().await?;
+        // Read into spare capacity: never zeroed first, never copied after.
+        let mut payload = Vec::with_capacity(len - 1);
+        let got = (&mut self.stream)
+            .take((len - 1) as u64)
+            .read_to_end(&mut payload)
+            .await?;
+        if got != len - 1 {
+            return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        let mut tag_buf = [0u8; HMAC_TAG];
+        let tag = &mut tag_buf[..tag_len];
+        self.stream.read_exact(tag).await?;
+        self.traffic.bytes_in += (4 + len + tag_len) as u64;
         self.traffic.frames_in += 1;
-        let kind = body[0];
         let seq = self.received + 1;
         let peer_dir = 1 - self.out_dir;
-        let tag = body.split_off(len);
-        let mut payload = body.split_off(1);
         match self.cipher.as_ref() {
             Some(cipher) => {
-                let Ok(tag) = <[u8; GCM_TAG]>::try_from(tag.as_slice()) else {
+                let Ok(tag) = <[u8; GCM_TAG]>::try_from(&tag[..]) else {
                     return refused("short tag");
                 };
                 let nonce = Self::nonce(peer_dir, seq);
@@ -266,7 +303,7 @@ impl Conn {
             None => {
                 if !self
                     .key
-                    .check(&self.hello_data(peer_dir, seq, kind, &payload), &tag)
+                    .check(&self.hello_data(peer_dir, seq, kind, &payload), tag)
                 {
                     return refused("bad tag (forged, replayed, reordered or another key)");
                 }
@@ -274,8 +311,18 @@ impl Conn {
         }
         self.received = seq;
         let (kind, payload) = if kind & COMPRESSED != 0 && sealed {
-            match zstd::bulk::decompress(&payload, MAX_FRAME) {
-                Ok(p) => (kind & !COMPRESSED, p),
+            if self.zd.is_none() {
+                self.zd = zstd::bulk::Decompressor::new().ok();
+            }
+            let Some(zd) = self.zd.as_mut() else {
+                return refused("cannot decompress a frame: no zstd context");
+            };
+            let cap = zstd::bulk::Decompressor::upper_bound(&payload)
+                .unwrap_or(MAX_FRAME)
+                .min(MAX_FRAME);
+            let mut out = Vec::with_capacity(cap);
+            match zd.decompress_to_buffer(&payload, &mut out) {
+                Ok(_) => (kind & !COMPRESSED, out),
                 Err(e) => return refused(format!("cannot decompress a frame: {e}")),
             }
         } else {

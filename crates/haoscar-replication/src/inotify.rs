@@ -6,11 +6,19 @@
 //! [`Watcher::drain`] reads the inotify descriptor without blocking until
 //! it is empty: when it returns, every change whose system call returned
 //! before the drain began has been seen (the kernel queues the event
-//! before the call returns). The replication barrier (`sync wait`) rests on
-//! this. What a drain reports is names whose entry may have changed; the
-//! caller reads them again (a directory with everything beneath it). A
-//! queue overflow, the root itself going away or a watch that cannot be
-//! added is reported as `overflow`: the caller must rescan everything.
+//! before the call returns), provided the whole tree is watched. The
+//! replication barrier (`sync wait`) rests on this. What a drain reports is
+//! names whose entry may have changed; the caller reads them again (a
+//! directory with everything beneath it). A queue overflow is reported as
+//! `overflow`: the caller must rescan everything.
+//!
+//! Part of the tree may stop being watched: a new directory cannot be
+//! watched (`fs.inotify.max_user_watches` reached), or the root itself is
+//! removed or moved away (a directory made again in its place is a new
+//! one, not watched). [`Watcher::unwatched`] then says why, and changes
+//! there are not reported: the caller must scan instead (drains guarantee
+//! nothing) and call [`Watcher::rewatch`] until the whole tree is watched
+//! again, then rescan once.
 
 use crate::manifest::excluded;
 use nix::errno::Errno;
@@ -26,10 +34,9 @@ use tokio::io::unix::AsyncFd;
 pub struct Drained {
     /// Relative names whose entry may have changed ("" is the root).
     pub dirty: BTreeSet<String>,
-    /// Events may have been lost: rescan everything.
+    /// The kernel's event queue overflowed: events were lost, rescan
+    /// everything.
     pub overflow: bool,
-    /// Why a watch could not be added (e.g. `fs.inotify.max_user_watches`).
-    pub problem: Option<String>,
 }
 
 /// The inotify instance, registered with tokio for readiness.
@@ -48,6 +55,11 @@ pub struct Watcher {
     ino: AsyncFd<Ino>,
     paths: HashMap<WatchDescriptor, String>,
     root_wd: Option<WatchDescriptor>,
+    /// Why part of the tree is not watched (`None`: all of it is).
+    unwatched: Option<String>,
+    /// Tests: the watch limit, reached after this many watches.
+    #[cfg(test)]
+    limit: Option<usize>,
 }
 
 fn mask() -> AddWatchFlags {
@@ -77,6 +89,8 @@ fn join(base: &str, name: &str) -> String {
 impl Watcher {
     /// Watches `root` and every directory beneath it. Must be called within
     /// a tokio runtime (the descriptor's readiness is registered with it).
+    /// An error if inotify is not available or `root` is not a directory;
+    /// a tree that cannot be watched in full is [`Watcher::unwatched`].
     pub fn new(root: &Path, exclude: &[String]) -> io::Result<Watcher> {
         let md = std::fs::symlink_metadata(root)?;
         if !md.is_dir() {
@@ -96,23 +110,79 @@ impl Watcher {
             ino,
             paths: HashMap::new(),
             root_wd: None,
+            unwatched: None,
+            #[cfg(test)]
+            limit: None,
         };
-        let mut problem = None;
-        w.add_tree("", &mut problem);
-        if let Some(p) = problem {
-            return Err(io::Error::other(p));
-        }
-        w.root_wd = w
-            .paths
-            .iter()
-            .find(|(_, p)| p.is_empty())
-            .map(|(wd, _)| *wd);
+        w.watch_all();
         Ok(w)
     }
 
     /// Directories watched now.
     pub fn watches(&self) -> usize {
         self.paths.len()
+    }
+
+    /// Why part of the tree is not watched (changes there are not
+    /// reported), or `None` when all of it is.
+    pub fn unwatched(&self) -> Option<&str> {
+        self.unwatched.as_deref()
+    }
+
+    /// Tries to watch the whole tree again (after [`Watcher::unwatched`]):
+    /// directories not watched are added; a root that was removed or moved
+    /// away is watched anew where it is now (its old watches dropped).
+    /// Returns whether the whole tree is watched; the caller then rescans
+    /// (what changed meanwhile was not reported).
+    pub fn rewatch(&mut self) -> bool {
+        if self.unwatched.is_none() {
+            return true;
+        }
+        if self.root_wd.is_none() {
+            // Whatever is still watched belongs to the old root.
+            for wd in std::mem::take(&mut self.paths).into_keys() {
+                let _ = self.ino.get_ref().0.rm_watch(wd);
+            }
+        }
+        self.watch_all();
+        self.unwatched.is_none()
+    }
+
+    /// Watches the root and everything beneath it (what is watched already
+    /// keeps its watch), and says whether all of it is.
+    fn watch_all(&mut self) {
+        self.unwatched = None;
+        match std::fs::symlink_metadata(&self.root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                self.unwatched = Some(format!("{} is not a directory", self.root.display()));
+                return;
+            }
+            Err(e) => {
+                self.unwatched = Some(format!("{}: {e}", self.root.display()));
+                return;
+            }
+        }
+        let mut problem = None;
+        self.add_tree("", &mut problem);
+        if self.root_wd.is_none() && problem.is_none() {
+            problem = Some(format!("{} cannot be watched", self.root.display()));
+        }
+        self.unwatched = problem;
+    }
+
+    /// The root was removed or moved away: nothing of the set is watched.
+    fn lose_root(&mut self) {
+        self.root_wd = None;
+        self.unwatched = Some(format!("{} was removed or moved away", self.root.display()));
+    }
+
+    fn add_watch(&self, path: &Path) -> Result<WatchDescriptor, Errno> {
+        #[cfg(test)]
+        if self.limit.is_some_and(|l| self.paths.len() >= l) {
+            return Err(Errno::ENOSPC);
+        }
+        self.ino.get_ref().0.add_watch(path, mask())
     }
 
     /// Waits until events are pending. Cancel-safe.
@@ -133,8 +203,11 @@ impl Watcher {
             } else {
                 self.root.join(&dir)
             };
-            match self.ino.get_ref().0.add_watch(&path, mask()) {
+            match self.add_watch(&path) {
                 Ok(wd) => {
+                    if dir.is_empty() {
+                        self.root_wd = Some(wd);
+                    }
                     self.paths.insert(wd, dir.clone());
                 }
                 // Gone, or not a directory any more (raced with a change
@@ -211,7 +284,7 @@ impl Watcher {
                 if m.contains(AddWatchFlags::IN_IGNORED) {
                     self.paths.remove(&ev.wd);
                     if Some(ev.wd) == self.root_wd {
-                        out.overflow = true;
+                        self.lose_root();
                     }
                     continue;
                 }
@@ -230,8 +303,9 @@ impl Watcher {
                     // About the watched directory itself.
                     if m.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF)
                         && base.is_empty()
+                        && Some(ev.wd) == self.root_wd
                     {
-                        out.overflow = true;
+                        self.lose_root();
                     } else if m.contains(AddWatchFlags::IN_ATTRIB) && base.is_empty() {
                         out.dirty.insert(String::new());
                     }
@@ -251,9 +325,8 @@ impl Watcher {
                     // new name (add_watch on a watched inode returns its wd).
                     let mut problem = None;
                     self.add_tree(&full, &mut problem);
-                    if problem.is_some() {
-                        out.overflow = true;
-                        out.problem = problem;
+                    if problem.is_some() && self.unwatched.is_none() {
+                        self.unwatched = problem;
                     }
                 }
                 if is_dir && m.contains(AddWatchFlags::IN_MOVED_FROM) {
@@ -393,6 +466,71 @@ mod tests {
         let d = w.drain().expect("drain");
         assert!(!d.overflow);
         assert_eq!(names(&d), ["after"]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// The root removed and made again: said (changes in the new one are
+    /// not reported) until it is watched again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_root_removed_and_made_again_is_watched_again() {
+        let base = tempdir("root-again");
+        let root = base.join("set");
+        std::fs::create_dir_all(root.join("d")).expect("root");
+        let mut w = Watcher::new(&root, &[]).expect("watch");
+        assert_eq!(w.unwatched(), None);
+        std::fs::remove_dir_all(&root).expect("rm");
+        w.drain().expect("drain");
+        let why = w.unwatched().expect("said").to_string();
+        assert!(why.contains("removed or moved away"), "{why}");
+        assert!(!w.rewatch(), "not there");
+        assert!(w.unwatched().is_some());
+        std::fs::create_dir_all(root.join("e")).expect("again");
+        std::fs::write(root.join("f"), b"f").expect("f");
+        assert!(w.drain().expect("drain").dirty.is_empty(), "not watched");
+        assert!(w.rewatch());
+        assert_eq!(w.unwatched(), None);
+        assert_eq!(w.watches(), 2, "the new root and e");
+        std::fs::write(root.join("e/g"), b"g").expect("g");
+        assert_eq!(names(&w.drain().expect("drain")), ["e/g"]);
+        // Moved away: the same.
+        std::fs::rename(&root, base.join("moved")).expect("mv");
+        w.drain().expect("drain");
+        assert!(w.unwatched().is_some());
+        std::fs::create_dir_all(&root).expect("again");
+        assert!(w.rewatch());
+        assert_eq!(w.watches(), 1, "the old tree's watches dropped");
+        std::fs::write(base.join("moved/e/h"), b"h").expect("h");
+        std::fs::write(root.join("i"), b"i").expect("i");
+        assert_eq!(names(&w.drain().expect("drain")), ["i"]);
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// A directory that cannot be watched (the watch limit) is said until
+    /// watches are free again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watch_limit_is_said_until_watches_are_free() {
+        let root = tempdir("limit");
+        let mut w = Watcher::new(&root, &[]).expect("watch");
+        w.limit = Some(2);
+        std::fs::create_dir_all(root.join("a")).expect("a");
+        assert_eq!(names(&w.drain().expect("drain")), ["a"]);
+        assert_eq!(w.unwatched(), None);
+        std::fs::create_dir_all(root.join("b")).expect("b");
+        assert_eq!(names(&w.drain().expect("drain")), ["b"]);
+        let why = w.unwatched().expect("said").to_string();
+        assert!(why.contains("watch limit") && why.contains("/b"), "{why}");
+        assert!(!w.rewatch());
+        std::fs::write(root.join("b/x"), b"x").expect("x");
+        assert!(
+            w.drain().expect("drain").dirty.is_empty(),
+            "b is not watched"
+        );
+        std::fs::remove_dir(root.join("a")).expect("rm a");
+        w.drain().expect("drain");
+        assert!(w.rewatch());
+        assert_eq!(w.unwatched(), None);
+        std::fs::write(root.join("b/y"), b"y").expect("y");
+        assert_eq!(names(&w.drain().expect("drain")), ["b/y"]);
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -827,22 +827,23 @@ impl Session {
                     let c = |e: crate::codec::CodecError| {
                         SessionError::Refused(format!("data of {name:?}: {e}"))
                     };
+                    // Decoded and applied straight from the frame.
                     let mut r = Reader::new(&p);
                     let n = r.u32().map_err(c)?;
                     let mut ops = Vec::with_capacity((n as usize).min(p.len()));
                     for _ in 0..n {
-                        ops.push(r.op().map_err(c)?);
+                        ops.push(r.op_ref().map_err(c)?);
                     }
                     r.end().map_err(c)?;
                     for op in &ops {
-                        if let crate::chunks::Op::Data(d) = op {
+                        if let crate::chunks::OpRef::Data(d) = op {
                             stats.literal_bytes += d.len() as u64;
                         }
                     }
                     if let Some(b) = rb.as_mut() {
                         let res = blocking(|| -> Result<(), crate::chunks::ApplyError> {
                             for op in &ops {
-                                b.op(op)?;
+                                b.op_ref(*op)?;
                             }
                             Ok(())
                         });

@@ -10,6 +10,14 @@
 //! with SQLite's online backup API and the snapshot is what is hashed and
 //! sent (never the live file); their `-wal`/`-shm`/`-journal` files are
 //! left out everywhere.
+//!
+//! An entry that cannot be read (permission denied, a database with a hot
+//! journal or locked beyond [`SQLITE_BUSY`], a directory that cannot be
+//! listed) does not stop a tree scan ([`Scanner::full_found`],
+//! [`Scanner::subtree`]): it is left out of what was found and listed in
+//! [`Scanned::unreadable`] with why (the caller keeps what it knew of it),
+//! and a database's previous snapshot is kept. [`Scanner::full`] is the
+//! strict form: any such entry is an error naming it.
 
 use crate::manifest::{excluded, Entry, Kind, Manifest};
 use crate::names::{is_internal, RelName, Root};
@@ -22,7 +30,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// How long a source waits for a busy SQLite database before giving up
-/// on that snapshot (the file is then reported unreadable for this pass).
+/// on that snapshot (the database is then unreadable for this scan: its
+/// last snapshot is kept).
 pub const SQLITE_BUSY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +76,29 @@ pub struct Found {
     pub entry: Entry,
     /// `(device, inode)` of a regular file with more than one link.
     pub inode: Option<(u64, u64)>,
+}
+
+/// What a tree scan found: the entries it read, and those it could not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scanned {
+    pub found: BTreeMap<String, Found>,
+    /// Names that could not be read, with why: a file or link (left out of
+    /// `found`), or a directory that could not be listed (its own entry is
+    /// in `found`, nothing beneath it is).
+    pub unreadable: BTreeMap<String, String>,
+}
+
+/// Whether `name` is one of `names` or lies beneath one of them ("" is the
+/// root: everything lies beneath it).
+pub fn at_or_beneath<V>(name: &str, names: &BTreeMap<String, V>) -> bool {
+    if names.is_empty() {
+        return false;
+    }
+    if names.contains_key("") || names.contains_key(name) {
+        return true;
+    }
+    name.match_indices('/')
+        .any(|(i, _)| names.contains_key(&name[..i]))
 }
 
 fn nix_io(e: nix::Error) -> io::Error {
@@ -150,15 +182,33 @@ impl Scanner {
 
     /// Every entry of the tree, hard links resolved (the first name in name
     /// order is the file, the others link to it). The hash cache keeps
-    /// exactly the files seen.
+    /// exactly the files seen. Strict: an entry that cannot be read is an
+    /// error naming it.
     pub fn full(&mut self) -> io::Result<Manifest> {
+        let (found, mut bad) = self.tree()?;
+        if let Some((name, e)) = bad.pop_first() {
+            return Err(io::Error::new(e.kind(), format!("{name}: {e}")));
+        }
         Ok(Manifest {
-            entries: resolve_links(self.full_found()?),
+            entries: resolve_links(found),
         })
     }
 
-    /// [`Scanner::full`] with each file's inode, links not resolved.
-    pub fn full_found(&mut self) -> io::Result<BTreeMap<String, Found>> {
+    /// Every entry of the tree with each file's inode, links not resolved;
+    /// entries that cannot be read are listed apart ([`Scanned`]), and the
+    /// snapshots of databases among them (or beneath them) are kept. An
+    /// error only if the root itself cannot be read.
+    pub fn full_found(&mut self) -> io::Result<Scanned> {
+        let (found, bad) = self.tree()?;
+        Ok(Scanned {
+            found,
+            unreadable: bad.into_iter().map(|(n, e)| (n, e.to_string())).collect(),
+        })
+    }
+
+    /// Walks the whole tree: what was read, and what could not be.
+    #[allow(clippy::type_complexity)]
+    fn tree(&mut self) -> io::Result<(BTreeMap<String, Found>, BTreeMap<String, io::Error>)> {
         let root = Root::open(&self.path)?;
         let top = nix::fcntl::openat(
             root.fd(),
@@ -170,17 +220,26 @@ impl Scanner {
         let mut found = BTreeMap::new();
         let mut seen = HashMap::new();
         let mut dbs = BTreeMap::new();
-        self.walk(&top, "", &mut found, &mut seen, &mut dbs)?;
+        let mut bad = BTreeMap::new();
+        self.walk(&top, "", &mut found, &mut seen, &mut dbs, &mut bad)?;
         self.cache.entries = seen;
+        // A database that could not be snapshotted keeps its last snapshot:
+        // the entry its caller keeps is read from it.
+        for (n, p) in &self.databases {
+            if at_or_beneath(n, &bad) {
+                dbs.insert(n.clone(), p.clone());
+            }
+        }
         self.set_databases(dbs);
         drop_sidecars(&mut found, &self.databases);
-        Ok(found)
+        Ok((found, bad))
     }
 
     /// Every entry strictly beneath the directory `prefix` ("" = the root),
-    /// links not resolved; `Ok(None)` if `prefix` is not a directory (any
-    /// more). Databases found are added to the known ones.
-    pub fn subtree(&mut self, prefix: &str) -> io::Result<Option<BTreeMap<String, Found>>> {
+    /// links not resolved, entries that cannot be read listed apart;
+    /// `Ok(None)` if `prefix` is not a directory (any more); an error if it
+    /// cannot be listed. Databases found are added to the known ones.
+    pub fn subtree(&mut self, prefix: &str) -> io::Result<Option<Scanned>> {
         let root = Root::open(&self.path)?;
         let dir = if prefix.is_empty() {
             nix::fcntl::openat(
@@ -211,14 +270,18 @@ impl Scanner {
         let mut found = BTreeMap::new();
         let mut seen = HashMap::new();
         let mut dbs = BTreeMap::new();
-        self.walk(&dir, prefix, &mut found, &mut seen, &mut dbs)?;
+        let mut bad = BTreeMap::new();
+        self.walk(&dir, prefix, &mut found, &mut seen, &mut dbs, &mut bad)?;
         self.cache.entries.extend(seen);
         for (n, p) in dbs {
             self.databases.insert(n, p);
         }
         let dbs = self.databases.clone();
         drop_sidecars(&mut found, &dbs);
-        Ok(Some(found))
+        Ok(Some(Scanned {
+            found,
+            unreadable: bad.into_iter().map(|(n, e)| (n, e.to_string())).collect(),
+        }))
     }
 
     /// The entry `name` is now (not recursing): `None` if it is gone, left
@@ -324,6 +387,9 @@ impl Scanner {
             .unwrap_or(false)
     }
 
+    /// Reads the directory `dir` (named `prefix`) and everything beneath
+    /// it into `out`; an entry that cannot be read goes to `bad` and the
+    /// walk goes on. An error only if `dir` itself cannot be listed.
     #[allow(clippy::type_complexity)]
     fn walk(
         &mut self,
@@ -332,6 +398,7 @@ impl Scanner {
         out: &mut BTreeMap<String, Found>,
         seen: &mut HashMap<String, (FileStamp, [u8; 32])>,
         dbs: &mut BTreeMap<String, PathBuf>,
+        bad: &mut BTreeMap<String, io::Error>,
     ) -> io::Result<()> {
         let listing = nix::fcntl::openat(
             dir,
@@ -377,7 +444,9 @@ impl Scanner {
                 Ok(None) => {}
                 // Removed while we read the directory.
                 Err(e) if is_gone(&e) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    bad.insert(name, e);
+                }
             }
         }
         for (name, last) in subdirs {
@@ -392,12 +461,19 @@ impl Scanner {
                     let e = nix_io(e);
                     if is_gone(&e) {
                         out.remove(&name);
-                        continue;
+                    } else {
+                        bad.insert(name, e);
                     }
-                    return Err(e);
+                    continue;
                 }
             };
-            self.walk(&sub, &name, out, seen, dbs)?;
+            if let Err(e) = self.walk(&sub, &name, out, seen, dbs, bad) {
+                // Listed in part at most: nothing beneath it is known.
+                let under = format!("{name}/");
+                out.retain(|k, _| !k.starts_with(&under));
+                bad.retain(|k, _| !k.starts_with(&under));
+                bad.insert(name, e);
+            }
         }
         Ok(())
     }
@@ -469,6 +545,9 @@ impl Scanner {
                 if crate::sqlite::has_magic(&head[..n]) {
                     match &self.snapshots {
                         Some(snapdir) => {
+                            // A database even if it cannot be snapshotted
+                            // now: its sidecars are never replicated.
+                            dbs.insert(name.to_string(), snapdir.join(snapshot_name(name)));
                             let (size, hash, path) =
                                 snapshot_db(&self.path.join(name), snapdir, name)?;
                             dbs.insert(name.to_string(), path);
@@ -537,10 +616,7 @@ fn snapshot_db(live: &Path, snapdir: &Path, name: &str) -> io::Result<(u64, [u8;
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            return Err(io::Error::other(format!(
-                "{}: SQLite snapshot: {e}",
-                live.display()
-            )));
+            return Err(io::Error::other(format!("SQLite snapshot: {}", e.reason())));
         }
     };
     let mut h = blake3::Hasher::new();
@@ -700,8 +776,9 @@ mod tests {
         assert_eq!(s.subtree("escape").expect("subtree"), None);
         assert_eq!(s.one("missing/x").expect("one"), None);
         let sub = s.subtree("d").expect("subtree").expect("a directory");
-        let names: Vec<&str> = sub.keys().map(String::as_str).collect();
+        let names: Vec<&str> = sub.found.keys().map(String::as_str).collect();
         assert_eq!(names, ["d/sub", "d/sub/f"]);
+        assert!(sub.unreadable.is_empty());
         let f = s.one("d/sub/f").expect("one").expect("file");
         assert_eq!(
             f.entry.kind,
@@ -711,5 +788,48 @@ mod tests {
             }
         );
         let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// One entry that cannot be read: a lenient scan reads everything else
+    /// and names it with why; the strict scan fails naming it.
+    #[test]
+    fn an_unreadable_entry_is_skipped_and_named() {
+        let base = tempdir("unreadable");
+        let set = base.join("set");
+        std::fs::create_dir_all(set.join("d")).expect("set");
+        std::fs::write(set.join("d/f"), b"f").expect("f");
+        std::fs::write(set.join("z"), b"z").expect("z");
+        crate::sqlite::test_db::hot_database(&set.join("d/x.db"));
+        let mut s = Scanner::new(&set, &[], Some(base.join("snaps")));
+        let got = s.full_found().expect("scan");
+        let names: Vec<&str> = got.found.keys().map(String::as_str).collect();
+        assert_eq!(names, ["d", "d/f", "z"], "the journal is the database's");
+        let why = &got.unreadable["d/x.db"];
+        assert!(why.starts_with("SQLite snapshot: hot journal"), "{why}");
+        let sub = s.subtree("d").expect("subtree").expect("a directory");
+        assert_eq!(sub.unreadable.keys().collect::<Vec<_>>(), ["d/x.db"]);
+        let e = s.full().expect_err("strict");
+        assert!(e.to_string().starts_with("d/x.db: SQLite snapshot"), "{e}");
+        assert!(s.one("d/x.db").is_err());
+        // Without snapshots (a receiver, `sync verify`) it is read as is.
+        assert!(Scanner::new(&set, &[], None).full().is_ok());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn at_or_beneath_names() {
+        let names: BTreeMap<String, ()> = [("a/b".to_string(), ())].into();
+        for (name, want) in [
+            ("a/b", true),
+            ("a/b/c", true),
+            ("a/bc", false),
+            ("a", false),
+            ("x", false),
+        ] {
+            assert_eq!(at_or_beneath(name, &names), want, "{name}");
+        }
+        let root: BTreeMap<String, ()> = [(String::new(), ())].into();
+        assert!(at_or_beneath("anything/at/all", &root));
+        assert!(!at_or_beneath("a", &BTreeMap::<String, ()>::new()));
     }
 }

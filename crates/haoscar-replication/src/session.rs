@@ -437,6 +437,28 @@ async fn serve_wants(
             {
                 break;
             }
+            if sig.chunks.is_empty() {
+                // Nothing to copy from: the file's bytes are read straight
+                // into the frames.
+                let sent = literal_frames(f, |body| {
+                    tx.blocking_send((kind::OPS, body))
+                        .map_err(|_| std::io::Error::other("connection gone"))
+                });
+                let frame = match sent {
+                    Ok((len, whole)) => {
+                        files += 1;
+                        literal += len;
+                        let mut w = Writer::new();
+                        w.u64(len).hash(&whole);
+                        (kind::FILE_END, w.buf)
+                    }
+                    Err(e) => (kind::FILE_SKIP, format!("{name}: {e}").into_bytes()),
+                };
+                if tx.blocking_send(frame).is_err() {
+                    break;
+                }
+                continue;
+            }
             let mut ops = Writer::new();
             let mut count = 0u32;
             let mut last = std::time::Instant::now();
@@ -505,6 +527,32 @@ async fn serve_wants(
     producer
         .await
         .map_err(|e| SessionError::Refused(format!("reading files: {e}")))
+}
+
+/// Sends a file with no chunk to copy as OPS frames of one data op each,
+/// read into the frame body itself. Returns its length and blake3 hash.
+fn literal_frames(
+    mut f: std::fs::File,
+    mut send: impl FnMut(Vec<u8>) -> std::io::Result<()>,
+) -> std::io::Result<(u64, [u8; 32])> {
+    use std::io::Read;
+    const HEAD: usize = 9; // op count, op tag, data length
+    let mut whole = blake3::Hasher::new();
+    let mut total = 0u64;
+    loop {
+        let mut w = Writer::with_capacity(HEAD + LITERAL_PIECE);
+        w.u32(1).u8(1).u32(0);
+        let n = (&mut f)
+            .take(LITERAL_PIECE as u64)
+            .read_to_end(&mut w.buf)?;
+        if n == 0 {
+            return Ok((total, *whole.finalize().as_bytes()));
+        }
+        whole.update(&w.buf[HEAD..]);
+        w.buf[5..HEAD].copy_from_slice(&(n as u32).to_be_bytes());
+        total += n as u64;
+        send(w.buf)?;
+    }
 }
 
 #[cfg(test)]

@@ -142,6 +142,30 @@ pub enum SnapshotError {
     Io { path: PathBuf, source: io::Error },
 }
 
+impl SnapshotError {
+    /// The source database the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            SnapshotError::Busy { path, .. }
+            | SnapshotError::NotADatabase { path }
+            | SnapshotError::Corrupt { path, .. }
+            | SnapshotError::HotJournal { path }
+            | SnapshotError::Sqlite { path, .. }
+            | SnapshotError::Io { path, .. } => path,
+        }
+    }
+
+    /// Why, without the path (for a caller that names the file itself).
+    pub fn reason(&self) -> String {
+        let full = self.to_string();
+        let prefix = format!("{}: ", self.path().display());
+        match full.strip_prefix(&prefix) {
+            Some(r) => r.to_string(),
+            None => full,
+        }
+    }
+}
+
 /// One attempt's failure: worth retrying, or final.
 enum Failure {
     Busy,
@@ -442,6 +466,44 @@ pub fn snapshot(src: &Path, dst: &Path, busy_timeout: Duration) -> Result<u64, S
         .and_then(|d| d.sync_all())
         .map_err(io_error(dir))?;
     Ok(size)
+}
+
+/// Databases in awkward states, for the tests of the modules that read them.
+#[cfg(test)]
+pub(crate) mod test_db {
+    /// Makes `dst` a database whose writer died mid-transaction: a hot
+    /// journal beside it, which a read-only snapshot cannot roll back.
+    pub(crate) fn hot_database(dst: &std::path::Path) {
+        let work = dst.with_extension("writer");
+        std::fs::create_dir_all(&work).expect("work dir");
+        let db = work.join("w.db");
+        let c = rusqlite::Connection::open(&db).expect("open");
+        c.execute_batch(
+            "CREATE TABLE t(v INTEGER, pad BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO t SELECT i, randomblob(100) FROM n;",
+        )
+        .expect("fill");
+        // A cache too small for the transaction: the journal is synced (hot)
+        // and pages are written into the database before the commit.
+        c.execute_batch("PRAGMA cache_size=5; BEGIN; UPDATE t SET v = v + 1;")
+            .expect("open transaction");
+        let mut journal = dst.as_os_str().to_owned();
+        journal.push("-journal");
+        std::fs::copy(work.join("w.db-journal"), &journal).expect("copy journal");
+        std::fs::copy(&db, dst).expect("copy db");
+        c.execute_batch("ROLLBACK").expect("rollback");
+        drop(c);
+        let _ = std::fs::remove_dir_all(&work);
+    }
+
+    /// A read-write connection rolls the hot journal back.
+    pub(crate) fn roll_back(db: &std::path::Path) {
+        let c = rusqlite::Connection::open(db).expect("open");
+        let _: i64 = c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("read");
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,20 @@
 //! ([`Tracker::changes_since`]). Hard links are kept as groups (a write to
 //! one name changes them all). Reading the disk goes through
 //! [`crate::scan::Scanner`]; the rest is bookkeeping.
+//!
+//! A name that cannot be read (a database that cannot be snapshotted, a
+//! permission denied, a directory that cannot be listed) keeps its last
+//! entry in the model (and everything beneath it), is listed in
+//! [`Tracker::unreadable`] and is read again by the next full scan or
+//! [`Tracker::retry_unreadable`] (or when reported again). While any
+//! name is unreadable the cover time ([`Tracker::covered_ms`]) does not
+//! advance: the model may lack a write to it, so no write after the last
+//! complete read is claimed to be in it. A name unreadable since the first
+//! scan has nothing in the model ([`Tracker::never_read`]): a full pass
+//! would remove it on a receiver that has it, so the caller holds those.
 
 use crate::manifest::{Entry, Kind, Manifest, RootAccum};
-use crate::scan::{Found, Scanner};
+use crate::scan::{at_or_beneath, Found, Scanned, Scanner};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::PathBuf;
@@ -24,8 +35,19 @@ pub struct TrackerStats {
     /// Entries a full scan found different from the model: changes the
     /// change detection did not report.
     pub missed: u64,
-    /// Names that could not be read (kept as they were).
+    /// Times a name could not be read (each new name or new reason once;
+    /// the name is kept as it was).
     pub errors: u64,
+}
+
+/// A name the tracker could not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// Why, from the last attempt.
+    pub why: String,
+    /// Unreadable since the tracker's first scan: the model has nothing of
+    /// it (for a directory: of what is beneath it).
+    pub never_read: bool,
 }
 
 /// The source's model of a directory.
@@ -45,10 +67,13 @@ pub struct Tracker {
     changed: HashMap<String, u64>,
     by_seq: BTreeMap<u64, String>,
     pub stats: TrackerStats,
-    pub last_error: Option<String>,
-    /// Every write completed before this time (Unix ms) is in the model:
-    /// set by whoever drains the change detection before refreshing.
-    pub covered_ms: u64,
+    /// Names that could not be read ("" is the directory itself).
+    unreadable: BTreeMap<String, Unreadable>,
+    /// The first scan is running (what fails now was never read).
+    first_scan: bool,
+    /// Every write completed before this time (Unix ms) is in the model
+    /// (0: nothing is known to be).
+    covered_ms: u64,
 }
 
 impl Tracker {
@@ -80,12 +105,49 @@ impl Tracker {
             changed: HashMap::new(),
             by_seq: BTreeMap::new(),
             stats: TrackerStats::default(),
-            last_error: None,
-            covered_ms: started,
+            unreadable: BTreeMap::new(),
+            first_scan: true,
+            covered_ms: 0,
         };
         t.rescan()?;
+        t.first_scan = false;
         t.stats.missed = 0;
+        t.covered_at(started);
         Ok(t)
+    }
+
+    /// Every write completed before this time (Unix ms) is in the model;
+    /// 0 if that is known of no time yet.
+    pub fn covered_ms(&self) -> u64 {
+        self.covered_ms
+    }
+
+    /// The caller drained the change detection at `t0` (or scanned in full
+    /// after it) and refreshed from what it reported: every write completed
+    /// before `t0` is in the model, unless a name could not be read. The
+    /// cover time then advances to `t0`; returns whether it did.
+    pub fn covered_at(&mut self, t0: u64) -> bool {
+        if !self.unreadable.is_empty() {
+            return false;
+        }
+        self.covered_ms = self.covered_ms.max(t0);
+        true
+    }
+
+    /// The names that could not be read, by name ("" is the directory
+    /// itself); empty when everything was read.
+    pub fn unreadable(&self) -> &BTreeMap<String, Unreadable> {
+        &self.unreadable
+    }
+
+    /// Names unreadable since the first scan: the model has nothing of them,
+    /// so a full pass (which removes what it does not list) must wait.
+    pub fn never_read(&self) -> Vec<&str> {
+        self.unreadable
+            .iter()
+            .filter(|(_, u)| u.never_read)
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -251,10 +313,21 @@ impl Tracker {
         self.scanner.forget(name);
     }
 
+    /// Reads again the names that could not be read (see
+    /// [`Tracker::unreadable`]). Returns how many entries changed.
+    pub fn retry_unreadable(&mut self) -> usize {
+        if self.unreadable.is_empty() {
+            return 0;
+        }
+        let names: BTreeSet<String> = self.unreadable.keys().cloned().collect();
+        self.refresh(&names)
+    }
+
     /// Brings the names `dirty` reported up to date: each is read again; a
     /// directory with everything beneath it; a database's sidecar counts
-    /// for the database; a hard-linked file for every name of its inode.
-    /// Returns how many entries changed.
+    /// for the database; a hard-linked file for every name of its inode. A
+    /// name that cannot be read keeps its entry (see
+    /// [`Tracker::unreadable`]). Returns how many entries changed.
     pub fn refresh(&mut self, dirty: &BTreeSet<String>) -> usize {
         self.stats.refreshes += 1;
         let before = self.seq;
@@ -286,17 +359,19 @@ impl Tracker {
                 continue;
             }
             if self.scanner.left_out(name) {
+                self.unreadable.remove(name);
                 continue;
             }
             match self.scanner.one(name) {
                 Ok(None) => {
+                    self.readable(name);
                     self.put_found(name, None, &mut touched);
                     self.remove_tree(name, &mut touched);
                 }
                 Ok(Some(f)) if matches!(f.entry.kind, Kind::Dir) => {
                     self.put_found(name, Some(f), &mut touched);
                     match self.scanner.subtree(name) {
-                        Ok(Some(sub)) => {
+                        Ok(Some(Scanned { found, unreadable })) => {
                             let under = format!("{name}/");
                             let old: Vec<String> = self
                                 .manifest
@@ -304,21 +379,41 @@ impl Tracker {
                                 .range(under.clone()..)
                                 .take_while(|(k, _)| k.starts_with(&under))
                                 .map(|(k, _)| k.clone())
-                                .filter(|k| !sub.contains_key(k))
+                                .filter(|k| !found.contains_key(k))
+                                .filter(|k| !at_or_beneath(k, &unreadable))
                                 .collect();
                             for k in old {
                                 self.put_found(&k, None, &mut touched);
                             }
-                            for (k, f) in sub {
+                            for (k, f) in found {
                                 self.put_found(&k, Some(f), &mut touched);
                             }
+                            // Beneath it, only what failed now is unreadable
+                            // (recorded before the directory's own record
+                            // goes: what was never read beneath it still was
+                            // not).
+                            for (k, why) in &unreadable {
+                                self.error(k, why.clone());
+                            }
+                            let was: Vec<String> = self
+                                .unreadable
+                                .range(under.clone()..)
+                                .take_while(|(k, _)| k.starts_with(&under))
+                                .map(|(k, _)| k.clone())
+                                .filter(|k| !unreadable.contains_key(k))
+                                .collect();
+                            for k in was {
+                                self.unreadable.remove(&k);
+                            }
+                            self.readable(name);
                             covered = Some(name.clone());
                         }
-                        Ok(None) => {}
-                        Err(e) => self.error(name, e),
+                        Ok(None) => self.readable(name),
+                        Err(e) => self.error(name, e.to_string()),
                     }
                 }
                 Ok(Some(f)) => {
+                    self.readable(name);
                     if matches!(
                         self.manifest.entries.get(name).map(|e| &e.kind),
                         Some(Kind::Dir)
@@ -333,13 +428,16 @@ impl Tracker {
                     }
                     self.put_found(name, Some(f), &mut touched);
                 }
-                Err(e) => self.error(name, e),
+                Err(e) => self.error(name, e.to_string()),
             }
         }
         for name in again.difference(&names) {
             match self.scanner.one(name) {
-                Ok(f) => self.put_found(name, f, &mut touched),
-                Err(e) => self.error(name, e),
+                Ok(f) => {
+                    self.readable(name);
+                    self.put_found(name, f, &mut touched);
+                }
+                Err(e) => self.error(name, e.to_string()),
             }
         }
         self.settle_links(touched);
@@ -347,17 +445,43 @@ impl Tracker {
         (self.seq - before) as usize
     }
 
-    fn error(&mut self, name: &str, e: io::Error) {
-        self.stats.errors += 1;
-        self.last_error = Some(format!("{name}: {e}"));
-        tracing::warn!(name, error = %e, "cannot read a replicated entry");
+    /// `name` could not be read: it keeps its entry, and is tried again.
+    fn error(&mut self, name: &str, why: String) {
+        // Never read: failing in the first scan, or at or beneath a name that
+        // was never read.
+        let never_read = self.first_scan
+            || self.unreadable.iter().any(|(n, u)| {
+                u.never_read && (n.is_empty() || n == name || name.starts_with(&format!("{n}/")))
+            });
+        let new = Unreadable {
+            why: why.clone(),
+            never_read,
+        };
+        if self.unreadable.get(name).map(|u| &u.why) != Some(&why) {
+            self.stats.errors += 1;
+            tracing::warn!(name, error = %why, "cannot read a replicated entry; its last entry is kept");
+        }
+        self.unreadable.insert(name.to_string(), new);
     }
 
-    /// Reads the whole directory and brings the model to it. Returns how
-    /// many entries differed (counted as missed, unless at start).
+    /// `name` was read.
+    fn readable(&mut self, name: &str) {
+        self.unreadable.remove(name);
+    }
+
+    /// Reads the whole directory and brings the model to it; what cannot
+    /// be read keeps its entry (and everything beneath it). Returns how
+    /// many entries differed (counted as missed, unless at start); an error
+    /// if the directory itself cannot be read (the model is kept).
     pub fn rescan(&mut self) -> io::Result<usize> {
         self.stats.rescans += 1;
-        let found = self.scanner.full_found()?;
+        let Scanned { found, unreadable } = match self.scanner.full_found() {
+            Ok(s) => s,
+            Err(e) => {
+                self.error("", e.to_string());
+                return Err(e);
+            }
+        };
         let m = Manifest {
             entries: crate::scan::resolve_links(found.clone()),
         };
@@ -366,7 +490,7 @@ impl Tracker {
             .manifest
             .entries
             .keys()
-            .filter(|k| !m.entries.contains_key(*k))
+            .filter(|k| !m.entries.contains_key(*k) && !at_or_beneath(k, &unreadable))
             .cloned()
             .collect();
         for k in old {
@@ -379,14 +503,30 @@ impl Tracker {
                 n += 1;
             }
         }
-        self.inode_of.clear();
+        // Inode groups from what was read; kept entries keep theirs.
+        let kept: HashMap<String, (u64, u64)> = self
+            .inode_of
+            .drain()
+            .filter(|(k, _)| at_or_beneath(k, &unreadable) && self.manifest.entries.contains_key(k))
+            .collect();
         self.groups.clear();
+        for (k, ino) in kept {
+            self.groups.entry(ino).or_default().insert(k.clone());
+            self.inode_of.insert(k, ino);
+        }
         for (k, f) in found {
             if let (Some(ino), true) = (f.inode, m.entries.contains_key(&k)) {
                 self.inode_of.insert(k.clone(), ino);
                 self.groups.entry(ino).or_default().insert(k);
             }
         }
+        // Everything was read again: only what failed now is unreadable
+        // (recorded before the others go: what was never read beneath a
+        // name never read still was not).
+        for (k, why) in &unreadable {
+            self.error(k, why.clone());
+        }
+        self.unreadable.retain(|k, _| unreadable.contains_key(k));
         self.stats.missed += n as u64;
         self.compact();
         Ok(n)
@@ -553,6 +693,120 @@ mod tests {
         }
         assert_eq!(t.changes_since(s0), None, "too old: a full pass");
         assert!(t.changes_since(t.seq()).is_some());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A database that cannot be snapshotted keeps its last entry and
+    /// snapshot (it is not removed on the receivers), the rest of the
+    /// directory is still read, and the cover time stays where everything
+    /// was last read until it can be read again.
+    #[test]
+    fn an_unreadable_name_keeps_its_entry_and_holds_the_cover_time() {
+        let d = tempdir("unreadable");
+        let snaps = d.join("snaps");
+        let root = d.join("set");
+        std::fs::create_dir_all(&root).expect("root");
+        std::fs::write(root.join("a"), b"one").expect("a");
+        crate::sqlite::test_db::hot_database(&root.join("x.db"));
+        crate::sqlite::test_db::roll_back(&root.join("x.db"));
+        let mut t = Tracker::new(&root, &[], Some(snaps.clone())).expect("tracker");
+        assert!(t.unreadable().is_empty());
+        let c0 = t.covered_ms();
+        assert!(c0 > 0);
+        let db_entry = t.manifest().entries["x.db"].clone();
+        let snapshot = t.data_path("x.db");
+        assert!(snapshot.starts_with(&snaps), "{}", snapshot.display());
+
+        // The database's writer dies mid-transaction; "a" is written.
+        crate::sqlite::test_db::hot_database(&root.join("x.db"));
+        std::fs::write(root.join("a"), b"two").expect("a");
+        t.refresh(&set(&["a", "x.db", "x.db-journal"]));
+        assert_eq!(
+            t.manifest().entries["a"].kind,
+            crate::scan::scan(&root, &[]).expect("scan").entries["a"].kind
+        );
+        assert_eq!(t.manifest().entries["x.db"], db_entry, "kept");
+        assert!(!t.manifest().entries.contains_key("x.db-journal"));
+        let u = &t.unreadable()["x.db"];
+        assert!(u.why.contains("hot journal"), "{}", u.why);
+        assert!(!u.never_read);
+        assert_eq!(t.stats.errors, 1);
+        assert!(!t.covered_at(c0 + 1000), "not covered while unreadable");
+        assert_eq!(t.covered_ms(), c0);
+        assert_eq!(t.data_path("x.db"), snapshot, "the last snapshot is sent");
+        assert!(snapshot.exists());
+
+        // A full scan skips it the same way (not counted again).
+        std::fs::write(root.join("b"), b"new").expect("b");
+        assert_eq!(t.rescan().expect("rescan"), 1);
+        assert_eq!(t.manifest().entries["x.db"], db_entry);
+        assert!(t.manifest().entries.contains_key("b"));
+        assert_eq!(t.stats.errors, 1);
+        assert!(snapshot.exists(), "the snapshot is kept");
+        assert!(!t.covered_at(c0 + 2000));
+
+        // Not retried by a refresh of other names; rolled back, it is read
+        // when tried again.
+        std::fs::write(root.join("a"), b"three").expect("a");
+        t.refresh(&set(&["a"]));
+        assert!(t.unreadable().contains_key("x.db"));
+        crate::sqlite::test_db::roll_back(&root.join("x.db"));
+        t.retry_unreadable();
+        assert!(t.unreadable().is_empty(), "{:?}", t.unreadable());
+        assert!(t.covered_at(c0 + 3000));
+        assert_eq!(t.covered_ms(), c0 + 3000);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Unreadable at the first scan: nothing of it in the model, said so
+    /// (a full pass would remove it on a receiver); nothing is covered.
+    #[test]
+    fn a_name_unreadable_from_the_start_is_never_read() {
+        let d = tempdir("never-read");
+        let root = d.join("set");
+        std::fs::create_dir_all(&root).expect("root");
+        std::fs::write(root.join("a"), b"one").expect("a");
+        crate::sqlite::test_db::hot_database(&root.join("x.db"));
+        let mut t = Tracker::new(&root, &[], Some(d.join("snaps"))).expect("tracker");
+        assert_eq!(t.never_read(), ["x.db"]);
+        assert!(!t.manifest().entries.contains_key("x.db"));
+        assert!(!t.manifest().entries.contains_key("x.db-journal"));
+        assert!(t.manifest().entries.contains_key("a"));
+        assert_eq!(t.covered_ms(), 0);
+        // Still never read after a later failure.
+        t.refresh(&set(&["a"]));
+        assert_eq!(t.never_read(), ["x.db"]);
+        crate::sqlite::test_db::roll_back(&root.join("x.db"));
+        t.retry_unreadable();
+        assert!(t.never_read().is_empty());
+        assert!(t.manifest().entries.contains_key("x.db"));
+        assert!(t.covered_at(5));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// The directory itself gone: the model is kept (nothing is removed on
+    /// the receivers because the directory could not be read), the cover
+    /// time holds until it can be read.
+    #[test]
+    fn a_directory_that_cannot_be_read_keeps_its_model() {
+        let d = tempdir("root-gone");
+        let root = d.join("set");
+        std::fs::create_dir_all(&root).expect("root");
+        std::fs::write(root.join("a"), b"one").expect("a");
+        let mut t = Tracker::new(&root, &[], None).expect("tracker");
+        let c0 = t.covered_ms();
+        std::fs::rename(&root, d.join("moved")).expect("move away");
+        assert!(t.rescan().is_err());
+        assert!(t.unreadable().contains_key(""));
+        assert!(t.manifest().entries.contains_key("a"));
+        t.retry_unreadable();
+        t.refresh(&set(&["a"]));
+        assert!(t.manifest().entries.contains_key("a"), "not removed");
+        assert!(!t.covered_at(c0 + 10));
+        std::fs::rename(d.join("moved"), &root).expect("back");
+        t.retry_unreadable();
+        assert!(t.unreadable().is_empty());
+        assert!(t.covered_at(c0 + 10));
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -342,7 +342,10 @@ pub struct SyncSet {
 pub struct SyncDir {
     pub set: String,
     pub path: String,
-    /// `source` (this head is active), `receiver`, or `idle`.
+    /// `source` (the active head, the set ready), `catching-up` (the
+    /// active head, the set not ready yet), `handing-over` (no longer
+    /// active, sending its last writes to the new active head),
+    /// `receiver`, or `idle` (no active head known).
     pub role: String,
     /// This copy's generation (hex) and the previous ones it descends from.
     pub generation: Option<String>,
@@ -360,7 +363,9 @@ pub struct SyncDir {
     pub tracker: Option<SyncTracker>,
     /// Source: each receiver.
     pub receivers: Vec<SyncReceiver>,
-    /// Why this copy is not being synced (split brain...).
+    /// Why this copy is not being synced: a split brain or a refusal seen
+    /// here, names refused; on a source, each receiver that refuses its
+    /// copy (until it confirms a pass again), naming it.
     pub problem: Option<String>,
 }
 
@@ -395,7 +400,9 @@ pub struct SyncReceiver {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncTracker {
     pub entries: u64,
-    /// `inotify` (watched directories in `watches`) or `scanning`.
+    /// `inotify` (all of the directory watched; `watches` directories) or
+    /// `scanning` (inotify not available or not watching all of it: scanned
+    /// every second until it does again).
     pub mode: String,
     pub watches: u64,
     pub refreshes: u64,
@@ -403,7 +410,11 @@ pub struct SyncTracker {
     /// Changes found by a full scan that change detection had not reported.
     pub missed: u64,
     pub overflows: u64,
+    /// Times a name could not be read (each name and reason counted once).
     pub errors: u64,
+    /// Why it is scanning, and the names it cannot read now (their last
+    /// content read is kept; writes since are not confirmed); `None` once
+    /// both are over.
     pub problem: Option<String>,
 }
 

@@ -54,9 +54,32 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = rt.block_on(agent_main(config, node, key, args.cfg.config.clone()));
+    // Replication runs on threads of its own, at the normal priority: a
+    // long hash, a slow disk or a lock held by a scan never holds up a
+    // heartbeat or the lease, and under CPU contention they come first.
+    let repl = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("haoscar-repl")
+        .on_thread_start(|| {
+            // SAFETY: gettid and setpriority only read their arguments.
+            unsafe {
+                let tid = libc::gettid();
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 0);
+            }
+        })
+        .enable_all()
+        .build()
+        .context("cannot start the replication runtime")?;
+    let result = rt.block_on(agent_main(
+        config,
+        node,
+        key,
+        args.cfg.config.clone(),
+        repl.handle().clone(),
+    ));
     // Do not wait for blocked helper threads (e.g. a stuck DNS or disk call).
     rt.shutdown_timeout(Duration::from_millis(200));
+    repl.shutdown_timeout(Duration::from_millis(200));
     result?;
     Ok(ExitCode::SUCCESS)
 }
@@ -823,7 +846,10 @@ impl AgentView for Agent {
         let node = self.node.clone();
         Box::pin(async move {
             match rep {
-                Some(rep) => rep.verify(&set).await,
+                Some(rep) => {
+                    let r = rep.clone();
+                    rep.on_runtime(async move { r.verify(&set).await }).await
+                }
                 None => Err((409, format!("{node} is not a head"))),
             }
         })
@@ -936,7 +962,8 @@ impl AgentView for Agent {
                         return Err((409, format!("{node} is not a head")));
                     };
                     let timeout = Duration::from_millis(req.timeout_ms.clamp(1, 3_600_000));
-                    rep.wait(timeout).await?
+                    let r = rep.clone();
+                    rep.on_runtime(async move { r.wait(timeout).await }).await?
                 }
                 api::Action::SyncAccept(req) => {
                     let Some(rep) = this.replication.get().cloned() else {
@@ -1117,6 +1144,7 @@ async fn agent_main(
     node: String,
     key: ClusterKey,
     config_path: PathBuf,
+    repl_rt: tokio::runtime::Handle,
 ) -> Result<()> {
     let me = config
         .node(&node)
@@ -1349,13 +1377,11 @@ async fn agent_main(
                     recorder.clone(),
                     alerter,
                     gates,
+                    repl_rt.clone(),
                 );
                 let _ = agent.replication.set(rep.clone());
-                side_tasks.push(tokio::spawn(crate::replication::listen_loop(rep.clone())));
-                side_tasks.push(tokio::spawn(crate::replication::role_loop(
-                    rep,
-                    stop_rx.clone(),
-                )));
+                side_tasks.push(repl_rt.spawn(crate::replication::listen_loop(rep.clone())));
+                side_tasks.push(repl_rt.spawn(crate::replication::role_loop(rep, stop_rx.clone())));
             }
             side_tasks.push(tokio::spawn(crate::monitoring::report_loop(
                 mon.clone(),

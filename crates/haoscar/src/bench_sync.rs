@@ -49,6 +49,9 @@ pub struct SyncArgs {
     /// Size of the data set (MiB).
     #[arg(long, default_value_t = 1024)]
     pub size_mib: u64,
+    /// Initial copies (each of a new data set; the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub initial_runs: usize,
     /// Incremental runs (each changes another 1 % of the files).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
@@ -114,11 +117,13 @@ struct Continuous {
 struct SyncReport {
     files: usize,
     bytes: u64,
-    initial: Transfer,
-    initial_rsync: Option<Transfer>,
-    initial_rsync_fsync: Option<Transfer>,
-    /// HA-OSCAR's initial copy speed / rsync's (> 1: faster).
+    initial: Vec<Transfer>,
+    initial_rsync: Vec<Transfer>,
+    initial_rsync_fsync: Vec<Transfer>,
+    /// rsync's median initial copy time / HA-OSCAR's (> 1: faster).
     initial_speed_vs_rsync: Option<f64>,
+    /// The same against `rsync --fsync` (durable like HA-OSCAR's copy).
+    initial_speed_vs_rsync_fsync: Option<f64>,
     changed_files: usize,
     changed_bytes: u64,
     incremental: Vec<Transfer>,
@@ -174,8 +179,8 @@ fn plan(files: usize, bytes: u64) -> Vec<(String, u64)> {
     out
 }
 
-fn write_data(root: &Path, plan: &[(String, u64)]) -> Result<u64> {
-    let mut rng = Noise(0x9e37_79b9_7f4a_7c15);
+fn write_data(root: &Path, plan: &[(String, u64)], seed: u64) -> Result<u64> {
+    let mut rng = Noise(0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0;
     for (name, size) in plan {
@@ -245,6 +250,14 @@ fn children_cpu() -> Duration {
     }
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Every transfer starts with nothing left to write back: the heads of
+/// the lab share one disk, and one transfer's syncs must not pay for the
+/// data generated or written by the one before.
+fn sync_disks() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
 }
 
 fn mib_per_s(bytes: u64, secs: f64) -> f64 {
@@ -360,6 +373,7 @@ impl SyncLab {
 
     /// Runs `f` (which makes a change) then `sync wait`; measures it all.
     fn replicate(&self, bytes: u64, f: impl FnOnce() -> Result<()>) -> Result<Transfer> {
+        sync_disks();
         let (a, b) = self.agents()?;
         let (ca, cb, w0) = (cpu_time(a)?, cpu_time(b)?, self.wire_bytes()?);
         let t0 = Instant::now();
@@ -471,17 +485,29 @@ impl Rsyncd {
         }
     }
 
-    /// `rsync -a --delete` of the set's directory on head1 into `module`.
-    fn push(&mut self, l: &SyncLab, module: &str, extra: &[&str], bytes: u64) -> Result<Transfer> {
+    /// `rsync -a --delete` of `dir` of the set on head1 into the same
+    /// directory of `module`.
+    fn push(
+        &mut self,
+        l: &SyncLab,
+        dir: &str,
+        module: &str,
+        extra: &[&str],
+        bytes: u64,
+    ) -> Result<Transfer> {
         self.settle();
+        sync_disks();
         let pid = self.child.id() as i32;
         let mut argv: Vec<String> = ["rsync", "-a", "--delete", "--numeric-ids", "--stats"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         argv.extend(extra.iter().map(|s| s.to_string()));
-        argv.push(format!("{SET_DIR}/"));
-        argv.push(format!("rsync://{}:{RSYNC_PORT}/{module}/", self.addr));
+        argv.push(format!("{SET_DIR}/{dir}/"));
+        argv.push(format!(
+            "rsync://{}:{RSYNC_PORT}/{module}/{dir}/",
+            self.addr
+        ));
         let (c0, d0) = (children_cpu(), cpu_with_children(pid)?);
         let t0 = Instant::now();
         let out = l.lab().exec_output("head1", &argv)?;
@@ -646,38 +672,48 @@ fn median(v: &[Transfer]) -> Option<f64> {
 }
 
 pub fn run(args: SyncArgs) -> Result<ExitCode> {
-    if args.files == 0 || args.size_mib == 0 || args.runs == 0 || args.rate == 0 {
-        bail!("--files, --size-mib, --runs and --rate must be at least 1");
+    if args.files == 0
+        || args.size_mib == 0
+        || args.runs == 0
+        || args.initial_runs == 0
+        || args.rate == 0
+    {
+        bail!("--files, --size-mib, --initial-runs, --runs and --rate must be at least 1");
     }
     let l = SyncLab::up(&args)?;
     let plan = plan(args.files, args.size_mib << 20);
-    // The data set is written beside the set, then moved into it at once.
-    let stage = l.src.with_file_name("bench-stage");
-    let bytes = write_data(&stage.join("data"), &plan)?;
-    let initial = l.replicate(bytes, || {
-        std::fs::rename(stage.join("data"), l.src.join("data"))?;
-        Ok(())
-    })?;
-    if sizes(&l.src) != sizes(&l.dst) {
-        bail!("after the initial copy, head2's copy differs from head1's");
-    }
     let mut rsyncd = match args.compare {
         Some(SyncAnchor::Rsync) => Some(Rsyncd::start(&l)?),
         None => None,
     };
-    let (mut initial_rsync, mut initial_rsync_fsync) = (None, None);
-    if let Some(d) = rsyncd.as_mut() {
-        initial_rsync = Some(d.push(&l, "plain", &[], bytes)?);
-        initial_rsync_fsync = Some(d.push(&l, "fsync", &["--fsync"], bytes)?);
-        let host = l.lab().node_dirs("head2")?.state.join("rsync/plain");
-        if sizes(&host) != sizes(&l.src) {
-            bail!("rsync's copy differs from head1's");
+    // Each data set is written beside the set, then moved into it at once.
+    let stage = l.src.with_file_name("bench-stage");
+    let (mut initial, mut initial_rsync, mut initial_rsync_fsync) =
+        (Vec::new(), Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for run in 0..args.initial_runs {
+        let dir = format!("data{run}");
+        bytes = write_data(&stage.join(&dir), &plan, run as u64)?;
+        initial.push(l.replicate(bytes, || {
+            std::fs::rename(stage.join(&dir), l.src.join(&dir))?;
+            Ok(())
+        })?);
+        if sizes(&l.src.join(&dir)) != sizes(&l.dst.join(&dir)) {
+            bail!("after the initial copy, head2's copy differs from head1's");
+        }
+        if let Some(d) = rsyncd.as_mut() {
+            initial_rsync.push(d.push(&l, &dir, "plain", &[], bytes)?);
+            initial_rsync_fsync.push(d.push(&l, &dir, "fsync", &["--fsync"], bytes)?);
+            let host = l.lab().node_dirs("head2")?.state.join("rsync/plain");
+            if sizes(&host.join(&dir)) != sizes(&l.src.join(&dir)) {
+                bail!("rsync's copy differs from head1's");
+            }
         }
     }
     let (mut incremental, mut incremental_rsync) = (Vec::new(), Vec::new());
     let (mut changed_files, mut changed_bytes) = (0, 0);
     for run in 0..args.runs {
-        let data = l.src.join("data");
+        let data = l.src.join("data0");
         let mut what = (0, 0);
         let t = l.replicate(0, || {
             what = change(&data, &plan, run)?;
@@ -689,7 +725,7 @@ pub fn run(args: SyncArgs) -> Result<ExitCode> {
             ..t
         });
         if let Some(d) = rsyncd.as_mut() {
-            incremental_rsync.push(d.push(&l, "plain", &[], changed_bytes)?);
+            incremental_rsync.push(d.push(&l, "data0", "plain", &[], changed_bytes)?);
         }
     }
     if sizes(&l.src) != sizes(&l.dst) {
@@ -700,7 +736,12 @@ pub fn run(args: SyncArgs) -> Result<ExitCode> {
     let report = SyncReport {
         files: plan.len(),
         bytes,
-        initial_speed_vs_rsync: initial_rsync.as_ref().map(|r| r.seconds / initial.seconds),
+        initial_speed_vs_rsync: median(&initial_rsync)
+            .zip(median(&initial))
+            .map(|(r, h)| r / h),
+        initial_speed_vs_rsync_fsync: median(&initial_rsync_fsync)
+            .zip(median(&initial))
+            .map(|(r, h)| r / h),
         initial,
         initial_rsync,
         initial_rsync_fsync,
@@ -738,16 +779,21 @@ fn print_report(r: &SyncReport) {
     if let Some(v) = &r.rsync_version {
         println!("anchor: {v} (daemon in head2's namespaces, client in head1's)");
     }
-    println!("initial copy (done when `sync wait` returns):");
-    line("haoscar", &r.initial);
-    if let Some(t) = &r.initial_rsync {
-        line("rsync -a", t);
-    }
-    if let Some(t) = &r.initial_rsync_fsync {
-        line("rsync -a --fsync", t);
+    println!("initial copy (done when `sync wait` returns), each of a new data set:");
+    for (i, t) in r.initial.iter().enumerate() {
+        line(&format!("haoscar run {}", i + 1), t);
+        if let Some(t) = r.initial_rsync.get(i) {
+            line(&format!("rsync -a run {}", i + 1), t);
+        }
+        if let Some(t) = r.initial_rsync_fsync.get(i) {
+            line(&format!("rsync -a --fsync run {}", i + 1), t);
+        }
     }
     if let Some(x) = r.initial_speed_vs_rsync {
-        println!("  haoscar speed / rsync's: {x:.2}");
+        println!("  rsync median time / haoscar's: {x:.2}");
+    }
+    if let Some(x) = r.initial_speed_vs_rsync_fsync {
+        println!("  rsync --fsync median time / haoscar's: {x:.2}");
     }
     println!(
         "incremental ({} files changed, {} bytes):",
@@ -811,7 +857,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("haoscar-bench-sync-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let p = plan(300, 3 << 20);
-        write_data(&dir, &p).expect("data");
+        write_data(&dir, &p, 0).expect("data");
         let before = sizes(&dir);
         let content = |n: &str| std::fs::read(dir.join(n)).expect("read");
         let old: Vec<Vec<u8>> = p.iter().map(|(n, _)| content(n)).collect();

@@ -14,10 +14,17 @@
 //! * A source directory has a tracker task owning its inotify watcher: it
 //!   drains events (coalesced over a few ms), refreshes the model, rescans
 //!   everything on a queue overflow and every [`VERIFY_EVERY`] (counting
-//!   what change detection missed). One send task per directory and
-//!   receiver sends what changed since the receiver's last confirmation,
-//!   a keepalive every [`KEEPALIVE`] when idle, a full pass at connection
-//!   and every [`FULL_PASS_EVERY`].
+//!   what change detection missed). While inotify does not watch all of
+//!   the directory (not available, the watch limit, the root removed and
+//!   made again) it scans every [`POLL_EVERY`] and tries to watch it again.
+//!   A name it cannot read keeps its last entry and holds the cover time
+//!   (so `sync wait` does not confirm writes it has not read), tried again
+//!   every [`UNREADABLE_RETRY`]. One send task per directory and receiver
+//!   sends what changed since the receiver's last confirmation, a keepalive
+//!   every [`KEEPALIVE`] when idle, a full pass at connection and every
+//!   [`FULL_PASS_EVERY`] (held while it would remove a name the source has
+//!   never read). A receiver that refuses the copy (split brain) is that
+//!   receiver's problem until it confirms a pass again.
 //! * `sync status`, the `sync wait` barrier, `sync verify`, `sync resolve`,
 //!   `failover --accept-data-loss`.
 
@@ -54,8 +61,13 @@ const COALESCE: Duration = Duration::from_millis(3);
 pub const VERIFY_EVERY: Duration = Duration::from_secs(30);
 /// A receiver gets a full pass this often (what changed on it is seen).
 const FULL_PASS_EVERY: Duration = Duration::from_secs(30);
-/// Without inotify, a directory is scanned this often.
+/// Without inotify (or with part of it not watched), a directory is
+/// scanned this often.
 const POLL_EVERY: Duration = Duration::from_secs(1);
+/// Names that could not be read are tried again this often (and at every
+/// `sync wait`); a database locked by a writer takes up to
+/// [`haoscar_replication::scan::SQLITE_BUSY`] per try.
+const UNREADABLE_RETRY: Duration = Duration::from_secs(5);
 /// Time between two connection attempts to a receiver.
 const RETRY: Duration = Duration::from_secs(1);
 /// How often the role loop looks at the gates and the roles.
@@ -163,6 +175,9 @@ struct RecvView {
     caught_up: bool,
     catch_up_ms: Option<u64>,
     error: Option<String>,
+    /// Why replication to it is stopped (a split brain, a copy it will not
+    /// let be overwritten): until it confirms a pass again.
+    problem: Option<String>,
 }
 
 /// What is known of one directory, for the status.
@@ -173,6 +188,9 @@ struct DirState {
     last_applied_cover: Option<u64>,
     /// Receiver: local time as of which the copy had everything.
     in_sync_local_ms: u64,
+    /// Why this head's copy is not synced (a split brain or a refusal seen
+    /// as a receiver, names refused); problems of the heads it sends to are
+    /// theirs ([`RecvView::problem`]).
     problem: Option<String>,
     /// New active head: the previous source's final pass was applied.
     handed_over: bool,
@@ -189,10 +207,13 @@ struct Live {
     tracker: Arc<Mutex<Tracker>>,
     /// The change number after each refresh.
     changed: watch::Receiver<u64>,
-    poke: mpsc::Sender<oneshot::Sender<()>>,
+    poke: mpsc::Sender<Poke>,
     /// Wakes the send tasks at once (a `sync wait`).
     urgent: Arc<Notify>,
     info: Arc<Mutex<TrackerInfo>>,
+    /// The tracker as the status last showed it (shown again while a scan
+    /// holds the tracker: the status never waits for one).
+    shown: Mutex<Option<(SyncTracker, bool)>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -202,20 +223,31 @@ impl Drop for Live {
     }
 }
 
+/// A source directory's change detection, for the status.
 #[derive(Debug, Clone, Default)]
 struct TrackerInfo {
+    /// inotify watches all of the directory (otherwise it is scanned).
     inotify: bool,
     watches: u64,
     overflows: u64,
+    /// Why it is scanned rather than watched (cleared once watched again).
     problem: Option<String>,
 }
 
+/// A request to a tracker task: `(barrier, done)`. Answered once every
+/// write completed before it is in the model (a drain of inotify), and, for
+/// a barrier (`sync wait`), also scanned in full where inotify does not
+/// watch everything and with the names it could not read tried again.
+type Poke = (bool, oneshot::Sender<()>);
+
 impl Live {
     /// Has the tracker drain the change detection now; afterwards every
-    /// write completed before the call is in its model.
-    async fn poke(&self) -> bool {
+    /// write completed before the call is in its model, if the directory is
+    /// watched in full (`barrier`: in any case, unless a name cannot be
+    /// read).
+    async fn poke(&self, barrier: bool) -> bool {
         let (tx, rx) = oneshot::channel();
-        self.poke.send(tx).await.is_ok() && rx.await.is_ok()
+        self.poke.send((barrier, tx)).await.is_ok() && rx.await.is_ok()
     }
 }
 
@@ -229,10 +261,15 @@ struct SetGate {
     /// The generations were rotated and must be recorded (retried).
     pending: Option<Vec<u64>>,
     said: Option<String>,
+    /// Why becoming the source failed, as last told (one event per
+    /// distinct problem).
+    error_said: Option<String>,
 }
 
 /// Replication of this head, shared with the API.
 pub struct Replication {
+    /// Replication's own runtime (its threads, not the agent's).
+    rt: tokio::runtime::Handle,
     config: Config,
     node: String,
     key: ClusterKey,
@@ -262,8 +299,10 @@ impl Replication {
         record: Recorder,
         alerter: Alerter,
         gates: Arc<SyncGates>,
+        rt: tokio::runtime::Handle,
     ) -> Arc<Self> {
         Arc::new(Replication {
+            rt,
             config,
             node,
             key,
@@ -280,6 +319,18 @@ impl Replication {
             active_since: Mutex::new(None),
             active_since_unix: Mutex::new(None),
         })
+    }
+
+    /// Runs `fut` on replication's runtime (a request of the API: what it
+    /// waits for or locks never blocks the agent's own threads).
+    pub async fn on_runtime<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, (u16, String)>> + Send + 'static,
+    ) -> Result<T, (u16, String)> {
+        self.rt
+            .spawn(fut)
+            .await
+            .unwrap_or_else(|e| Err((500, format!("replication task failed: {e}"))))
     }
 
     fn lock<'a, T>(m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
@@ -537,6 +588,7 @@ impl Replication {
             poke,
             urgent,
             info,
+            shown: Mutex::new(None),
             task,
         });
         Self::lock(&self.live).insert(key.clone(), l.clone());
@@ -634,10 +686,8 @@ impl Replication {
                     let live = match self.live(&key) {
                         Ok(l) => l,
                         Err(e) => {
-                            self.critical(
+                            self.source_failed(
                                 &set.name,
-                                "sync_error",
-                                Some(&set.name),
                                 format!("cannot read {}: {e}", path.display()),
                             );
                             return false;
@@ -662,10 +712,8 @@ impl Replication {
                         (true, ())
                     });
                     if let Err(e) = saved {
-                        self.critical(
+                        self.source_failed(
                             &set.name,
-                            "sync_error",
-                            Some(&set.name),
                             format!("cannot record the generation of {}: {e}", path.display()),
                         );
                         return false;
@@ -690,6 +738,7 @@ impl Replication {
             Ok(Ok(_)) => {
                 if let Some(g) = Self::lock(&self.set_gates).get_mut(&set.name) {
                     g.pending = None;
+                    g.error_said = None;
                 }
                 true
             }
@@ -701,6 +750,19 @@ impl Replication {
                 tracing::warn!(set = %set.name, "cannot record this head as the source (no quorum in time); retrying");
                 false
             }
+        }
+    }
+
+    /// This head cannot become the source of `set` now (retried every
+    /// [`TICK`]): the set's group waits, saying why; a critical event and
+    /// the set's alerts once per distinct problem, not at every try.
+    fn source_failed(&self, set: &str, msg: String) {
+        self.gates.set(set, Err(msg.clone()));
+        let new = Self::lock(&self.set_gates)
+            .get_mut(set)
+            .is_none_or(|g| g.error_said.replace(msg.clone()).as_ref() != Some(&msg));
+        if new {
+            self.critical(set, "sync_error", Some(set), msg);
         }
     }
 
@@ -729,10 +791,39 @@ impl Replication {
                     (false, _, None) if active.is_some() => "receiver",
                     _ => "idle",
                 };
+                // Whether the tracker's cover time is current (nothing it
+                // could not read).
+                let mut current = true;
                 let tracker = l.map(|l| {
-                    let t = Self::lock(&l.tracker);
+                    let t = match l.tracker.try_lock() {
+                        Ok(t) => t,
+                        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                        Err(std::sync::TryLockError::WouldBlock) => {
+                            let last = Self::lock(&l.shown).clone();
+                            let (shown, cur) = last.unwrap_or_else(|| {
+                                (
+                                    SyncTracker {
+                                        mode: "scanning".into(),
+                                        problem: Some("reading the directory".into()),
+                                        ..SyncTracker::default()
+                                    },
+                                    false,
+                                )
+                            });
+                            current = cur;
+                            return shown;
+                        }
+                    };
                     let i = Self::lock(&l.info).clone();
-                    SyncTracker {
+                    current = t.unreadable().is_empty();
+                    let unreadable = (!current).then(|| {
+                        format!(
+                            "cannot read {}: the last content read is kept",
+                            unreadable_summary(&path, t.unreadable())
+                        )
+                    });
+                    let problem: Vec<String> = i.problem.into_iter().chain(unreadable).collect();
+                    let shown = SyncTracker {
                         entries: t.manifest().entries.len() as u64,
                         mode: if i.inotify { "inotify" } else { "scanning" }.into(),
                         watches: i.watches,
@@ -741,10 +832,17 @@ impl Replication {
                         missed: t.stats.missed,
                         overflows: i.overflows,
                         errors: t.stats.errors,
-                        problem: i.problem.clone().or_else(|| t.last_error.clone()),
-                    }
+                        problem: (!problem.is_empty()).then(|| problem.join("; ")),
+                    };
+                    *Self::lock(&l.shown) = Some((shown.clone(), current));
+                    shown
                 });
                 let in_sync = d.in_sync_local_ms.max(st.in_sync_local_ms);
+                // The heads this one sends to, only while it sends (views
+                // left by a role it no longer has say nothing now).
+                let sending = role == "source" || role == "handing-over";
+                let no_receivers = BTreeMap::new();
+                let receivers = if sending { &d.receivers } else { &no_receivers };
                 SyncDir {
                     set: key.0.clone(),
                     path: path.display().to_string(),
@@ -756,35 +854,33 @@ impl Replication {
                     lag_ms: (in_sync > 0 && role == "receiver")
                         .then(|| now.saturating_sub(in_sync)),
                     tracker,
-                    receivers: if role == "source" || role == "handing-over" {
-                        d.receivers
-                            .iter()
-                            .map(|(n, r)| SyncReceiver {
-                                node: n.clone(),
-                                connected: r.connected,
-                                last_taken_unix_ms: r.confirmed_cover,
-                                // Nothing unconfirmed: not behind at all.
-                                lag_ms: r.confirmed_cover.map(|t| {
-                                    if r.lag_bytes == 0 && r.connected {
-                                        0
-                                    } else {
-                                        now.saturating_sub(t)
-                                    }
-                                }),
-                                passes: r.passes,
-                                files: r.files,
-                                literal_bytes: r.literal,
-                                error: r.error.clone(),
-                                lag_bytes: r.lag_bytes,
-                                wire_bytes: r.wire,
-                                caught_up: r.caught_up,
-                                catch_up_ms: r.catch_up_ms,
-                            })
-                            .collect()
-                    } else {
-                        Vec::new()
-                    },
-                    problem: d.problem.clone(),
+                    receivers: receivers
+                        .iter()
+                        .map(|(n, r)| SyncReceiver {
+                            node: n.clone(),
+                            connected: r.connected,
+                            last_taken_unix_ms: r.confirmed_cover,
+                            // Nothing unconfirmed: not behind at all
+                            // (unless the source could not read
+                            // something: then as of its cover time).
+                            lag_ms: r.confirmed_cover.map(|t| {
+                                if r.lag_bytes == 0 && r.connected && current {
+                                    0
+                                } else {
+                                    now.saturating_sub(t)
+                                }
+                            }),
+                            passes: r.passes,
+                            files: r.files,
+                            literal_bytes: r.literal,
+                            error: r.error.clone(),
+                            lag_bytes: r.lag_bytes,
+                            wire_bytes: r.wire,
+                            caught_up: r.caught_up,
+                            catch_up_ms: r.catch_up_ms,
+                        })
+                        .collect(),
+                    problem: dir_problem(d.problem.as_deref(), receivers),
                 }
             })
             .collect();
@@ -793,9 +889,13 @@ impl Replication {
             .iter()
             .map(|r| {
                 let g = gates.get(&r.name);
+                let failed = g.and_then(|g| g.error_said.clone());
                 let (state, reason) = match (is_active, g.map(|g| &g.decision)) {
                     (false, _) => ("standby", "this head is not active".to_string()),
                     (true, None) => ("waiting", "the copy is being checked".to_string()),
+                    (true, Some(Gate::Ready(_))) if failed.is_some() => {
+                        ("waiting", failed.unwrap_or_default())
+                    }
                     (true, Some(Gate::Ready(why))) => ("ready", why.clone()),
                     (true, Some(Gate::Wait(why))) => ("waiting", why.clone()),
                     (true, Some(Gate::Hold(why))) => ("held", why.clone()),
@@ -845,23 +945,48 @@ impl Replication {
         // Everything written before now is drained into the models.
         let lives: Vec<Arc<Live>> = Self::lock(&self.live).values().cloned().collect();
         for l in &lives {
-            l.poke().await;
+            l.poke(true).await;
             l.urgent.notify_waiters();
         }
         loop {
             let gates = Self::lock(&self.set_gates).clone();
-            let (behind, skipped) = {
+            // What this head could not read: writes to it since its last
+            // read are not in what it sends.
+            let unread: BTreeMap<DirKey, String> = {
+                let live = Self::lock(&self.live).clone();
+                let dirs = self.all_dirs();
+                session::blocking(|| {
+                    dirs.into_iter()
+                        .filter_map(|(key, path, _)| {
+                            let t = Self::lock(&live.get(&key)?.tracker);
+                            (t.covered_ms() < t0 && !t.unreadable().is_empty())
+                                .then(|| (key, unreadable_summary(&path, t.unreadable())))
+                        })
+                        .collect()
+                })
+            };
+            let (behind, notes, skipped) = {
                 let dirs = self.dirs();
                 let mut behind = Vec::new();
+                let mut notes = Vec::new();
                 let mut skipped = Vec::new();
                 for (key, _, _) in self.all_dirs() {
+                    if let Some(what) = unread.get(&key) {
+                        notes.push(format!(
+                            "{} cannot read {what}: writes to it are not sent until it can",
+                            self.node
+                        ));
+                    }
                     if let Some(g) = gates.get(&key.0).filter(|g| !g.decision.is_ready()) {
-                        behind.push(format!(
+                        let n = format!(
                             "{} is not replicated from {} yet: {}",
                             key.0,
                             self.node,
                             g.decision.reason()
-                        ));
+                        );
+                        if !notes.contains(&n) {
+                            notes.push(n);
+                        }
                         continue;
                     }
                     for peer in self.receivers() {
@@ -881,9 +1006,9 @@ impl Replication {
                 }
                 skipped.sort();
                 skipped.dedup();
-                (behind, skipped)
+                (behind, notes, skipped)
             };
-            if behind.is_empty() {
+            if behind.is_empty() && notes.is_empty() {
                 let mut m = format!(
                     "everything written before {} is on every receiver that is up",
                     crate::monitoring::clock_full(t0)
@@ -894,10 +1019,7 @@ impl Replication {
                 return Ok(m);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err((
-                    504,
-                    format!("not confirmed in time by: {}", behind.join(", ")),
-                ));
+                return Err((504, wait_failure(&behind, &notes)));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -1022,10 +1144,14 @@ impl Replication {
             // The source afresh: every file read again; databases compared
             // by the snapshot last sent (a new one would differ in bytes).
             let (root, ex) = (path.clone(), exclude.clone());
-            let fresh = session::blocking(|| {
-                haoscar_replication::scan::Scanner::new(&root, &ex, None).full()
+            let scanned = session::blocking(|| {
+                haoscar_replication::scan::Scanner::new(&root, &ex, None).full_found()
             })
             .map_err(|e| (500, format!("{}: {e}", path.display())))?;
+            let unreadable = scanned.unreadable;
+            let fresh = Manifest {
+                entries: haoscar_replication::scan::resolve_links(scanned.found),
+            };
             let ours = {
                 let t = Self::lock(&live.tracker);
                 let model = t.manifest();
@@ -1066,7 +1192,7 @@ impl Replication {
                     }
                 };
                 let (error, differences) = match result {
-                    Ok(theirs) => (None, differences(&ours, &theirs)),
+                    Ok(theirs) => (None, differences(&ours, &theirs, &unreadable)),
                     Err(e) => (Some(e), Vec::new()),
                 };
                 out.push(SyncVerifyDir {
@@ -1110,11 +1236,26 @@ impl Replication {
     }
 }
 
-/// The differences between the source's manifest and a receiver's, in words.
-fn differences(ours: &Manifest, theirs: &Manifest) -> Vec<String> {
+/// The differences between the source's manifest and a receiver's, in words;
+/// what the source could not read (`unreadable`, with why) is not compared.
+fn differences(
+    ours: &Manifest,
+    theirs: &Manifest,
+    unreadable: &BTreeMap<String, String>,
+) -> Vec<String> {
     use haoscar_replication::manifest::Kind;
-    let mut out = Vec::new();
+    use haoscar_replication::scan::at_or_beneath;
+    let mut out: Vec<String> = unreadable
+        .iter()
+        .map(|(n, why)| {
+            let n = if n.is_empty() { "." } else { n.as_str() };
+            format!("{n}: cannot be read on the source ({why})")
+        })
+        .collect();
     for (n, e) in &ours.entries {
+        if at_or_beneath(n, unreadable) {
+            continue;
+        }
         match theirs.entries.get(n) {
             None => out.push(format!("{n}: only on the source")),
             Some(t) if t != e => {
@@ -1149,16 +1290,96 @@ fn differences(ours: &Manifest, theirs: &Manifest) -> Vec<String> {
         }
     }
     for n in theirs.entries.keys() {
-        if !ours.entries.contains_key(n) {
+        if !ours.entries.contains_key(n) && !at_or_beneath(n, unreadable) {
             out.push(format!("{n}: only on the receiver"));
         }
     }
     out
 }
 
+/// What woke a tracker up for one round.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Woke {
+    /// The periodic full scan ([`VERIFY_EVERY`]).
+    full: bool,
+    /// The inotify queue overflowed.
+    overflow: bool,
+    /// A scan is due: asked for (`sync wait`), or the periodic scan while
+    /// the directory is not watched in full ([`POLL_EVERY`]).
+    scan_due: bool,
+}
+
+/// What a tracker's round does: scan in full, or read the names reported;
+/// and whether every write before the round's start is then in the model
+/// (`cover`, the tracker still refusing if a name could not be read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Round {
+    rescan: bool,
+    cover: bool,
+}
+
+/// The round of a tracker whose tree was watched in full (`watched_before`)
+/// up to and including this round's drain, and is now, after
+/// re-establishing watches (`watched_now`; watches lost and regained in the
+/// same round count as lost before). A drain guarantees every write before it only if the
+/// whole tree was watched throughout; otherwise only a full scan does,
+/// made when it is due or when the watches were just lost or regained.
+fn round(watched_before: bool, watched_now: bool, w: Woke) -> Round {
+    let throughout = watched_before && watched_now;
+    let rescan =
+        w.full || w.overflow || (!throughout && (w.scan_due || watched_before != watched_now));
+    Round {
+        rescan,
+        cover: rescan || throughout,
+    }
+}
+
+/// Why a directory is scanned rather than watched now (`None`: inotify
+/// watches all of it).
+fn scanning_reason(w: &Option<Watcher>, no_watcher: &Option<String>) -> Option<String> {
+    match w {
+        Some(w) => w.unwatched().map(str::to_string),
+        None => Some(
+            no_watcher
+                .clone()
+                .unwrap_or_else(|| "inotify is not available".into()),
+        ),
+    }
+}
+
+/// "jobs.db (why), x (why)" for the names a tracker cannot read, with
+/// their path (`""` is the directory itself); at most a few named.
+fn unreadable_summary(
+    root: &std::path::Path,
+    u: &BTreeMap<String, haoscar_replication::tracker::Unreadable>,
+) -> String {
+    const NAMED: usize = 3;
+    let mut parts: Vec<String> = u
+        .iter()
+        .take(NAMED)
+        .map(|(n, x)| {
+            let p = if n.is_empty() {
+                root.to_path_buf()
+            } else {
+                root.join(n)
+            };
+            format!("{} ({})", p.display(), x.why)
+        })
+        .collect();
+    if u.len() > NAMED {
+        parts.push(format!("and {} more", u.len() - NAMED));
+    }
+    parts.join(", ")
+}
+
 /// Owns a source directory's watcher: drains it when events arrive (after
 /// a short coalescing delay) or when asked, refreshes the tracker, rescans
-/// on an overflow and every [`VERIFY_EVERY`].
+/// on an overflow and every [`VERIFY_EVERY`]. While part of the directory
+/// cannot be watched (no inotify, the watch limit, the root removed and
+/// made again) it scans every [`POLL_EVERY`] and tries to watch it again;
+/// names that could not be read are tried again every
+/// [`UNREADABLE_RETRY`] and when asked. Each change of mode, each overflow
+/// and each change of the names it cannot read is an event.
 #[allow(clippy::too_many_arguments)]
 async fn tracker_task(
     rep: Arc<Replication>,
@@ -1167,28 +1388,39 @@ async fn tracker_task(
     exclude: Vec<String>,
     tracker: Arc<Mutex<Tracker>>,
     changed: watch::Sender<u64>,
-    mut poke: mpsc::Receiver<oneshot::Sender<()>>,
+    mut poke: mpsc::Receiver<Poke>,
     info: Arc<Mutex<TrackerInfo>>,
 ) {
     let dir = set_id(&key);
-    let mut watcher = match session::blocking(|| Watcher::new(&root, &exclude)) {
-        Ok(w) => {
-            let mut i = Replication::lock(&info);
-            i.inotify = true;
-            i.watches = w.watches() as u64;
-            Some(w)
-        }
-        Err(e) => {
-            let msg = format!(
-                "inotify unavailable for {} ({e}): scanning every {} s",
-                root.display(),
-                POLL_EVERY.as_secs()
-            );
-            (rep.record)("sync_scanning", Some(&key.0), msg.clone());
-            Replication::lock(&info).problem = Some(msg);
-            None
-        }
+    let open_watcher = |root: &PathBuf, exclude: &[String]| {
+        session::blocking(|| Watcher::new(root, exclude))
+            .map_err(|e| format!("inotify is not available for {} ({e})", root.display()))
     };
+    let (mut watcher, mut no_watcher) = match open_watcher(&root, &exclude) {
+        Ok(w) => (Some(w), None),
+        Err(e) => (None, Some(e)),
+    };
+    let mut scanning = scanning_reason(&watcher, &no_watcher);
+    let scanning_text = |why: &str| {
+        format!(
+            "{why}: scanned every {} s until inotify watches all of it again",
+            POLL_EVERY.as_secs()
+        )
+    };
+    if let Some(why) = &scanning {
+        (rep.record)(
+            "sync_scanning",
+            Some(&key.0),
+            format!("{dir}: {}", scanning_text(why)),
+        );
+    }
+    let set_info = |watcher: &Option<Watcher>, scanning: &Option<String>| {
+        let mut i = Replication::lock(&info);
+        i.inotify = scanning.is_none();
+        i.watches = watcher.as_ref().map_or(0, |w| w.watches() as u64);
+        i.problem = scanning.as_deref().map(scanning_text);
+    };
+    set_info(&watcher, &scanning);
     // The watches are in place: what changed while the tracker's first scan
     // ran is found by one more scan.
     {
@@ -1197,82 +1429,143 @@ async fn tracker_task(
         session::blocking(move || {
             let mut g = Replication::lock(&t);
             let _ = g.rescan();
-            g.covered_ms = t0;
+            g.covered_at(t0);
         });
         changed.send_replace(Replication::lock(&tracker).seq());
     }
     let mut verify =
         tokio::time::interval_at(tokio::time::Instant::now() + VERIFY_EVERY, VERIFY_EVERY);
-    let mut last_scan = Instant::now();
+    let mut last_scan = tokio::time::Instant::now();
+    let mut last_retry = tokio::time::Instant::now();
+    // The names the last `sync_unreadable` event named.
+    let mut said_unreadable: Vec<String> = Vec::new();
     loop {
+        let watched_before = scanning.is_none();
+        let has_unreadable = !Replication::lock(&tracker).unreadable().is_empty();
+        let poll_at = if !watched_before {
+            Some(last_scan + POLL_EVERY)
+        } else if has_unreadable {
+            Some(last_retry + UNREADABLE_RETRY)
+        } else {
+            None
+        };
         let mut reply = None;
-        let mut full = false;
+        let mut woke = Woke::default();
         tokio::select! {
             r = readable(&watcher) => {
-                if r.is_err() {
-                    tokio::time::sleep(POLL_EVERY).await;
+                if let Err(e) = r {
+                    watcher = None;
+                    no_watcher = Some(format!("inotify failed for {} ({e})", root.display()));
                 }
                 tokio::time::sleep(COALESCE).await;
             }
             p = poke.recv() => match p {
-                Some(r) => reply = Some(r),
+                Some((barrier, r)) => {
+                    reply = Some(r);
+                    woke.scan_due = barrier;
+                }
                 None => return,
             },
-            _ = verify.tick() => full = true,
+            _ = verify.tick() => {
+                woke.full = true;
+                woke.scan_due = true;
+            }
+            _ = tokio::time::sleep_until(poll_at.unwrap_or(last_scan + VERIFY_EVERY)), if poll_at.is_some() => {
+                woke.scan_due = true;
+            }
         }
         let t0 = unix_ms_now();
-        let drained = match watcher.as_mut() {
-            Some(w) => match w.drain() {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    Replication::lock(&info).problem = Some(format!("inotify: {e}"));
-                    None
+        let mut dirty = std::collections::BTreeSet::new();
+        if let Some(w) = watcher.as_mut() {
+            match w.drain() {
+                Ok(d) => {
+                    dirty = d.dirty;
+                    woke.overflow = d.overflow;
                 }
-            },
-            None => None,
-        };
-        let overflow = drained.as_ref().is_some_and(|d| d.overflow);
-        if let Some(p) = drained.as_ref().and_then(|d| d.problem.clone()) {
-            Replication::lock(&info).problem = Some(p);
+                Err(e) => {
+                    watcher = None;
+                    no_watcher = Some(format!("inotify failed for {} ({e})", root.display()));
+                }
+            }
         }
-        if let Some(w) = &watcher {
-            Replication::lock(&info).watches = w.watches() as u64;
+        // Watched in full up to the drain (watches may have been lost in
+        // it: the root removed, a new directory beyond the watch limit).
+        let watched_to_drain = watched_before && scanning_reason(&watcher, &no_watcher).is_none();
+        // Watches lost are tried again at once, then at every scan.
+        if !watched_to_drain && (woke.scan_due || watched_before) {
+            match watcher.as_mut() {
+                Some(w) => {
+                    session::blocking(|| w.rewatch());
+                }
+                None => match open_watcher(&root, &exclude) {
+                    Ok(w) => {
+                        watcher = Some(w);
+                        no_watcher = None;
+                    }
+                    Err(e) => no_watcher = Some(e),
+                },
+            }
         }
-        let poll = watcher.is_none() && last_scan.elapsed() >= POLL_EVERY;
-        let rescan = full || overflow || poll || drained.is_none() && watcher.is_some();
+        let now_scanning = scanning_reason(&watcher, &no_watcher);
+        let plan = round(watched_to_drain, now_scanning.is_none(), woke);
+        let retry = woke.scan_due && has_unreadable;
         let t = tracker.clone();
         let (n, missed_before, missed_after) = session::blocking(move || {
             let mut g = Replication::lock(&t);
             let before = g.stats.missed;
-            let n = if rescan {
+            let n = if plan.rescan {
                 g.rescan().unwrap_or(0)
-            } else if let Some(d) = &drained {
-                if d.dirty.is_empty() {
-                    0
-                } else {
-                    g.refresh(&d.dirty)
-                }
             } else {
-                0
+                let mut n = 0;
+                if !dirty.is_empty() {
+                    n += g.refresh(&dirty);
+                }
+                if retry {
+                    n += g.retry_unreadable();
+                }
+                n
             };
-            if rescan || drained.is_some() {
-                g.covered_ms = t0;
+            if plan.cover {
+                g.covered_at(t0);
             }
             (n, before, g.stats.missed)
         });
-        if rescan {
-            last_scan = Instant::now();
+        let now = tokio::time::Instant::now();
+        if plan.rescan {
+            last_scan = now;
         }
-        if overflow {
+        if plan.rescan || retry {
+            last_retry = now;
+        }
+        if woke.overflow {
             Replication::lock(&info).overflows += 1;
             (rep.record)(
                 "sync_rescan",
                 Some(&key.0),
                 format!(
-                    "{dir}: the inotify queue overflowed (changes came faster than they were read): rescanned, {n} entries changed"
+                    "{dir}: the inotify queue overflowed (changes came faster than they were read): scanned in full, {n} entries changed"
                 ),
             );
-        } else if full && missed_after > missed_before {
+        }
+        match (&scanning, &now_scanning) {
+            (None, Some(why)) => (rep.record)(
+                "sync_scanning",
+                Some(&key.0),
+                format!("{dir}: {}", scanning_text(why)),
+            ),
+            (Some(_), None) => (rep.record)(
+                "sync_watching",
+                Some(&key.0),
+                format!(
+                    "{dir}: inotify watches all of it again ({} directories): scanned in full, {n} entries changed",
+                    watcher.as_ref().map_or(0, |w| w.watches())
+                ),
+            ),
+            _ => {}
+        }
+        scanning = now_scanning;
+        set_info(&watcher, &scanning);
+        if woke.full && !woke.overflow && missed_after > missed_before {
             (rep.record)(
                 "sync_missed",
                 Some(&key.0),
@@ -1281,6 +1574,32 @@ async fn tracker_task(
                     missed_after - missed_before
                 ),
             );
+        }
+        let (unreadable_now, summary) = {
+            let g = Replication::lock(&tracker);
+            let u = g.unreadable();
+            (
+                u.keys().cloned().collect::<Vec<_>>(),
+                unreadable_summary(&root, u),
+            )
+        };
+        if unreadable_now != said_unreadable {
+            if unreadable_now.is_empty() {
+                (rep.record)(
+                    "sync_readable",
+                    Some(&key.0),
+                    format!("{dir}: every entry can be read again"),
+                );
+            } else {
+                (rep.record)(
+                    "sync_unreadable",
+                    Some(&key.0),
+                    format!(
+                        "{dir}: cannot read {summary}: the last content read is kept and sent; writes since are not confirmed (`sync wait` fails) until it can be read"
+                    ),
+                );
+            }
+            said_unreadable = unreadable_now;
         }
         let seq = Replication::lock(&tracker).seq();
         changed.send_if_modified(|v| std::mem::replace(v, seq) != seq);
@@ -1329,6 +1648,19 @@ async fn send_loop(rep: Arc<Replication>, key: DirKey, peer: String, purpose: Pu
                 continue;
             }
         };
+        // A full pass comes first: it would remove on the receiver what
+        // this head has never been able to read.
+        let t = live.tracker.clone();
+        if let Some(why) =
+            session::blocking(|| held_back(Replication::lock(&t).unreadable(), &peer))
+        {
+            update(&|r| {
+                r.connected = false;
+                r.error = Some(why.clone());
+            });
+            tokio::time::sleep(RETRY).await;
+            continue;
+        }
         let gens: Generations = CopyState::load(&rep.state_path(&key))
             .map(|s| s.generations)
             .unwrap_or_default();
@@ -1345,17 +1677,24 @@ async fn send_loop(rep: Arc<Replication>, key: DirKey, peer: String, purpose: Pu
         let mut source = match tokio::time::timeout(session::READ_TIMEOUT, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                let m = e.to_string();
-                if m.contains("SPLIT BRAIN") {
-                    rep.dirs().entry(key.clone()).or_default().problem = Some(m.clone());
-                    if said.as_deref() != Some(m.as_str()) {
-                        rep.critical(&key.0, "sync_split_brain", Some(&peer), m.clone());
-                        said = Some(m.clone());
+                let m = match &e {
+                    // The receiver's words: told as this head sees them.
+                    session::SessionError::Peer(why) => {
+                        refusal_seen_by_source(&rep.node, &peer, &dir, why)
                     }
+                    e => e.to_string(),
+                };
+                let stops = m.contains("SPLIT BRAIN") || m.contains("not overwritten");
+                if stops && said.as_deref() != Some(m.as_str()) {
+                    rep.critical(&key.0, "sync_split_brain", Some(&peer), m.clone());
+                    said = Some(m.clone());
                 }
                 update(&|r| {
                     r.connected = false;
                     r.error = Some(m.clone());
+                    if stops {
+                        r.problem = Some(m.clone());
+                    }
                 });
                 tokio::time::sleep(RETRY).await;
                 continue;
@@ -1382,28 +1721,46 @@ async fn send_loop(rep: Arc<Replication>, key: DirKey, peer: String, purpose: Pu
         let mut changed = live.changed.clone();
         let open = opener(live.tracker.clone());
         'session: loop {
-            live.poke().await;
+            live.poke(false).await;
             changed.borrow_and_update();
             let final_pass = purpose == Purpose::Handoff && rep.no_claims();
-            let full = need_full || last_full.elapsed() >= FULL_PASS_EVERY;
-            let (out, seq, pending) = {
-                let t = Replication::lock(&live.tracker);
+            let periodic = last_full.elapsed() >= FULL_PASS_EVERY;
+            let t = live.tracker.clone();
+            let built = session::blocking(|| {
+                let t = Replication::lock(&t);
+                let held = held_back(t.unreadable(), &peer);
+                // The periodic full pass waits while one would remove
+                // something; one that is needed ends the session.
+                let full = need_full || (periodic && held.is_none());
                 let since = confirmed.map(|c| c.0).filter(|_| !full);
                 let (changes, full) = match since.and_then(|s| t.changes_since(s)) {
                     Some(c) => (c, false),
                     None => (t.all(), true),
                 };
-                (
+                if let (true, Some(why)) = (full, held) {
+                    return Err(why);
+                }
+                Ok((
                     Outgoing {
                         full,
                         final_pass,
-                        cover_unix_ms: t.covered_ms,
+                        cover_unix_ms: t.covered_ms(),
                         root_hash: t.root_hash(),
                         changes,
                     },
                     t.seq(),
                     t.pending_bytes(confirmed.map_or(0, |c| c.0)),
-                )
+                ))
+            });
+            let (out, seq, pending) = match built {
+                Ok(b) => b,
+                Err(why) => {
+                    update(&|r| {
+                        r.connected = false;
+                        r.error = Some(why.clone());
+                    });
+                    break 'session;
+                }
             };
             update(&|r| r.lag_bytes = pending);
             let was_full = out.full;
@@ -1424,10 +1781,14 @@ async fn send_loop(rep: Arc<Replication>, key: DirKey, peer: String, purpose: Pu
                         r.literal += p.literal_bytes;
                         r.wire += p.wire_bytes;
                         if p.confirmed {
-                            r.confirmed_cover = Some(out.cover_unix_ms);
+                            // 0: the source has not covered any time yet.
+                            if out.cover_unix_ms > 0 {
+                                r.confirmed_cover = Some(out.cover_unix_ms);
+                            }
                             r.confirmed_seq = seq;
                             r.lag_bytes = 0;
                             r.error = None;
+                            r.problem = None;
                         } else if !p.applied.refused.is_empty() {
                             r.error = Some(format!("refused: {}", p.applied.refused.join("; ")));
                         }
@@ -1568,27 +1929,34 @@ pub async fn listen_loop(rep: Arc<Replication>) {
             )
             .await;
             if let Err(e) = result {
-                let msg = e.to_string();
-                tracing::warn!(%from, error = %msg, "replication session ended");
-                if msg.contains("SPLIT BRAIN") || msg.contains("not overwritten") {
-                    let handoff = *Replication::lock(&purpose) == Purpose::Handoff;
-                    for (key, _, _) in rep.all_dirs() {
-                        if msg.contains(&format!("{:?}", set_id(&key))) {
-                            let changed = {
-                                let mut dirs = rep.dirs();
-                                let d = dirs.entry(key.clone()).or_default();
-                                let c = d.problem.as_deref() != Some(msg.as_str());
-                                d.problem = Some(msg.clone());
-                                if handoff && msg.contains("SPLIT BRAIN") {
-                                    d.handoff_split =
-                                        Some(msg.trim_start_matches("frame refused: ").to_string());
-                                }
-                                c
-                            };
-                            if changed {
-                                rep.critical(&key.0, "sync_split_brain", None, msg.clone());
-                            }
+                tracing::warn!(%from, error = %e, "replication session ended");
+                // This head refused the sender's copy: a split brain, or a
+                // copy of its own it does not let be overwritten.
+                let session::SessionError::Refused(why) = &e else {
+                    return;
+                };
+                if !(why.contains("SPLIT BRAIN") || why.contains("not overwritten")) {
+                    return;
+                }
+                let handoff = *Replication::lock(&purpose) == Purpose::Handoff;
+                for (key, _, _) in rep.all_dirs() {
+                    let dir = set_id(&key);
+                    if !why.starts_with(&format!("set {dir:?}: ")) {
+                        continue;
+                    }
+                    let msg = refusal_seen_by_receiver(&dir, why);
+                    let changed = {
+                        let mut dirs = rep.dirs();
+                        let d = dirs.entry(key.clone()).or_default();
+                        let c = d.problem.as_deref() != Some(msg.as_str());
+                        d.problem = Some(msg.clone());
+                        if handoff && msg.contains("SPLIT BRAIN") {
+                            d.handoff_split = Some(msg.clone());
                         }
+                        c
+                    };
+                    if changed {
+                        rep.critical(&key.0, "sync_split_brain", None, msg);
                     }
                 }
             }
@@ -1653,6 +2021,7 @@ pub async fn role_loop(rep: Arc<Replication>, mut stop: watch::Receiver<bool>) {
                             decision: decision.clone(),
                             pending: None,
                             said: None,
+                            error_said: None,
                         });
                         e.decision = decision.clone();
                     }
@@ -1661,11 +2030,6 @@ pub async fn role_loop(rep: Arc<Replication>, mut stop: watch::Receiver<bool>) {
                         Gate::Wait(_) => "wait",
                         Gate::Hold(_) => "hold",
                     };
-                    let group = set
-                        .group
-                        .as_ref()
-                        .map(|g| format!("services of group {g}"))
-                        .unwrap_or_else(|| "its replication from here".to_string());
                     match &decision {
                         Gate::Ready(why) => {
                             if rep.become_source(&set).await {
@@ -1692,18 +2056,28 @@ pub async fn role_loop(rep: Arc<Replication>, mut stop: watch::Receiver<bool>) {
                                 (rep.record)(
                                     "sync_waiting",
                                     Some(&set.name),
-                                    format!("{}: {group} wait: {why}", set.name),
+                                    gate_text(
+                                        &set.name,
+                                        &rep.node,
+                                        set.group.as_deref(),
+                                        &decision,
+                                    ),
                                 );
                             }
                         }
-                        Gate::Hold(why) => {
-                            rep.gates.set(&set.name, Err(why.clone()));
+                        Gate::Hold(_) => {
+                            rep.gates.set(&set.name, Err(decision.reason().to_string()));
                             if said.as_deref() != Some(kind_now) {
                                 rep.critical(
                                     &set.name,
                                     "sync_held",
                                     Some(&set.name),
-                                    format!("{} on {}: {group} held: {why}", set.name, rep.node),
+                                    gate_text(
+                                        &set.name,
+                                        &rep.node,
+                                        set.group.as_deref(),
+                                        &decision,
+                                    ),
                                 );
                             }
                         }
@@ -1785,6 +2159,285 @@ pub async fn role_loop(rep: Arc<Replication>, mut stop: watch::Receiver<bool>) {
                 }
                 return;
             }
+        }
+    }
+}
+
+/// The event of a set's gate that waits or holds, naming what waits: the
+/// set's group, or (a set without one) its replication from this head.
+fn gate_text(set: &str, node: &str, group: Option<&str>, decision: &Gate) -> String {
+    let why = decision.reason();
+    match (decision, group) {
+        (Gate::Hold(_), Some(g)) => format!("{set} on {node}: services of group {g} held: {why}"),
+        (Gate::Hold(_), None) => {
+            format!("{set} on {node}: its replication from here is held: {why}")
+        }
+        (_, Some(g)) => format!("{set}: services of group {g} wait: {why}"),
+        (_, None) => format!("{set}: its replication from {node} waits: {why}"),
+    }
+}
+
+/// A receiver's refusal of this head's copy (`why`, in the receiver's words,
+/// naming this head `me` as the other side) as this head tells it: naming
+/// the receiver. The words "SPLIT BRAIN" are kept.
+fn refusal_seen_by_source(me: &str, peer: &str, dir: &str, why: &str) -> String {
+    let body = why.strip_prefix(&format!("set {dir:?}: ")).unwrap_or(why);
+    match body.strip_prefix(&format!("SPLIT BRAIN with {me}: ")) {
+        Some(rest) => format!("SPLIT BRAIN with {peer} ({dir}): {peer} answered: {rest}"),
+        None => format!("{peer} refused {dir}: {body}"),
+    }
+}
+
+/// This head's refusal of a sender's copy, for its own status and events
+/// (it names the sender already).
+fn refusal_seen_by_receiver(dir: &str, why: &str) -> String {
+    let body = why.strip_prefix(&format!("set {dir:?}: ")).unwrap_or(why);
+    match body
+        .strip_prefix("SPLIT BRAIN with ")
+        .and_then(|r| r.split_once(": "))
+    {
+        Some((other, rest)) => format!("SPLIT BRAIN with {other} ({dir}): {rest}"),
+        None => format!("{dir}: {body}"),
+    }
+}
+
+/// The problem line of a directory: this copy's own, then each receiver's
+/// (each names its receiver); `None` when there is none.
+fn dir_problem(own: Option<&str>, receivers: &BTreeMap<String, RecvView>) -> Option<String> {
+    let all: Vec<&str> = own
+        .into_iter()
+        .chain(receivers.values().filter_map(|r| r.problem.as_deref()))
+        .collect();
+    (!all.is_empty()).then(|| all.join("; "))
+}
+
+/// Why a full pass to `peer` must wait (`None`: it may go): names this head
+/// has never been able to read would be removed on the receiver.
+fn held_back(
+    unreadable: &BTreeMap<String, haoscar_replication::tracker::Unreadable>,
+    peer: &str,
+) -> Option<String> {
+    const NAMED: usize = 3;
+    let never: Vec<(&String, &str)> = unreadable
+        .iter()
+        .filter(|(_, u)| u.never_read)
+        .map(|(n, u)| (n, u.why.as_str()))
+        .collect();
+    if never.is_empty() {
+        return None;
+    }
+    let mut names: Vec<String> = never
+        .iter()
+        .take(NAMED)
+        .map(|(n, why)| format!("{} ({why})", if n.is_empty() { "." } else { n.as_str() }))
+        .collect();
+    if never.len() > NAMED {
+        names.push(format!("and {} more", never.len() - NAMED));
+    }
+    Some(format!(
+        "not sent: this head has not been able to read {} since it became the source; a full pass without it would remove it on {peer}",
+        names.join(", ")
+    ))
+}
+
+/// The answer of a `sync wait` that timed out: the receivers behind, then
+/// why writes cannot be confirmed (a set not replicated yet, a name the
+/// source cannot read).
+fn wait_failure(behind: &[String], notes: &[String]) -> String {
+    let mut m = "not confirmed in time".to_string();
+    if !behind.is_empty() {
+        m.push_str(&format!(" by: {}", behind.join(", ")));
+    }
+    if !notes.is_empty() {
+        m.push_str(if behind.is_empty() { ": " } else { "; " });
+        m.push_str(&notes.join("; "));
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use haoscar_replication::tracker::Unreadable;
+
+    /// When a tracker scans in full, and when the round's start is covered.
+    #[test]
+    fn tracker_rounds() {
+        let w = |full, overflow, scan_due| Woke {
+            full,
+            overflow,
+            scan_due,
+        };
+        let r = |rescan, cover| Round { rescan, cover };
+        #[rustfmt::skip]
+        let cases = [
+            // (watched before, watched now, woke, round, what)
+            (true, true, w(false, false, false), r(false, true), "events, all watched: the drain covers"),
+            (true, true, w(false, false, true), r(false, true), "sync wait, all watched: the drain covers"),
+            (true, true, w(true, false, true), r(true, true), "the periodic scan"),
+            (true, true, w(false, true, false), r(true, true), "an overflow"),
+            (true, false, w(false, false, false), r(true, true), "watches just lost: scanned at once"),
+            (false, false, w(false, false, false), r(false, false), "events in the watched part: not covered"),
+            (false, false, w(false, false, true), r(true, true), "the poll while scanning"),
+            (false, true, w(false, false, false), r(true, true), "watched again: one scan"),
+            (false, true, w(false, false, true), r(true, true), "watched again at a poll"),
+        ];
+        for (before, now, woke, want, what) in cases {
+            assert_eq!(round(before, now, woke), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn gate_events_name_what_waits() {
+        let wait = Gate::Wait("waiting for head1 to hand its last writes over".into());
+        let hold = Gate::Hold("head1 is down".into());
+        for (group, gate, want) in [
+            (
+                Some("state"),
+                &wait,
+                "spool: services of group state wait: waiting for head1 to hand its last writes over",
+            ),
+            (
+                None,
+                &wait,
+                "spool: its replication from head2 waits: waiting for head1 to hand its last writes over",
+            ),
+            (
+                Some("state"),
+                &hold,
+                "spool on head2: services of group state held: head1 is down",
+            ),
+            (
+                None,
+                &hold,
+                "spool on head2: its replication from here is held: head1 is down",
+            ),
+        ] {
+            assert_eq!(gate_text("spool", "head2", group, gate), want);
+        }
+    }
+
+    /// Each side names the other head; the words SPLIT BRAIN stay.
+    #[test]
+    fn refusals_name_the_other_head() {
+        let dir = "slurm-state/0";
+        let split = r#"set "slurm-state/0": SPLIT BRAIN with head1: both copies changed since generation b2f40e4cd204e19e; nothing synced (resolve by keeping one side)"#;
+        let newer = r#"set "slurm-state/0": this copy is newer than head1's (generation Some(1) descends from its Some(2)): not overwritten"#;
+        for (me, peer, why, want) in [
+            (
+                "head1",
+                "head2",
+                split,
+                "SPLIT BRAIN with head2 (slurm-state/0): head2 answered: both copies changed since generation b2f40e4cd204e19e; nothing synced (resolve by keeping one side)",
+            ),
+            (
+                "head1",
+                "head2",
+                newer,
+                "head2 refused slurm-state/0: this copy is newer than head1's (generation Some(1) descends from its Some(2)): not overwritten",
+            ),
+            (
+                "head1",
+                "head2",
+                "replication protocol 3 from head1, this head speaks 2: run the same HA-OSCAR version on every head",
+                "head2 refused slurm-state/0: replication protocol 3 from head1, this head speaks 2: run the same HA-OSCAR version on every head",
+            ),
+        ] {
+            let seen = refusal_seen_by_source(me, peer, dir, why);
+            assert_eq!(seen, want);
+            assert!(!seen.contains(&format!("SPLIT BRAIN with {me}")), "{seen}");
+        }
+        assert_eq!(
+            refusal_seen_by_receiver(dir, split),
+            "SPLIT BRAIN with head1 (slurm-state/0): both copies changed since generation b2f40e4cd204e19e; nothing synced (resolve by keeping one side)"
+        );
+        assert_eq!(
+            refusal_seen_by_receiver(dir, newer),
+            "slurm-state/0: this copy is newer than head1's (generation Some(1) descends from its Some(2)): not overwritten"
+        );
+    }
+
+    /// A receiver's problem is its own: the directory shows it while the
+    /// receiver has it, and not once it confirmed a pass again.
+    #[test]
+    fn a_receivers_problem_is_shown_while_it_has_it() {
+        let mut recv: BTreeMap<String, RecvView> = BTreeMap::new();
+        assert_eq!(dir_problem(None, &recv), None);
+        recv.insert(
+            "head2".into(),
+            RecvView {
+                problem: Some("SPLIT BRAIN with head2 (s/0): ...".into()),
+                ..RecvView::default()
+            },
+        );
+        recv.insert("head3".into(), RecvView::default());
+        assert_eq!(
+            dir_problem(None, &recv).as_deref(),
+            Some("SPLIT BRAIN with head2 (s/0): ...")
+        );
+        assert_eq!(
+            dir_problem(Some("refused: x"), &recv).as_deref(),
+            Some("refused: x; SPLIT BRAIN with head2 (s/0): ...")
+        );
+        if let Some(r) = recv.get_mut("head2") {
+            r.problem = None;
+        }
+        assert_eq!(dir_problem(None, &recv), None);
+    }
+
+    #[test]
+    fn full_passes_wait_for_names_never_read() {
+        let u = |why: &str, never_read| Unreadable {
+            why: why.into(),
+            never_read,
+        };
+        let mut m: BTreeMap<String, Unreadable> = BTreeMap::new();
+        assert_eq!(held_back(&m, "head2"), None);
+        m.insert("kept.db".into(), u("locked", false));
+        assert_eq!(held_back(&m, "head2"), None, "its last entry is sent");
+        m.insert("jobs.db".into(), u("SQLite snapshot: hot journal", true));
+        let why = held_back(&m, "head2").expect("held");
+        assert!(
+            why.contains("jobs.db (SQLite snapshot: hot journal)")
+                && !why.contains("kept.db")
+                && why.ends_with("remove it on head2"),
+            "{why}"
+        );
+        assert_eq!(
+            unreadable_summary(std::path::Path::new("/srv"), &m),
+            "/srv/jobs.db (SQLite snapshot: hot journal), /srv/kept.db (locked)"
+        );
+        for i in 0..3 {
+            m.insert(format!("x{i}"), u("denied", false));
+        }
+        m.insert(String::new(), u("gone", false));
+        assert_eq!(
+            unreadable_summary(std::path::Path::new("/srv"), &m),
+            "/srv (gone), /srv/jobs.db (SQLite snapshot: hot journal), /srv/kept.db (locked), and 3 more"
+        );
+    }
+
+    #[test]
+    fn sync_wait_failures() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        for (behind, notes, want) in [
+            (
+                s(&["head2 (s/0)"]),
+                s(&[]),
+                "not confirmed in time by: head2 (s/0)",
+            ),
+            (
+                s(&["head2 (s/0)"]),
+                s(&["head1 cannot read /srv/x (locked): writes to it are not sent until it can"]),
+                "not confirmed in time by: head2 (s/0); head1 cannot read /srv/x (locked): writes to it are not sent until it can",
+            ),
+            (
+                s(&[]),
+                s(&["s is not replicated from head1 yet: held"]),
+                "not confirmed in time: s is not replicated from head1 yet: held",
+            ),
+        ] {
+            assert_eq!(wait_failure(&behind, &notes), want);
         }
     }
 }

@@ -50,6 +50,21 @@ fn wait_active(lab: &Lab, asked: &str, want: &str, t: Duration) {
     );
 }
 
+/// head1 active, the source of every set, head2 following it.
+fn wait_source(lab: &Lab) {
+    wait_active(lab, "head2", "head1", Duration::from_secs(20));
+    assert!(
+        eventually(Duration::from_secs(20), || sync_status(lab, "head1")
+            .is_some_and(|s| s.sets.iter().all(|x| x.state == "ready")
+                && s.dirs.iter().all(|d| d
+                    .receivers
+                    .iter()
+                    .any(|r| r.node == "head2" && r.connected)))),
+        "head1 is not the source with head2 following: {:?}",
+        sync_status(lab, "head1")
+    );
+}
+
 fn set_state(lab: &Lab, node: &str) -> Option<(String, String)> {
     sync_status(lab, node)?
         .sets
@@ -89,7 +104,7 @@ fn a_continuous_writer_and_the_links_cut() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab_with('w', "fast", SET);
-    wait_active(&lab, "head2", "head1", Duration::from_secs(20));
+    wait_source(&lab);
     let src = spool(&lab, "head1");
     std::fs::create_dir_all(src.join("jobs")).expect("jobs");
     let journal: Arc<Mutex<Vec<(Instant, Op)>>> = Arc::new(Mutex::new(Vec::new()));
@@ -265,7 +280,7 @@ fn a_receiver_killed_in_the_middle_of_a_large_file_resumes() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab_with('k', "fast", SET);
-    wait_active(&lab, "head2", "head1", Duration::from_secs(20));
+    wait_source(&lab);
     let (src, dst) = (spool(&lab, "head1"), spool(&lab, "head2"));
     std::fs::write(src.join("big"), b"the old content").expect("old");
     let (ok, out) = haoscar_in(&lab, "head1", &["sync", "wait", "--timeout", "20s"]);
@@ -314,7 +329,7 @@ fn a_receiver_killed_in_the_middle_of_a_large_file_resumes() {
     );
     lab.set_supervision("head2", true).expect("restart head2");
     let (ok, out) = haoscar_in(&lab, "head1", &["sync", "wait", "--timeout", "120s"]);
-    assert!(ok, "{out}");
+    assert!(ok, "{out}\n{}", events(&lab, "head1"));
     assert!(
         eventually(Duration::from_secs(30), || sync_status(&lab, "head1")
             .is_some_and(|s| s.dirs[0]
@@ -343,6 +358,12 @@ fn a_receiver_killed_in_the_middle_of_a_large_file_resumes() {
         0
     );
     assert!(!part.exists() && !dst.join(".big.haoscar-resume").exists());
+    // The transfer never held up the heartbeats or the lease.
+    let ev = events(&lab, "head1");
+    assert!(
+        !ev.contains("demoted") && !ev.contains("failover"),
+        "a failover during the transfer:\n{ev}"
+    );
 }
 
 /// Restores `fs.inotify.max_queued_events` when dropped.
@@ -373,7 +394,7 @@ fn an_inotify_overflow_is_rescanned_and_verify_is_clean() {
     // burst below overflows it, whatever the machine's speed.
     let limit = QueueLimit::set(1024);
     let lab = lab_with('o', "fast", SET);
-    wait_active(&lab, "head2", "head1", Duration::from_secs(20));
+    wait_source(&lab);
     let src = spool(&lab, "head1");
     // Hundreds of thousands of quick changes: created, rewritten, renamed,
     // deleted, in many directories.
@@ -415,7 +436,7 @@ fn a_split_brain_staged_with_a_partition() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab_with('p', "fast", SET);
-    wait_active(&lab, "head2", "head1", Duration::from_secs(20));
+    wait_source(&lab);
     let (h1, h2) = (spool(&lab, "head1"), spool(&lab, "head2"));
     std::fs::write(h1.join("shared"), b"version 1").expect("w");
     std::fs::write(h1.join("other"), b"untouched").expect("w");
@@ -492,7 +513,7 @@ fn a_hostile_sender_writes_nothing_outside_the_set() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab_with('h', "fast", SET);
-    wait_active(&lab, "head2", "head1", Duration::from_secs(20));
+    wait_source(&lab);
     let (ok, out) = haoscar_in(&lab, "head1", &["sync", "wait", "--timeout", "20s"]);
     assert!(ok, "{out}");
     let node_dir = lab.spec().dir.join("nodes").join("head2");
@@ -644,7 +665,7 @@ fn a_switchover_hands_the_last_writes_over() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab_with('s', "fast", WRITER);
-    wait_active(&lab, "head2", "head1", Duration::from_secs(20));
+    wait_source(&lab);
     assert!(eventually(Duration::from_secs(20), || writer_running(
         &lab, "head1"
     )));
@@ -683,7 +704,7 @@ fn a_standby_too_far_behind_holds_its_services() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab_with('l', "fast", WRITER);
-    wait_active(&lab, "head2", "head1", Duration::from_secs(20));
+    wait_source(&lab);
     assert!(eventually(Duration::from_secs(20), || writer_running(
         &lab, "head1"
     )));

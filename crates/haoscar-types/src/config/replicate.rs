@@ -47,6 +47,8 @@ pub(super) struct RawReplicate {
     max_lag: Option<Sp<Duration>>,
     group: Option<Sp<String>>,
     alert: Option<Sp<Vec<String>>>,
+    /// The `paths` key is present (even if its value was invalid).
+    has_paths: bool,
 }
 
 const KEYS: &[&str] = &[
@@ -75,151 +77,180 @@ impl Cx<'_> {
             max_lag: self.duration(t, path, "max_lag_on_failover"),
             group: self.string(t, path, "group"),
             alert: self.string_array(t, path, "alert"),
+            has_paths: t.contains_key("paths"),
         }
     }
 }
 
+/// Checks every set and reports every problem (a set with one is left
+/// out of the result; the configuration is refused anyway). Names and
+/// directories are compared with every set's, valid or not.
 pub(super) fn validate_replicates(
     cx: &mut Cx<'_>,
     raw: &[RawReplicate],
     resources: &[super::Resource],
 ) -> Vec<Replicate> {
     let mut out: Vec<Replicate> = Vec::new();
+    // Every set name and directory seen so far, from valid sets or not.
+    let mut names: Vec<&str> = Vec::new();
+    let mut dirs: Vec<(String, PathBuf)> = Vec::new();
     for r in raw {
-        let Some(name) = &r.name else {
-            cx.error(
-                &r.span,
-                &join(&r.path, "name"),
-                "missing required key \"name\"",
-            );
-            continue;
+        let mut ok = true;
+        let name = match &r.name {
+            None => {
+                cx.error(
+                    &r.span,
+                    &join(&r.path, "name"),
+                    "missing required key \"name\"",
+                );
+                ok = false;
+                None
+            }
+            Some(name) if !super::validate::is_simple_name(&name.v) => {
+                cx.error(
+                    &name.span,
+                    &join(&r.path, "name"),
+                    format!(
+                        "{:?} is not a valid set name (lowercase letters, digits, '-' and '_')",
+                        name.v
+                    ),
+                );
+                ok = false;
+                Some(name)
+            }
+            Some(name) => {
+                if names.contains(&name.v.as_str()) {
+                    cx.error(
+                        &name.span,
+                        &join(&r.path, "name"),
+                        format!("replicated set {:?} is defined twice", name.v),
+                    );
+                    ok = false;
+                }
+                Some(name)
+            }
         };
-        if !super::validate::is_simple_name(&name.v) {
-            cx.error(
-                &name.span,
-                &join(&r.path, "name"),
-                format!(
-                    "{:?} is not a valid set name (lowercase letters, digits, '-' and '_')",
-                    name.v
-                ),
-            );
-            continue;
+        if let Some(n) = name {
+            names.push(&n.v);
         }
-        if out.iter().any(|o| o.name == name.v) {
-            cx.error(
-                &name.span,
-                &join(&r.path, "name"),
-                format!("replicated set {:?} is defined twice", name.v),
-            );
-            continue;
-        }
-        let Some(paths) = &r.paths else {
-            cx.error(
-                &r.span,
-                &join(&r.path, "paths"),
-                "missing required key \"paths\"",
-            );
-            continue;
-        };
+        let label = name.map_or_else(|| r.path.clone(), |n| n.v.clone());
         let field = join(&r.path, "paths");
-        let mut ok = Vec::new();
-        for p in &paths.v {
-            let clean = p.trim_end_matches('/');
-            let bad = !p.starts_with('/')
-                || clean.is_empty()
-                || clean
-                    .split('/')
-                    .skip(1)
-                    .any(|c| c.is_empty() || c == "." || c == "..");
-            if bad {
-                cx.error(
-                    &paths.span,
-                    &field,
-                    format!("{p:?} must be an absolute directory path without `.` or `..` (not /)"),
-                );
-                continue;
+        let mut paths = Vec::new();
+        match &r.paths {
+            // Present but not an array of strings, or empty: said already.
+            None if r.has_paths => ok = false,
+            None => {
+                cx.error(&r.span, &field, "missing required key \"paths\"");
+                ok = false;
             }
-            let pb = PathBuf::from(clean);
-            // One directory in one set only, and never one inside another.
-            let overlap = out
-                .iter()
-                .flat_map(|o| o.paths.iter().map(move |q| (o.name.as_str(), q)))
-                .chain(ok.iter().map(|q| (name.v.as_str(), q)))
-                .find(|(_, q)| pb.starts_with(q) || q.starts_with(&pb));
-            if let Some((set, q)) = overlap {
-                cx.error(
-                    &paths.span,
-                    &field,
-                    format!("{p:?} overlaps {} of set {set:?}", q.display()),
-                );
-                continue;
+            Some(list) => {
+                for p in &list.v {
+                    let clean = p.trim_end_matches('/');
+                    let bad = !p.starts_with('/')
+                        || clean.is_empty()
+                        || clean
+                            .split('/')
+                            .skip(1)
+                            .any(|c| c.is_empty() || c == "." || c == "..");
+                    if bad {
+                        cx.error(
+                            &list.span,
+                            &field,
+                            format!(
+                                "{p:?} must be an absolute directory path without `.` or `..` (not /)"
+                            ),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    let pb = PathBuf::from(clean);
+                    // One directory in one set only, and never one inside
+                    // another.
+                    let overlap = dirs
+                        .iter()
+                        .find(|(_, q)| pb.starts_with(q) || q.starts_with(&pb));
+                    if let Some((set, q)) = overlap {
+                        cx.error(
+                            &list.span,
+                            &field,
+                            format!("{p:?} overlaps {} of set {set:?}", q.display()),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    dirs.push((label.clone(), pb.clone()));
+                    paths.push(pb);
+                }
             }
-            ok.push(pb);
         }
-        let group = match &r.group {
-            None => None,
-            Some(g) => {
-                let members: Vec<&super::Resource> = resources
-                    .iter()
-                    .filter(|res| res.group() == Some(g.v.as_str()))
-                    .collect();
-                let field = join(&r.path, "group");
-                if members.is_empty() {
-                    let mut groups: Vec<&str> =
-                        resources.iter().filter_map(|res| res.group()).collect();
-                    groups.sort();
-                    groups.dedup();
-                    cx.error(
-                        &g.span,
-                        &field,
-                        format!(
-                            "no service resource is in group {:?} (groups: {})",
-                            g.v,
-                            if groups.is_empty() {
-                                "none".to_string()
-                            } else {
-                                groups.join(", ")
-                            }
-                        ),
-                    );
-                    continue;
-                }
-                if let Some(m) = members.iter().find(|m| {
-                    m.service
-                        .as_ref()
-                        .is_some_and(|s| s.placement != super::Placement::Active)
-                }) {
-                    cx.error(
-                        &g.span,
-                        &field,
-                        format!(
-                            "group {:?} has {:?} with placement = \"every-head\": a replicated set's group runs on the active head only (a standby's copy is written by replication)",
-                            g.v, m.name
-                        ),
-                    );
-                    continue;
-                }
-                Some(g.v.clone())
+        let group = r.group.as_ref().and_then(|g| {
+            let members: Vec<&super::Resource> = resources
+                .iter()
+                .filter(|res| res.group() == Some(g.v.as_str()))
+                .collect();
+            let field = join(&r.path, "group");
+            if members.is_empty() {
+                let mut groups: Vec<&str> = resources.iter().filter_map(|res| res.group()).collect();
+                groups.sort();
+                groups.dedup();
+                cx.error(
+                    &g.span,
+                    &field,
+                    format!(
+                        "no service resource is in group {:?} (groups: {})",
+                        g.v,
+                        if groups.is_empty() {
+                            "none".to_string()
+                        } else {
+                            groups.join(", ")
+                        }
+                    ),
+                );
+                return None;
             }
-        };
+            if let Some(m) = members.iter().find(|m| {
+                m.service
+                    .as_ref()
+                    .is_some_and(|s| s.placement != super::Placement::Active)
+            }) {
+                cx.error(
+                    &g.span,
+                    &field,
+                    format!(
+                        "group {:?} has {:?} with placement = \"every-head\": a replicated set's group runs on the active head only (a standby's copy is written by replication)",
+                        g.v, m.name
+                    ),
+                );
+                return None;
+            }
+            Some(g.v.clone())
+        });
+        if r.group.is_some() && group.is_none() {
+            ok = false;
+        }
         let mut alerts = Vec::new();
         if let Some(list) = &r.alert {
             for (i, a) in list.v.iter().enumerate() {
                 match crate::watchspec::AlertSpec::parse(a) {
                     Ok(s) => alerts.push(s),
-                    Err(e) => cx.error(&list.span, &format!("{}.alert[{i}]", r.path), e.0),
+                    Err(e) => {
+                        cx.error(&list.span, &format!("{}.alert[{i}]", r.path), e.0);
+                        ok = false;
+                    }
                 }
             }
         }
-        out.push(Replicate {
-            alert: r.alert.as_ref().map(|a| a.v.clone()).unwrap_or_default(),
-            alerts,
-            name: name.v.clone(),
-            paths: ok,
-            exclude: r.exclude.as_ref().map(|e| e.v.clone()).unwrap_or_default(),
-            max_lag_on_failover: r.max_lag.as_ref().map_or(DEFAULT_MAX_LAG, |d| d.v),
-            group,
-        });
+        if let (true, Some(name)) = (ok, name) {
+            out.push(Replicate {
+                alert: r.alert.as_ref().map(|a| a.v.clone()).unwrap_or_default(),
+                alerts,
+                name: name.v.clone(),
+                paths,
+                exclude: r.exclude.as_ref().map(|e| e.v.clone()).unwrap_or_default(),
+                max_lag_on_failover: r.max_lag.as_ref().map_or(DEFAULT_MAX_LAG, |d| d.v),
+                group,
+            });
+        }
     }
     out
 }

@@ -1027,3 +1027,85 @@ group = \"slurm\"
         assert_error(&bad, line, field, msg);
     }
 }
+
+/// Every problem of `[[replicate]]` sets at once, each where it is: a set
+/// with a bad group still has its alerts checked, and a later set reusing
+/// its name or a directory is still told.
+#[test]
+fn replicated_sets_report_every_problem() {
+    let text = format!(
+        "{MINIMAL}
+[[resource]]
+name = \"slurmctld\"
+type = \"exec\"
+command = [\"/usr/sbin/slurmctld\"]
+group = \"slurm\"
+
+[[replicate]]
+name = \"spool\"
+paths = [\"/var/spool/x\"]
+group = \"nope\"
+alert = [\"syslog loud\"]
+
+[[replicate]]
+name = \"spool\"
+paths = [\"/var/spool/x/sub\"]
+
+[[replicate]]
+name = \"Bad\"
+paths = [\"relative\"]
+
+[[replicate]]
+name = \"empty\"
+paths = []
+"
+    );
+    let errs = errors(&text);
+    let line_of = |needle: &str, nth: usize| {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(needle))
+            .nth(nth)
+            .map(|(i, _)| i + 1)
+            .expect("line")
+    };
+    let want = [
+        (
+            "replicate[0].group",
+            line_of("group = \"nope\"", 0),
+            "no service resource",
+        ),
+        ("replicate[0].alert[0]", line_of("alert = [", 0), ""),
+        (
+            "replicate[1].name",
+            line_of("name = \"spool\"", 1),
+            "defined twice",
+        ),
+        (
+            "replicate[1].paths",
+            line_of("/var/spool/x/sub", 0),
+            "overlaps /var/spool/x of set \"spool\"",
+        ),
+        (
+            "replicate[2].name",
+            line_of("name = \"Bad\"", 0),
+            "not a valid set name",
+        ),
+        ("replicate[2].paths", line_of("\"relative\"", 0), "absolute"),
+        (
+            "replicate[3].paths",
+            line_of("paths = []", 0),
+            "must not be empty",
+        ),
+    ];
+    for (field, line, needle) in want {
+        let hit: Vec<&Diagnostic> = errs
+            .iter()
+            .filter(|d| d.field == field && d.message.contains(needle))
+            .collect();
+        assert_eq!(hit.len(), 1, "{field} {needle:?} in:\n{errs:#?}");
+        assert_eq!(hit[0].line, line, "line of {}", hit[0]);
+        assert!(hit[0].column > 0, "{}", hit[0]);
+    }
+    assert_eq!(errs.len(), want.len(), "one error each:\n{errs:#?}");
+}
