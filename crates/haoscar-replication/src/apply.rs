@@ -13,7 +13,7 @@
 //! loses its stale `-wal`/`-shm`/`-journal`. [`sync_once`] runs one whole
 //! pass between two local directories with the same pieces.
 
-use crate::chunks::{self, Have, Rebuild};
+use crate::chunks::{self, Have, Rebuild, Signature};
 use crate::manifest::{Change, Entry, Kind, Manifest};
 use crate::names::{RelName, Root};
 use std::ffi::CString;
@@ -326,7 +326,7 @@ fn remove(root: &Root, name: &str, stats: &mut Stats) -> io::Result<()> {
 /// The chunks the receiver has for `name`: its current content (a regular
 /// file only) and an interrupted transfer's partial file, which is kept
 /// aside (`.haoscar-resume`) while the new transfer is written.
-pub fn have_for(root: &Root, name: &str) -> io::Result<Have> {
+pub fn have_for(root: &Root, name: &str, sigs: &SigCache) -> io::Result<Have> {
     let rel = checked(name)?;
     let mut have = Have::default();
     let (dir, last) = match root.parent_dir(&rel, false) {
@@ -337,7 +337,26 @@ pub fn have_for(root: &Root, name: &str) -> io::Result<Have> {
         Err(e) => return Err(e),
     };
     if kind_at(&dir, &last)? == Some(libc::S_IFREG) {
-        have.add_file(crate::scan::open_file(&dir, &last)?)?;
+        let f = crate::scan::open_file(&dir, &last)?;
+        let stamp = nix::sys::stat::fstat(&f).ok().map(|st| Stamp::of(&st));
+        match stamp.and_then(|s| sigs.get(name, &s)) {
+            // Known for this very content: nothing to read.
+            Some((sig, whole)) => {
+                sigs.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                have.add_known(f, &sig);
+                have.base = whole.map(|h| (sig.len(), h));
+            }
+            None => {
+                if st_size(&stamp) >= SIG_CACHE_MIN {
+                    sigs.misses
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                have.add_file(f)?;
+                if let Some(s) = stamp {
+                    sigs.put(name, s, have.first_signature(), have.base.map(|b| b.1));
+                }
+            }
+        }
     }
     let (part, resume) = (part_name(&last), resume_name(&last));
     if kind_at(&dir, &part)? == Some(libc::S_IFREG) {
@@ -347,6 +366,177 @@ pub fn have_for(root: &Root, name: &str) -> io::Result<Have> {
         have.add_file(crate::scan::open_file(&dir, &resume)?)?;
     }
     Ok(have)
+}
+
+/// What identifies a file's content on this head without reading it (as
+/// long as nobody sets times back): device, inode, size, mtime, ctime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: i64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+fn st_size(s: &Option<Stamp>) -> u64 {
+    s.map_or(0, |s| s.size as u64)
+}
+
+impl Stamp {
+    pub fn of(st: &nix::sys::stat::FileStat) -> Stamp {
+        Stamp {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+        }
+    }
+}
+
+/// The chunk signatures of a receiver's files, by name, valid while the
+/// file keeps its [`Stamp`]: the next delta of a file this head wrote (or
+/// read once) needs no read of its old content. Shared between sessions.
+#[derive(Debug, Default)]
+pub struct SigCache {
+    map: std::sync::Mutex<std::collections::HashMap<String, Kept>>,
+    /// Files whose signature was found here, and read instead.
+    pub hits: std::sync::atomic::AtomicU64,
+    pub misses: std::sync::atomic::AtomicU64,
+    /// Files whose signature is to be computed in the background, and
+    /// whether a thread is at it.
+    warm: std::sync::Mutex<WarmQueue>,
+}
+
+/// Signatures are kept for files of at least this size (a file of one or
+/// two chunks is read again about as fast as it is looked up).
+pub const SIG_CACHE_MIN: u64 = 4 * crate::chunks::MIN_CHUNK as u64;
+/// At most this many signatures are kept (the oldest go first).
+const SIG_CACHE_MAX: usize = 100_000;
+
+/// Files (set directory, name, stamp) whose signature is to be computed,
+/// and whether a thread is at it.
+type WarmQueue = (Vec<(std::path::PathBuf, String, Stamp)>, bool);
+
+/// A signature kept: for which content, and that content's blake3 hash
+/// when known.
+type Kept = (Stamp, std::sync::Arc<Signature>, Option<[u8; 32]>);
+
+impl SigCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Kept>> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The signature of `name` (and the content's hash, when known) if it
+    /// was computed for this very content.
+    pub fn get(
+        &self,
+        name: &str,
+        stamp: &Stamp,
+    ) -> Option<(std::sync::Arc<Signature>, Option<[u8; 32]>)> {
+        let m = self.lock();
+        let (s, sig, whole) = m.get(name)?;
+        (s == stamp && sig.len() == stamp.size as u64).then(|| (sig.clone(), *whole))
+    }
+
+    /// Remembers `sig` (and `whole`, the hash of the content) as the
+    /// content of `name` while it has `stamp`.
+    pub fn put(&self, name: &str, stamp: Stamp, sig: Signature, whole: Option<[u8; 32]>) {
+        if (stamp.size as u64) < SIG_CACHE_MIN || sig.len() != stamp.size as u64 {
+            return;
+        }
+        let mut m = self.lock();
+        if m.len() >= SIG_CACHE_MAX && !m.contains_key(name) {
+            // Bounded: forget an arbitrary one (rare: sets this large are
+            // mostly small files, which are not kept).
+            if let Some(k) = m.keys().next().cloned() {
+                m.remove(&k);
+            }
+        }
+        m.insert(name.to_string(), (stamp, std::sync::Arc::new(sig), whole));
+    }
+
+    /// Computes, on one thread of low priority, the signatures of files
+    /// of `root` received whole (none came with them): their next delta
+    /// needs no read of them.
+    pub fn warm(self: &std::sync::Arc<Self>, root: &Path, names: Vec<(String, Stamp)>) {
+        let start = {
+            let mut w = self
+                .warm
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            w.0.extend(names.into_iter().map(|(n, s)| (root.to_path_buf(), n, s)));
+            !std::mem::replace(&mut w.1, true)
+        };
+        if !start {
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("haoscar-sigs".into())
+            .spawn(move || {
+                // SAFETY: gettid and setpriority only read their arguments.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+                }
+                loop {
+                    let next = {
+                        let mut w = me
+                            .warm
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        match w.0.pop() {
+                            Some(x) => x,
+                            None => {
+                                w.1 = false;
+                                return;
+                            }
+                        }
+                    };
+                    let (root, name, stamp) = next;
+                    if let Ok(r) = Root::open(&root) {
+                        let _ = warm_signature(&r, &name, stamp, &me);
+                    }
+                }
+            });
+        if spawned.is_err() {
+            self.warm
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .1 = false;
+        }
+    }
+
+    /// Forgets `name` (a delta built on its signature did not verify).
+    pub fn forget(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Computes the signature of `name` if it still has `stamp`, and keeps it.
+pub fn warm_signature(root: &Root, name: &str, stamp: Stamp, sigs: &SigCache) -> io::Result<()> {
+    let rel = checked(name)?;
+    let (dir, last) = root.parent_dir(&rel, false)?;
+    let f = crate::scan::open_file(&dir, &last)?;
+    let st = nix::sys::stat::fstat(&f).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    if Stamp::of(&st) != stamp || sigs.get(name, &stamp).is_some() {
+        return Ok(());
+    }
+    let mut have = Have::default();
+    have.add_file(f)?;
+    sigs.put(name, stamp, have.first_signature(), have.base.map(|b| b.1));
+    Ok(())
 }
 
 /// A file being received into its partial name.
@@ -461,13 +651,24 @@ pub struct IncomingWriter<'a> {
     inc: &'a mut Incoming,
 }
 
+/// A large file being received is handed to the disk this many bytes at a
+/// time (the commit's sync then finds little left to write).
+const WRITE_OUT_EVERY: u64 = 8 << 20;
+
 impl Write for IncomingWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.inc.written == 0 && buf.len() >= 16 {
             self.inc.sqlite = crate::sqlite::has_magic(&buf[..16]);
         }
         let n = self.inc.file.write(buf)?;
+        let before = self.inc.written;
         self.inc.written += n as u64;
+        if before / WRITE_OUT_EVERY != self.inc.written / WRITE_OUT_EVERY {
+            // SAFETY: a valid descriptor; this only starts write-out.
+            unsafe {
+                libc::sync_file_range(self.inc.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -620,7 +821,7 @@ pub fn apply_all(
     for ch in files {
         let Change::Put(name, e) = ch else { continue };
         let r = (|| -> io::Result<Incoming> {
-            let have = have_for(root, name)?;
+            let have = have_for(root, name, &SigCache::default())?;
             let mut inc = begin(root, name, e)?;
             let mut rb = Rebuild::new(inc.writer(), &have, u64::MAX);
             let (len, whole) = content(name, &have, &mut |op| {
@@ -690,6 +891,56 @@ mod tests {
         (0..n)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
             .collect()
+    }
+
+    /// A signature is used only for the content it was computed for: the
+    /// same stamp (device, inode, size, times); any change reads the file.
+    #[test]
+    fn a_kept_signature_serves_only_the_same_content() {
+        let dir = std::env::temp_dir().join(format!("haoscar-sigcache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let data: Vec<u8> = (0..(1u32 << 20))
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(dir.join("f"), &data).expect("f");
+        let root = Root::open(&dir).expect("root");
+        let sigs = SigCache::default();
+        let real = Signature::of(&data);
+        // Read once: kept.
+        assert_eq!(
+            have_for(&root, "f", &sigs).expect("have").signature(),
+            &real
+        );
+        assert_eq!(sigs.len(), 1);
+        // What is kept is what is used (a stand-in with the same length
+        // shows it is not read again).
+        let st = nix::sys::stat::stat(&dir.join("f")).expect("stat");
+        let stand_in = Signature {
+            chunks: vec![crate::chunks::ChunkSig {
+                len: data.len() as u32,
+                hash: [7; 32],
+            }],
+        };
+        sigs.put("f", Stamp::of(&st), stand_in.clone(), None);
+        assert_eq!(
+            have_for(&root, "f", &sigs).expect("have").signature(),
+            &stand_in
+        );
+        // Changed: read again.
+        let mut changed = data.clone();
+        changed[100] ^= 1;
+        std::fs::write(dir.join("f"), &changed).expect("f");
+        assert_eq!(
+            have_for(&root, "f", &sigs).expect("have").signature(),
+            &Signature::of(&changed)
+        );
+        // Small files are not kept; a signature of another length never is.
+        let small = SigCache::default();
+        std::fs::write(dir.join("s"), b"small").expect("s");
+        have_for(&root, "s", &small).expect("have");
+        assert!(small.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -791,7 +1042,7 @@ mod tests {
         let root = Root::open(&dst).expect("root");
         // First attempt: 4 MiB arrive, then the receiver dies.
         {
-            let have = have_for(&root, "big").expect("have");
+            let have = have_for(&root, "big", &SigCache::default()).expect("have");
             let mut inc = begin(&root, "big", &e).expect("begin");
             chunks::delta_stream(have.signature(), &new[..4 << 20], 1 << 20, |op| {
                 if let chunks::Op::Data(d) = op {

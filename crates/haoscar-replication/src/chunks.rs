@@ -110,65 +110,6 @@ pub fn for_each_chunk(
     }
 }
 
-/// Cuts content that arrives in pieces into the same chunks as [`cut`] of
-/// the whole, and hashes them: the [`Signature`] of what was pushed.
-#[derive(Debug, Default)]
-pub struct Chunker {
-    /// The start of a chunk not complete yet (less than [`MAX_CHUNK`]).
-    tail: Vec<u8>,
-    sig: Signature,
-}
-
-impl Chunker {
-    pub fn push(&mut self, mut data: &[u8]) {
-        if !self.tail.is_empty() {
-            // Complete the pending chunk from the new data first.
-            let take = (MAX_CHUNK - self.tail.len()).min(data.len());
-            self.tail.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.tail.len() < MAX_CHUNK {
-                return;
-            }
-            let len = cut_point(&self.tail);
-            self.sig.chunks.push(ChunkSig::of(&self.tail[..len]));
-            // What follows the cut is new data again.
-            let rest = self.tail.split_off(len);
-            self.tail.clear();
-            if !rest.is_empty() {
-                let mut joined = rest;
-                joined.extend_from_slice(data);
-                return self.push_fresh(&joined);
-            }
-        }
-        self.push_fresh(data);
-    }
-
-    fn push_fresh(&mut self, data: &[u8]) {
-        let mut start = 0;
-        while data.len() - start >= MAX_CHUNK {
-            let len = cut_point(&data[start..]);
-            self.sig
-                .chunks
-                .push(ChunkSig::of(&data[start..start + len]));
-            start += len;
-        }
-        self.tail.extend_from_slice(&data[start..]);
-    }
-
-    /// The signature of everything pushed.
-    pub fn finish(mut self) -> Signature {
-        let mut start = 0;
-        while start < self.tail.len() {
-            let len = cut_point(&self.tail[start..]);
-            self.sig
-                .chunks
-                .push(ChunkSig::of(&self.tail[start..start + len]));
-            start += len;
-        }
-        self.sig
-    }
-}
-
 /// One chunk of a signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkSig {
@@ -205,10 +146,7 @@ impl Signature {
         let mut chunks = Vec::new();
         let mut at = 0;
         for len in cut(data) {
-            chunks.push(ChunkSig {
-                len: len as u32,
-                hash: *blake3::hash(&data[at..at + len]).as_bytes(),
-            });
+            chunks.push(ChunkSig::of(&data[at..at + len]));
             at += len;
         }
         Signature { chunks }
@@ -285,12 +223,35 @@ pub fn delta_stream(
 /// otherwise): the receiver's next delta of this file needs no read of it.
 pub fn delta_stream_signed(
     old: &Signature,
+    r: impl Read,
+    max_literal: usize,
+    emit: impl FnMut(Op) -> io::Result<()>,
+) -> io::Result<(u64, [u8; 32], Signature)> {
+    delta_stream_from(old, None, r, max_literal, emit)
+}
+
+/// Where a delta starts when the new content is known to begin with the
+/// old one's first `chunks` chunks (checked by their hash as a whole):
+/// `whole` has hashed them, and the reader is past them.
+pub struct Start {
+    pub chunks: usize,
+    pub whole: blake3::Hasher,
+}
+
+/// [`delta_stream_signed`], the first chunks possibly known to be unchanged
+/// ([`Start`]): they are copied without being read again.
+pub fn delta_stream_from(
+    old: &Signature,
+    start: Option<Start>,
     mut r: impl Read,
     max_literal: usize,
     mut emit: impl FnMut(Op) -> io::Result<()>,
 ) -> io::Result<(u64, [u8; 32], Signature)> {
     let max_literal = max_literal.max(1);
-    let mut whole = blake3::Hasher::new();
+    let (skip, mut whole) = match start {
+        Some(s) if s.chunks <= old.chunks.len() && !old.chunks.is_empty() => (s.chunks, s.whole),
+        _ => (0, blake3::Hasher::new()),
+    };
     if old.chunks.is_empty() {
         let mut total = 0u64;
         let step = max_literal.min(LITERAL_READ) as u64;
@@ -311,41 +272,160 @@ pub fn delta_stream_signed(
     for (i, c) in old.chunks.iter().enumerate() {
         have.entry(c.hash).or_insert(i as u32);
     }
-    let mut pending: Vec<u8> = Vec::new();
-    let mut sig = Signature::default();
-    let total = for_each_chunk(&mut r, |piece| {
+    let mut out = DeltaOut {
+        pending: Vec::new(),
+        max_literal,
+        emit,
+    };
+    let mut sig = Signature {
+        chunks: old.chunks[..skip].to_vec(),
+    };
+    let mut src = Window::new(r);
+    let mut total = 0u64;
+    for (i, c) in old.chunks[..skip].iter().enumerate() {
+        out.copy(i as u32)?;
+        total += u64::from(c.len);
+    }
+    // The old chunk expected next: while the new content goes on like the
+    // old one (an append, the unchanged part of a file), each old chunk is
+    // checked where it would be, with no cutting at all. The old chunks
+    // were cut from the file's start, so every place where the contents
+    // agree so far is a cut of the new content too.
+    let mut next: Option<usize> = Some(skip);
+    loop {
+        if let Some(j) = next.filter(|j| *j < old.chunks.len()) {
+            let c = old.chunks[j];
+            let l = c.len as usize;
+            // The old content's last chunk ended where that content did,
+            // not necessarily at a cut: it is taken in place only if the
+            // new content ends there too.
+            let last = j + 1 == old.chunks.len();
+            let want = if last { l + 1 } else { l };
+            if l > 0 && l <= MAX_CHUNK && src.fill(want)? >= l && (!last || src.fill(want)? == l) {
+                let piece = src.peek(l);
+                if *blake3::hash(piece).as_bytes() == c.hash {
+                    whole.update(piece);
+                    sig.chunks.push(c);
+                    out.copy(j as u32)?;
+                    src.consume(l);
+                    total += l as u64;
+                    next = Some(j + 1);
+                    continue;
+                }
+            }
+            next = None;
+        }
+        let avail = src.fill(MAX_CHUNK)?;
+        if avail == 0 {
+            break;
+        }
+        let piece = src.peek(avail);
+        let len = cut_point(piece);
+        let piece = &piece[..len];
         whole.update(piece);
         let h = *blake3::hash(piece).as_bytes();
         sig.chunks.push(ChunkSig {
-            len: piece.len() as u32,
+            len: len as u32,
             hash: h,
         });
         match have.get(&h) {
-            Some(&i) if old.chunks[i as usize].len as usize == piece.len() => {
-                if !pending.is_empty() {
-                    emit(Op::Data(std::mem::take(&mut pending)))?;
-                }
-                emit(Op::Copy(i))
+            Some(&i) if old.chunks[i as usize].len as usize == len => {
+                out.copy(i)?;
+                // The old content goes on from here: checked in place.
+                next = Some(i as usize + 1);
             }
-            _ => {
-                let mut rest = piece;
-                while !rest.is_empty() {
-                    let room = max_literal - pending.len();
-                    let (now, later) = rest.split_at(room.min(rest.len()));
-                    pending.extend_from_slice(now);
-                    rest = later;
-                    if pending.len() == max_literal {
-                        emit(Op::Data(std::mem::take(&mut pending)))?;
-                    }
-                }
-                Ok(())
+            _ => out.data(piece)?,
+        }
+        src.consume(len);
+        total += len as u64;
+    }
+    out.finish()?;
+    Ok((total, *whole.finalize().as_bytes(), sig))
+}
+
+/// The ops a delta emits: adjacent new bytes gathered into pieces of at
+/// most `max_literal`.
+struct DeltaOut<F: FnMut(Op) -> io::Result<()>> {
+    pending: Vec<u8>,
+    max_literal: usize,
+    emit: F,
+}
+
+impl<F: FnMut(Op) -> io::Result<()>> DeltaOut<F> {
+    fn copy(&mut self, i: u32) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            (self.emit)(Op::Data(std::mem::take(&mut self.pending)))?;
+        }
+        (self.emit)(Op::Copy(i))
+    }
+
+    fn data(&mut self, mut rest: &[u8]) -> io::Result<()> {
+        while !rest.is_empty() {
+            let room = self.max_literal - self.pending.len();
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            self.pending.extend_from_slice(now);
+            rest = later;
+            if self.pending.len() == self.max_literal {
+                (self.emit)(Op::Data(std::mem::take(&mut self.pending)))?;
             }
         }
-    })?;
-    if !pending.is_empty() {
-        emit(Op::Data(pending))?;
+        Ok(())
     }
-    Ok((total, *whole.finalize().as_bytes(), sig))
+
+    fn finish(mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            (self.emit)(Op::Data(std::mem::take(&mut self.pending)))?;
+        }
+        Ok(())
+    }
+}
+
+/// A reader seen through a window of at least [`MAX_CHUNK`] bytes.
+struct Window<R: Read> {
+    r: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+impl<R: Read> Window<R> {
+    fn new(r: R) -> Self {
+        Window {
+            r,
+            buf: vec![0u8; (1 << 20) + MAX_CHUNK],
+            start: 0,
+            end: 0,
+            eof: false,
+        }
+    }
+
+    /// Reads until `need` bytes (at most [`MAX_CHUNK`]) are in the window
+    /// or the end is reached; returns how many are.
+    fn fill(&mut self, need: usize) -> io::Result<usize> {
+        while !self.eof && self.end - self.start < need {
+            if self.end == self.buf.len() {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            match self.r.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.end - self.start)
+    }
+
+    fn peek(&self, n: usize) -> &[u8] {
+        &self.buf[self.start..self.start + n]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+    }
 }
 
 /// The delta from `old` to `new`, in memory.
@@ -389,6 +469,11 @@ pub struct Have {
     /// (file index, offset, length) of each chunk of [`Have::signature`].
     at: Vec<(usize, u64, u32)>,
     sig: Signature,
+    /// The length and blake3 hash of the first file (the receiver's
+    /// current content), when known: a sender whose new content starts
+    /// with exactly it (an append) copies it without checking chunk by
+    /// chunk.
+    pub base: Option<(u64, [u8; 32])>,
 }
 
 impl Have {
@@ -398,6 +483,7 @@ impl Have {
         f.seek(io::SeekFrom::Start(0))?;
         let idx = self.files.len();
         let mut off = 0u64;
+        let mut whole = blake3::Hasher::new();
         let (at, sig) = (&mut self.at, &mut self.sig);
         for_each_chunk(io::BufReader::with_capacity(1 << 16, &f), |piece| {
             at.push((idx, off, piece.len() as u32));
@@ -405,9 +491,13 @@ impl Have {
                 len: piece.len() as u32,
                 hash: *blake3::hash(piece).as_bytes(),
             });
+            whole.update(piece);
             off += piece.len() as u64;
             Ok(())
         })?;
+        if idx == 0 {
+            self.base = Some((off, *whole.finalize().as_bytes()));
+        }
         self.files.push(f);
         Ok(())
     }
@@ -455,7 +545,13 @@ pub struct Rebuild<'a, W: Write> {
     len: u64,
     limit: u64,
     buf: Vec<u8>,
+    /// Copies of adjacent chunks not read yet: (file, offset, length).
+    run: Option<(usize, u64, u64)>,
 }
+
+/// Adjacent chunks are copied together up to this many bytes (one read and
+/// one write instead of one per chunk).
+const COPY_RUN: u64 = 1 << 20;
 
 impl<'a, W: Write> Rebuild<'a, W> {
     /// `limit`: the most bytes the result may have (the announced size).
@@ -467,7 +563,22 @@ impl<'a, W: Write> Rebuild<'a, W> {
             len: 0,
             limit,
             buf: Vec::new(),
+            run: None,
         }
+    }
+
+    /// Reads, hashes and writes the pending run of copied chunks.
+    fn flush_run(&mut self) -> Result<(), ApplyError> {
+        let Some((f, off, len)) = self.run.take() else {
+            return Ok(());
+        };
+        self.buf.resize(len as usize, 0);
+        self.have.files[f]
+            .read_exact_at(&mut self.buf, off)
+            .map_err(|_| ApplyError::OldChanged)?;
+        self.hasher.update(&self.buf);
+        self.out.write_all(&self.buf)?;
+        Ok(())
     }
 
     pub fn op(&mut self, op: &Op) -> Result<(), ApplyError> {
@@ -476,28 +587,42 @@ impl<'a, W: Write> Rebuild<'a, W> {
 
     /// [`Rebuild::op`] of an op borrowed from a frame.
     pub fn op_ref(&mut self, op: OpRef<'_>) -> Result<(), ApplyError> {
-        let piece: &[u8] = match op {
+        match op {
             OpRef::Copy(i) => {
                 let &(f, off, len) = self.have.at.get(i as usize).ok_or(ApplyError::NoChunk(i))?;
-                self.buf.resize(len as usize, 0);
-                self.have.files[f]
-                    .read_exact_at(&mut self.buf, off)
-                    .map_err(|_| ApplyError::OldChanged)?;
-                &self.buf
+                let len = u64::from(len);
+                self.len += len;
+                if self.len > self.limit {
+                    return Err(ApplyError::Length(self.len, self.limit));
+                }
+                match self.run {
+                    Some((rf, roff, rlen))
+                        if rf == f && roff + rlen == off && rlen + len <= COPY_RUN =>
+                    {
+                        self.run = Some((rf, roff, rlen + len));
+                    }
+                    _ => {
+                        self.flush_run()?;
+                        self.run = Some((f, off, len));
+                    }
+                }
             }
-            OpRef::Data(b) => b,
-        };
-        self.len += piece.len() as u64;
-        if self.len > self.limit {
-            return Err(ApplyError::Length(self.len, self.limit));
+            OpRef::Data(piece) => {
+                self.flush_run()?;
+                self.len += piece.len() as u64;
+                if self.len > self.limit {
+                    return Err(ApplyError::Length(self.len, self.limit));
+                }
+                self.hasher.update(piece);
+                self.out.write_all(piece)?;
+            }
         }
-        self.hasher.update(piece);
-        self.out.write_all(piece)?;
         Ok(())
     }
 
     /// Checks the result against what the sender read, and gives `out` back.
-    pub fn finish(self, len: u64, whole: &[u8; 32]) -> Result<W, ApplyError> {
+    pub fn finish(mut self, len: u64, whole: &[u8; 32]) -> Result<W, ApplyError> {
+        self.flush_run()?;
         if self.len != len {
             return Err(ApplyError::Length(self.len, len));
         }
@@ -699,6 +824,34 @@ mod tests {
         assert_eq!(rb.finish(d.len, &d.whole).expect("verified"), new);
     }
 
+    /// An append: the old chunks are checked in place, only the last one
+    /// and the new bytes travel, and the result's signature is canonical.
+    #[test]
+    fn an_append_sends_its_tail_and_keeps_the_cuts() {
+        let old = bytes(1 << 20, 3);
+        let mut new = old.clone();
+        new.extend_from_slice(&bytes(100_000, 5));
+        let sig = Signature::of(&old);
+        let mut literal = 0;
+        let (len, _, got) = delta_stream_signed(&sig, &new[..], 1 << 20, |op| {
+            if let Op::Data(d) = op {
+                literal += d.len();
+            }
+            Ok(())
+        })
+        .expect("delta");
+        assert_eq!(len, new.len() as u64);
+        assert!(literal <= 100_000 + MAX_CHUNK, "{literal}");
+        assert_eq!(got, Signature::of(&new));
+        // Unchanged: everything copied, nothing sent.
+        let (_, _, same) = delta_stream_signed(&sig, &old[..], 1 << 20, |op| {
+            assert!(matches!(op, Op::Copy(_)));
+            Ok(())
+        })
+        .expect("delta");
+        assert_eq!(same, sig);
+    }
+
     proptest! {
         #[test]
         fn any_edit_round_trips(
@@ -719,7 +872,14 @@ mod tests {
             }
             let sig = Signature::of(&old);
             let d = delta(&sig, &new);
-            prop_assert_eq!(apply(&old, &d).expect("apply"), new);
+            prop_assert_eq!(apply(&old, &d).expect("apply"), new.clone());
+            // The signature of the result, checked in place where the old
+            // content went on, is the one cutting it gives.
+            if !sig.is_empty() {
+                let (_, _, got) =
+                    delta_stream_signed(&sig, &new[..], 1 << 20, |_| Ok(())).expect("delta");
+                prop_assert_eq!(got, Signature::of(&new));
+            }
         }
     }
 }

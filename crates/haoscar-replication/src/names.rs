@@ -126,6 +126,13 @@ impl Root {
 
     /// Opens the set's root (which must be a directory; a symlink as the
     /// root itself is refused too).
+    /// Another descriptor of the same directory.
+    pub fn try_clone(&self) -> io::Result<Root> {
+        Ok(Root {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
     pub fn open(path: &std::path::Path) -> io::Result<Root> {
         let p = path
             .to_str()

@@ -20,7 +20,7 @@ use crate::names::Root;
 use crate::scan::{HashCache, Scanner};
 use crate::session::{
     blocking, decode_update_head, encode_wants, flag, from_json, json, kind, now_ms, Applied,
-    Hello, HelloAck, Purpose, READ_TIMEOUT, VERSION,
+    Hello, HelloAck, Purpose, Want, READ_TIMEOUT, VERSION,
 };
 use crate::store::{CopyState, PassRecord};
 use haoscar_net::wire::ClusterKey;
@@ -75,6 +75,8 @@ pub struct Target {
     /// applied, in memory); a copy that differs from it was changed here.
     /// `None`: the root hash saved in the copy's state is used.
     pub expected_root: Option<[u8; 32]>,
+    /// Chunk signatures of this copy's files, kept between sessions.
+    pub sigs: Arc<apply::SigCache>,
 }
 
 /// What one applied pass did, for the caller's status.
@@ -318,6 +320,7 @@ pub async fn receive_any(
         dirty_state: false,
         saved: state.clone(),
         current_id: 0,
+        warm: Vec::new(),
     };
     let r = session.serve(&mut on_pass).await;
     // Whatever happened, what this session learnt is kept.
@@ -374,7 +377,37 @@ struct Session {
     saved: CopyState,
     /// The pass being applied.
     current_id: u64,
+    /// Large files received whole, their signatures to compute.
+    warm: Vec<(String, apply::Stamp)>,
 }
+
+/// A batch of received files being made durable and put in place.
+struct Committing {
+    handle: std::thread::JoinHandle<(apply::Committed, Stats)>,
+    metas: Vec<Meta>,
+}
+
+/// A file received (or copied locally) into its partial name.
+struct Got {
+    inc: Incoming,
+    len: u64,
+    whole: [u8; 32],
+    /// The chunks of the content, as the source cut it (when it did).
+    sig: Option<Signature>,
+}
+
+/// What is known of a file being committed.
+struct Meta {
+    name: String,
+    entry: Entry,
+    len: u64,
+    whole: [u8; 32],
+    sig: Option<Signature>,
+}
+
+/// Files received whole from this size on get their signature computed
+/// after the pass ([`Session::warm_signatures`]).
+const WARM_MIN: u64 = apply::SIG_CACHE_MIN;
 
 /// An update being received (its parts gathered).
 struct Update {
@@ -541,6 +574,7 @@ impl Session {
             self.save_state(true)?;
         }
         let differs = self.apply(&root, &changes, &mut stats).await?;
+        self.warm_signatures();
         if self.state.pass.take().is_some() {
             // Saved (with the root hash it left) at the next save.
             self.dirty_state = true;
@@ -618,6 +652,7 @@ impl Session {
             }
         }
         let mut differs = Vec::new();
+        let mut inflight: Option<Committing> = None;
         let mut batch: Vec<(&String, &Entry)> = Vec::new();
         let (mut sig_bytes, mut content) = (0usize, 0u64);
         let mut i = 0;
@@ -627,8 +662,15 @@ impl Session {
                 || sig_bytes >= WANTS_SIG_BYTES
                 || content >= WANTS_CONTENT;
             if flush && !batch.is_empty() {
-                self.fetch_batch(root, std::mem::take(&mut batch), stats, &mut differs)
-                    .await?;
+                let next = self
+                    .fetch_batch(root, std::mem::take(&mut batch), stats)
+                    .await;
+                // The batch before is committed (or the session ends with
+                // the model matching the disk).
+                if let Some(c) = inflight.take() {
+                    self.finish_commit(c, stats, &mut differs);
+                }
+                inflight = next?;
                 sig_bytes = 0;
                 content = 0;
             }
@@ -642,6 +684,9 @@ impl Session {
             }
             batch.push((n, e));
             i += 1;
+        }
+        if let Some(c) = inflight.take() {
+            self.finish_commit(c, stats, &mut differs);
         }
         for ch in later {
             self.entry(root, ch, stats);
@@ -685,15 +730,16 @@ impl Session {
     }
 
     /// One batch of files: found locally where possible, the others asked
-    /// for and received; then made durable and put in place together.
+    /// for and received; then made durable and put in place together, on a
+    /// thread of its own ([`Session::finish_commit`] waits for it).
     async fn fetch_batch(
         &mut self,
         root: &Root,
         batch: Vec<(&String, &Entry)>,
         stats: &mut Stats,
-        differs: &mut Vec<String>,
-    ) -> Result<(), SessionError> {
-        let mut done: Vec<(Incoming, u64, [u8; 32])> = Vec::new();
+    ) -> Result<Option<Committing>, SessionError> {
+        let started = Instant::now();
+        let mut done: Vec<Got> = Vec::new();
         let mut wants: Vec<(String, Entry, Have)> = Vec::new();
         for (name, e) in batch {
             let Kind::File { size, hash } = e.kind else {
@@ -717,21 +763,32 @@ impl Session {
                 });
                 if let Ok(Some(inc)) = r {
                     stats.copied_locally += 1;
-                    done.push((inc, size, hash));
+                    done.push(Got {
+                        inc,
+                        len: size,
+                        whole: hash,
+                        sig: None,
+                    });
                     continue;
                 }
             }
-            match blocking(|| apply::have_for(root, name)) {
+            let sigs = &self.target.sigs;
+            match blocking(|| apply::have_for(root, name, sigs)) {
                 Ok(have) => wants.push((name.clone(), e.clone(), have)),
                 Err(err) => stats.refused.push(format!("{name}: {err}")),
             }
         }
         if !wants.is_empty() {
-            let items: Vec<(String, Signature)> = wants
+            let items: Vec<Want> = wants
                 .iter()
-                .map(|(n, _, h)| (n.clone(), h.signature().clone()))
+                .map(|(n, _, h)| Want {
+                    name: n.clone(),
+                    sig: h.signature().clone(),
+                    base: h.base,
+                })
                 .collect();
             let id = self.current_id;
+            let asked = Instant::now();
             self.conn
                 .send(kind::WANTS, &encode_wants(id, &items), true)
                 .await?;
@@ -740,40 +797,113 @@ impl Session {
                     done.push(got);
                 }
             }
+            tracing::debug!(
+                set = %self.set,
+                wants = wants.len(),
+                prepare_ms = started.elapsed().saturating_sub(asked.elapsed()).as_millis() as u64,
+                receive_ms = asked.elapsed().as_millis() as u64,
+                signatures_kept = self.target.sigs.hits.load(std::sync::atomic::Ordering::Relaxed),
+                signatures_read = self.target.sigs.misses.load(std::sync::atomic::Ordering::Relaxed),
+                "batch received"
+            );
         }
         let mut metas = Vec::new();
         let mut incs = Vec::new();
-        for (inc, len, whole) in done {
-            metas.push((inc.name.clone(), inc.entry.clone(), len, whole));
-            incs.push(inc);
+        for g in done {
+            metas.push(Meta {
+                name: g.inc.name.clone(),
+                entry: g.inc.entry.clone(),
+                len: g.len,
+                whole: g.whole,
+                sig: g.sig,
+            });
+            incs.push(g.inc);
         }
-        let committed = blocking(|| apply::commit(root, incs, stats));
-        let hashes: HashMap<&str, [u8; 32]> = metas.iter().map(|m| (m.0.as_str(), m.3)).collect();
+        if incs.is_empty() {
+            return Ok(None);
+        }
+        // Made durable and put in place on a thread of its own while the
+        // next batch arrives (disk write-out overlaps the transfer).
+        let root = root.try_clone()?;
+        let handle = std::thread::Builder::new()
+            .name("haoscar-commit".into())
+            .spawn(move || {
+                let mut stats = Stats::default();
+                let committed = apply::commit(&root, incs, &mut stats);
+                (committed, stats)
+            })?;
+        Ok(Some(Committing { handle, metas }))
+    }
+
+    /// Waits for a batch being committed and brings the model up to date.
+    fn finish_commit(&mut self, c: Committing, stats: &mut Stats, differs: &mut Vec<String>) {
+        let waited = Instant::now();
+        let joined = c.handle.join();
+        tracing::debug!(
+            set = %self.set,
+            files = c.metas.len(),
+            wait_ms = waited.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        let (committed, got) = match joined {
+            Ok(r) => r,
+            Err(_) => {
+                // The commit thread died: what is on disk is read again.
+                for m in &c.metas {
+                    self.replica.reread(&m.name);
+                }
+                return;
+            }
+        };
+        stats.files_written += got.files_written;
+        stats.refused.extend(got.refused);
+        let mut metas: HashMap<String, Meta> =
+            c.metas.into_iter().map(|m| (m.name.clone(), m)).collect();
         for (name, st) in &committed.placed {
-            if let Some(whole) = hashes.get(name.as_str()) {
-                self.replica.scanner.remember(name, st, *whole);
+            let Some(m) = metas.get_mut(name) else {
+                continue;
+            };
+            self.replica.scanner.remember(name, st, m.whole);
+            let stamp = apply::Stamp::of(st);
+            match m.sig.take() {
+                // The source's chunks of this content: its next delta
+                // needs no read of it here.
+                Some(sig) => self.target.sigs.put(name, stamp, sig, Some(m.whole)),
+                None if m.len >= WARM_MIN => self.warm.push((name.clone(), stamp)),
+                None => {}
             }
         }
         let failed = committed.failed;
-        for (name, entry, len, whole) in metas {
-            if failed.contains(&name) {
-                self.replica.reread(&name);
+        let mut metas: Vec<Meta> = metas.into_values().collect();
+        metas.sort_by(|a, b| a.name.cmp(&b.name));
+        for m in metas {
+            if failed.contains(&m.name) {
+                self.replica.reread(&m.name);
                 continue;
             }
-            let Kind::File { size, hash } = entry.kind else {
+            let Kind::File { size, hash } = m.entry.kind else {
                 continue;
             };
-            let mut got = entry.clone();
+            let mut got = m.entry.clone();
             got.kind = Kind::File {
-                size: len,
-                hash: whole,
+                size: m.len,
+                hash: m.whole,
             };
-            if (len, whole) != (size, hash) {
-                differs.push(name.clone());
+            if (m.len, m.whole) != (size, hash) {
+                differs.push(m.name.clone());
             }
-            self.replica.set(&name, Some(got));
+            self.replica.set(&m.name, Some(got));
         }
-        Ok(())
+    }
+
+    /// Computes, on a thread of low priority, the chunk signatures of the
+    /// large files received whole in the last pass (nothing to copy from,
+    /// so none came with them): their next delta needs no read here.
+    fn warm_signatures(&mut self) {
+        let names = std::mem::take(&mut self.warm);
+        if !names.is_empty() {
+            self.target.sigs.warm(&self.target.root, names);
+        }
     }
 
     /// Receives one wanted file's frames into its partial file. `None`: not
@@ -786,7 +916,7 @@ impl Session {
         e: &Entry,
         have: &Have,
         stats: &mut Stats,
-    ) -> Result<Option<(Incoming, u64, [u8; 32])>, SessionError> {
+    ) -> Result<Option<Got>, SessionError> {
         let (k, p) = self.conn.recv(IDLE).await?;
         if k == kind::FILE_SKIP {
             stats
@@ -859,20 +989,36 @@ impl Session {
                     };
                     let mut r = Reader::new(&p);
                     let (len, whole) = (r.u64().map_err(c)?, r.hash().map_err(c)?);
+                    // The new content's chunks, when the source cut it.
+                    let sig = if r.is_empty() {
+                        None
+                    } else {
+                        Some(Signature {
+                            chunks: r.chunk_sigs().map_err(c)?,
+                        })
+                    };
                     r.end().map_err(c)?;
+                    let sig = sig.filter(|s| s.len() == len);
                     let verified = match rb.take() {
                         Some(b) => b.finish(len, &whole).map(|_| ()).map_err(|e| e.to_string()),
                         None => Err(problem.take().unwrap_or_default()),
                     };
                     return match (verified, inc) {
                         (Ok(()), Some(mut inc)) => match blocking(|| inc.finish()) {
-                            Ok(()) => Ok(Some((inc, len, whole))),
+                            Ok(()) => Ok(Some(Got {
+                                inc,
+                                len,
+                                whole,
+                                sig,
+                            })),
                             Err(err) => {
                                 stats.refused.push(format!("{name}: {err}"));
                                 Ok(None)
                             }
                         },
                         (Err(why), _) => {
+                            // Never the same wrong basis twice.
+                            self.target.sigs.forget(name);
                             stats.refused.push(format!("{name}: not applied: {why}"));
                             Ok(None)
                         }

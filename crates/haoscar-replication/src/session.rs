@@ -40,9 +40,15 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest time an idle source stays silent.
 pub const KEEPALIVE: Duration = Duration::from_millis(250);
 /// The version of this protocol (in the hello).
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Update frames are cut at about this many bytes of entries.
 const PART_BYTES: usize = 2 << 20;
+/// Files of at least this size send their new chunk signature with their
+/// end (a receiver keeps it for the next delta).
+const SIG_MIN: u64 = crate::apply::SIG_CACHE_MIN;
+/// ... and at most this many chunks (36 bytes each: the frame stays well
+/// under [`crate::frame::MAX_FRAME`]).
+const SIG_MAX_CHUNKS: usize = 200_000;
 /// Literal bytes of one delta frame at most.
 pub const LITERAL_PIECE: usize = 1 << 20;
 
@@ -376,16 +382,29 @@ impl Source {
     }
 }
 
-pub(crate) fn encode_wants(id: u64, items: &[(String, Signature)]) -> Vec<u8> {
+/// What a receiver asks for one file: the chunks it has, and the length
+/// and hash of its current content when it knows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub name: String,
+    pub sig: Signature,
+    pub base: Option<(u64, [u8; 32])>,
+}
+
+pub(crate) fn encode_wants(id: u64, items: &[Want]) -> Vec<u8> {
     let mut w = Writer::new();
     w.u64(id).u32(items.len() as u32);
-    for (name, sig) in items {
-        w.str(name).chunk_sigs(&sig.chunks);
+    for it in items {
+        w.str(&it.name).chunk_sigs(&it.sig.chunks);
+        match &it.base {
+            Some((len, hash)) => w.u8(1).u64(*len).hash(hash),
+            None => w.u8(0),
+        };
     }
     w.buf
 }
 
-fn decode_wants(p: &[u8], id: u64) -> Result<Vec<(String, Signature)>, SessionError> {
+fn decode_wants(p: &[u8], id: u64) -> Result<Vec<Want>, SessionError> {
     let c = |e: crate::codec::CodecError| SessionError::Refused(format!("wants: {e}"));
     let mut r = Reader::new(p);
     let got = r.u64().map_err(c)?;
@@ -397,10 +416,75 @@ fn decode_wants(p: &[u8], id: u64) -> Result<Vec<(String, Signature)>, SessionEr
     for _ in 0..n {
         let name = r.str().map_err(c)?;
         let chunks = r.chunk_sigs().map_err(c)?;
-        items.push((name, Signature { chunks }));
+        let base = match r.u8().map_err(c)? {
+            0 => None,
+            _ => Some((r.u64().map_err(c)?, r.hash().map_err(c)?)),
+        };
+        items.push(Want {
+            name,
+            sig: Signature { chunks },
+            base,
+        });
     }
     r.end().map_err(c)?;
     Ok(items)
+}
+
+/// Where a delta of `f` starts: past the receiver's whole current content
+/// (but its last chunk) when the file begins with exactly that content,
+/// checked by its hash (an append: nothing before it is cut or hashed
+/// chunk by chunk). The file is positioned where the delta goes on.
+fn unchanged_prefix(
+    f: &mut std::fs::File,
+    sig: &Signature,
+    base: Option<(u64, [u8; 32])>,
+) -> std::io::Result<Option<chunks::Start>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Some((len, hash)) = base else {
+        return Ok(None);
+    };
+    // The receiver's current content is its signature's first chunks.
+    let mut sum = 0u64;
+    let Some(k) = sig.chunks.iter().position(|c| {
+        sum += u64::from(c.len);
+        sum >= len
+    }) else {
+        return Ok(None);
+    };
+    if sum != len || k == 0 {
+        return Ok(None);
+    }
+    let last = u64::from(sig.chunks[k].len);
+    let mut whole = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    let mut before_last: Option<blake3::Hasher> = None;
+    while left > 0 {
+        if left == last {
+            before_last = Some(whole.clone());
+        }
+        // Never across the start of the last chunk.
+        let room = if left > last { left - last } else { left };
+        let n = (buf.len() as u64).min(room) as usize;
+        let got = f.read(&mut buf[..n])?;
+        if got == 0 {
+            f.seek(SeekFrom::Start(0))?;
+            return Ok(None);
+        }
+        whole.update(&buf[..got]);
+        left -= got as u64;
+    }
+    let before_last = before_last.unwrap_or_default();
+    if *whole.finalize().as_bytes() != hash {
+        f.seek(SeekFrom::Start(0))?;
+        return Ok(None);
+    }
+    // The last chunk of the old content is cut again with what follows.
+    f.seek(SeekFrom::Start(len - last))?;
+    Ok(Some(chunks::Start {
+        chunks: k,
+        whole: before_last,
+    }))
 }
 
 /// A frame the reading thread hands to the sending task.
@@ -412,14 +496,14 @@ type Frame = (u8, Vec<u8>);
 /// (files sent, literal bytes).
 async fn serve_wants(
     conn: &mut Conn,
-    items: Vec<(String, Signature)>,
+    items: Vec<Want>,
     open: Opener,
 ) -> Result<(u64, u64), SessionError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Frame>(8);
     let producer = tokio::task::spawn_blocking(move || -> (u64, u64) {
         let (mut files, mut literal) = (0u64, 0u64);
-        for (name, sig) in items {
-            let f = match open(&name) {
+        for Want { name, sig, base } in items {
+            let mut f = match open(&name) {
                 Ok(f) => f,
                 Err(e) => {
                     if tx
@@ -471,8 +555,19 @@ async fn serve_wants(
                 tx.blocking_send((kind::OPS, w.buf))
                     .map_err(|_| std::io::Error::other("connection gone"))
             };
-            let r = chunks::delta_stream(
+            let start = match unchanged_prefix(&mut f, &sig, base) {
+                Ok(s) => s,
+                Err(e) => {
+                    let skip = (kind::FILE_SKIP, format!("{name}: {e}").into_bytes());
+                    if tx.blocking_send(skip).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let r = chunks::delta_stream_from(
                 &sig,
+                start,
                 std::io::BufReader::with_capacity(1 << 20, f),
                 LITERAL_PIECE,
                 |op| {
@@ -497,10 +592,15 @@ async fn serve_wants(
                 Ok(v)
             });
             let frame = match end {
-                Ok((len, whole)) => {
+                Ok((len, whole, new_sig)) => {
                     files += 1;
-                    let mut w = Writer::new();
+                    // The new content's chunks travel with its end: the
+                    // receiver's next delta of it needs no read there.
+                    let mut w = Writer::with_capacity(48 + 36 * new_sig.chunks.len());
                     w.u64(len).hash(&whole);
+                    if len >= SIG_MIN && new_sig.chunks.len() <= SIG_MAX_CHUNKS {
+                        w.chunk_sigs(&new_sig.chunks);
+                    }
                     (kind::FILE_END, w.buf)
                 }
                 Err(e) => (kind::FILE_SKIP, format!("{name}: {e}").into_bytes()),

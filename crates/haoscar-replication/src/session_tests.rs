@@ -37,7 +37,7 @@ async fn one_receiver(
     state: &Path,
     resolve: Option<(String, u64)>,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Served>) {
-    one_receiver_with(dst, state, resolve, false).await
+    one_receiver_with(dst, state, resolve, false, Arc::default()).await
 }
 
 /// [`one_receiver`], `strict` as for a hand-over onto a new active head.
@@ -46,6 +46,7 @@ async fn one_receiver_with(
     state: &Path,
     resolve: Option<(String, u64)>,
     strict: bool,
+    sigs: Arc<crate::apply::SigCache>,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Served>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -58,6 +59,7 @@ async fn one_receiver_with(
         still_allowed: Arc::new(|| true),
         strict,
         expected_root: None,
+        sigs,
     };
     let handle = tokio::spawn(async move {
         let (s, _) = listener.accept().await.expect("accept");
@@ -192,6 +194,93 @@ async fn full_then_incremental_passes_make_the_receiver_equal() {
     assert_eq!(st.pass, None);
     assert_eq!(st.root_hash, Some(root_of(&dst)));
     assert!(st.in_sync_local_ms > 0);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// A large file's chunks are known on the receiver after it arrived whole
+/// (computed after the pass) or by a delta (sent with its end): its next
+/// delta reads nothing there. A kept signature that does not match the
+/// content is forgotten after the delta built on it fails to verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_keeps_the_chunks_of_its_large_files() {
+    use crate::apply::{SigCache, Stamp};
+    let base = tempdir("sigs");
+    let (src, dst) = (base.join("src"), base.join("dst"));
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::create_dir_all(&dst).expect("dst");
+    let mut big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(src.join("big"), &big).expect("big");
+    let t = Arc::new(Mutex::new(Tracker::new(&src, &[], None).expect("tracker")));
+    let sigs: Arc<SigCache> = Arc::default();
+    let (addr, server) =
+        one_receiver_with(&dst, &base.join("state.json"), None, false, sigs.clone()).await;
+    let mut source = connect(addr, gens(5, &[])).await.expect("connect");
+    let stamp = |p: &Path| Stamp::of(&nix::sys::stat::stat(p).expect("stat"));
+    let (p1, mut seq) = pass(&mut source, &t, None).await;
+    assert!(p1.confirmed, "{p1:?}");
+    // Received whole: its signature is computed after the pass.
+    assert!(
+        (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            sigs.get("big", &stamp(&dst.join("big"))).is_some()
+        }),
+        "no signature kept for big"
+    );
+    for round in 0..2u8 {
+        big.extend_from_slice(&[round; 5000]);
+        std::fs::write(src.join("big"), &big).expect("append");
+        t.lock()
+            .expect("lock")
+            .refresh(&["big".to_string()].into_iter().collect());
+        let (p, s) = pass(&mut source, &t, Some(seq)).await;
+        seq = s;
+        assert!(p.confirmed, "{p:?}");
+        assert!(
+            p.literal_bytes < 5000 + 2 * crate::chunks::MAX_CHUNK as u64,
+            "{p:?}"
+        );
+        // The delta's result came with its chunks.
+        let (kept, whole) = sigs.get("big", &stamp(&dst.join("big"))).expect("kept");
+        assert_eq!(*kept, Signature::of(&big));
+        assert_eq!(whole, Some(*blake3::hash(&big).as_bytes()));
+    }
+    // A wrong signature kept for the current content: the delta does not
+    // verify, the signature is forgotten, the next pass reads the file.
+    let st = stamp(&dst.join("big"));
+    let wrong = Signature {
+        chunks: vec![crate::chunks::ChunkSig {
+            len: big.len() as u32,
+            hash: [9; 32],
+        }],
+    };
+    sigs.put("big", st, wrong, Some(*blake3::hash(&big).as_bytes()));
+    big.extend_from_slice(b"one more line\n");
+    std::fs::write(src.join("big"), &big).expect("append");
+    t.lock()
+        .expect("lock")
+        .refresh(&["big".to_string()].into_iter().collect());
+    let mut confirmed = false;
+    for _ in 0..3 {
+        let (p, s) = pass(&mut source, &t, Some(seq)).await;
+        if p.confirmed {
+            confirmed = true;
+            break;
+        }
+        assert!(
+            !p.applied.refused.is_empty() || !p.applied.differs.is_empty(),
+            "{p:?}"
+        );
+        let _ = s;
+        t.lock()
+            .expect("lock")
+            .refresh(&["big".to_string()].into_iter().collect());
+    }
+    assert!(confirmed, "never recovered from a wrong kept signature");
+    assert_eq!(std::fs::read(dst.join("big")).expect("big"), big);
+    drop(source);
+    let _ = server.await;
     let _ = std::fs::remove_dir_all(&base);
 }
 
@@ -345,7 +434,7 @@ async fn a_hand_over_completes_an_interrupted_pass_but_never_local_writes() {
         }
         .save(&state)
         .expect("save");
-        let (addr, server) = one_receiver_with(&dst, &state, None, true).await;
+        let (addr, server) = one_receiver_with(&dst, &state, None, true, Arc::default()).await;
         match (handoff(addr).await, accepted) {
             (Ok(s), true) => drop(s),
             (Err(e), false) => assert!(e.to_string().contains("SPLIT BRAIN"), "{e}"),
@@ -505,7 +594,7 @@ async fn a_hostile_sender_writes_nothing_outside_the_set() {
     let wanted: Vec<String> = decode_wants(&p, 1)
         .expect("wants")
         .into_iter()
-        .map(|(n, _)| n)
+        .map(|w| w.name)
         .collect();
     assert!(
         !wanted

@@ -281,6 +281,7 @@ pub struct Replication {
     dirs: Mutex<BTreeMap<DirKey, DirState>>,
     live: Mutex<BTreeMap<DirKey, Arc<Live>>>,
     caches: Mutex<BTreeMap<DirKey, Arc<Mutex<HashCache>>>>,
+    sigs: Mutex<BTreeMap<DirKey, Arc<haoscar_replication::apply::SigCache>>>,
     verify: Mutex<BTreeMap<(DirKey, String), mpsc::Sender<VerifyReq>>>,
     set_gates: Mutex<BTreeMap<String, SetGate>>,
     /// When this head last became active.
@@ -314,6 +315,7 @@ impl Replication {
             dirs: Mutex::new(BTreeMap::new()),
             live: Mutex::new(BTreeMap::new()),
             caches: Mutex::new(BTreeMap::new()),
+            sigs: Mutex::new(BTreeMap::new()),
             verify: Mutex::new(BTreeMap::new()),
             set_gates: Mutex::new(BTreeMap::new()),
             active_since: Mutex::new(None),
@@ -383,6 +385,15 @@ impl Replication {
             .join("replication")
             .join("snapshots")
             .join(format!("{}.{}", key.0, key.1))
+    }
+
+    /// The chunk signatures of this head's copy of a directory (as a
+    /// receiver), kept between sessions.
+    fn sigs(&self, key: &DirKey) -> Arc<haoscar_replication::apply::SigCache> {
+        Self::lock(&self.sigs)
+            .entry(key.clone())
+            .or_default()
+            .clone()
     }
 
     fn cache(&self, key: &DirKey) -> Arc<Mutex<HashCache>> {
@@ -481,6 +492,7 @@ impl Replication {
             // What this head last received is known better in memory than
             // on disk (saved at most every second).
             expected_root: self.dirs().get(&key).and_then(|d| d.last_root),
+            sigs: self.sigs(&key),
         })
     }
 
@@ -1510,6 +1522,8 @@ async fn tracker_task(
         let plan = round(watched_to_drain, now_scanning.is_none(), woke);
         let retry = woke.scan_due && has_unreadable;
         let t = tracker.clone();
+        let round_started = Instant::now();
+        let dirty_names = dirty.len();
         let (n, missed_before, missed_after) = session::blocking(move || {
             let mut g = Replication::lock(&t);
             let before = g.stats.missed;
@@ -1530,6 +1544,14 @@ async fn tracker_task(
             }
             (n, before, g.stats.missed)
         });
+        tracing::debug!(
+            dir = %dir,
+            rescan = plan.rescan,
+            dirty = dirty_names,
+            changed = n,
+            ms = round_started.elapsed().as_millis() as u64,
+            "tracker round"
+        );
         let now = tokio::time::Instant::now();
         if plan.rescan {
             last_scan = now;
@@ -1764,8 +1786,22 @@ async fn send_loop(rep: Arc<Replication>, key: DirKey, peer: String, purpose: Pu
             };
             update(&|r| r.lag_bytes = pending);
             let was_full = out.full;
+            let pass_started = Instant::now();
             let res =
                 tokio::time::timeout(PASS_TIMEOUT, source.pass(out.clone(), open.clone())).await;
+            if let Ok(Ok(p)) = &res {
+                tracing::debug!(
+                    dir = %dir,
+                    peer = %peer,
+                    full = was_full,
+                    changes = out.changes.len(),
+                    files = p.files,
+                    literal = p.literal_bytes,
+                    confirmed = p.confirmed,
+                    ms = pass_started.elapsed().as_millis() as u64,
+                    "pass"
+                );
+            }
             let res = res.unwrap_or_else(|_| {
                 Err(session::SessionError::Peer(format!(
                     "pass not confirmed within {}s",
@@ -1914,20 +1950,7 @@ pub async fn listen_loop(rep: Arc<Replication>) {
         let rep = rep.clone();
         tokio::spawn(async move {
             let purpose = Arc::new(Mutex::new(Purpose::Follow));
-            let (r2, p2, p3) = (rep.clone(), purpose.clone(), purpose.clone());
-            let result = receiver::receive_any(
-                stream,
-                rep.key.clone(),
-                move |h| {
-                    *Replication::lock(&p2) = h.purpose;
-                    r2.accept(h)
-                },
-                |report| {
-                    let p = *Replication::lock(&p3);
-                    rep.on_report(&report, p);
-                },
-            )
-            .await;
+            let result = receive_on_thread(rep.clone(), stream, purpose.clone()).await;
             if let Err(e) = result {
                 tracing::warn!(%from, error = %e, "replication session ended");
                 // This head refused the sender's copy: a split brain, or a
@@ -1962,6 +1985,58 @@ pub async fn listen_loop(rep: Arc<Replication>) {
             }
         });
     }
+}
+
+/// Serves one source's session on a thread of its own (its file work is
+/// done right there, never handed between runtime workers); the session's
+/// result comes back here.
+async fn receive_on_thread(
+    rep: Arc<Replication>,
+    stream: tokio::net::TcpStream,
+    purpose: Arc<Mutex<Purpose>>,
+) -> Result<String, session::SessionError> {
+    let std_stream = stream.into_std()?;
+    let (tx, rx) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("haoscar-recv".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let (r2, p2, p3) = (rep.clone(), purpose.clone(), purpose);
+            let result = rt.block_on(async move {
+                let stream = tokio::net::TcpStream::from_std(std_stream)?;
+                receiver::receive_any(
+                    stream,
+                    rep.key.clone(),
+                    move |h| {
+                        *Replication::lock(&p2) = h.purpose;
+                        r2.accept(h)
+                    },
+                    |report| {
+                        let p = *Replication::lock(&p3);
+                        rep.on_report(&report, p);
+                    },
+                )
+                .await
+            });
+            let _ = tx.send(result);
+        });
+    if let Err(e) = spawned {
+        return Err(e.into());
+    }
+    rx.await.unwrap_or_else(|_| {
+        Err(session::SessionError::Io(std::io::Error::other(
+            "the session's thread ended",
+        )))
+    })
 }
 
 /// Every head: follows its role. Active: decides each set's gate, becomes
