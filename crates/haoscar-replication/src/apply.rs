@@ -407,13 +407,17 @@ pub struct SigCache {
     /// Files whose signature is to be computed in the background, and
     /// whether a thread is at it.
     warm: std::sync::Mutex<WarmQueue>,
+    /// Chunks kept, in all.
+    chunks: std::sync::atomic::AtomicUsize,
 }
 
 /// Signatures are kept for files of at least this size (a file of one or
 /// two chunks is read again about as fast as it is looked up).
 pub const SIG_CACHE_MIN: u64 = 4 * crate::chunks::MIN_CHUNK as u64;
-/// At most this many signatures are kept (the oldest go first).
-const SIG_CACHE_MAX: usize = 100_000;
+/// At most this many chunks are kept, in all (36 bytes each: 72 MiB,
+/// the signatures of about 20 GB of files); beyond, arbitrary files are
+/// forgotten (they are read again at their next change).
+const SIG_CACHE_CHUNKS: usize = 2_000_000;
 
 /// Files (set directory, name, stamp) whose signature is to be computed,
 /// and whether a thread is at it.
@@ -445,18 +449,32 @@ impl SigCache {
     /// Remembers `sig` (and `whole`, the hash of the content) as the
     /// content of `name` while it has `stamp`.
     pub fn put(&self, name: &str, stamp: Stamp, sig: Signature, whole: Option<[u8; 32]>) {
-        if (stamp.size as u64) < SIG_CACHE_MIN || sig.len() != stamp.size as u64 {
+        if (stamp.size as u64) < SIG_CACHE_MIN || !sig.fits(stamp.size as u64) {
             return;
         }
         let mut m = self.lock();
-        if m.len() >= SIG_CACHE_MAX && !m.contains_key(name) {
-            // Bounded: forget an arbitrary one (rare: sets this large are
-            // mostly small files, which are not kept).
-            if let Some(k) = m.keys().next().cloned() {
-                m.remove(&k);
+        let add = sig.chunks.len();
+        if let Some((_, old, _)) =
+            m.insert(name.to_string(), (stamp, std::sync::Arc::new(sig), whole))
+        {
+            self.chunks
+                .fetch_sub(old.chunks.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut kept = self
+            .chunks
+            .fetch_add(add, std::sync::atomic::Ordering::Relaxed)
+            + add;
+        while kept > SIG_CACHE_CHUNKS {
+            let Some(k) = m.keys().find(|k| k.as_str() != name).cloned() else {
+                break;
+            };
+            if let Some((_, gone, _)) = m.remove(&k) {
+                kept = self
+                    .chunks
+                    .fetch_sub(gone.chunks.len(), std::sync::atomic::Ordering::Relaxed)
+                    - gone.chunks.len();
             }
         }
-        m.insert(name.to_string(), (stamp, std::sync::Arc::new(sig), whole));
     }
 
     /// Computes, on one thread of low priority, the signatures of files
@@ -478,10 +496,36 @@ impl SigCache {
         let spawned = std::thread::Builder::new()
             .name("haoscar-sigs".into())
             .spawn(move || {
-                // SAFETY: gettid and setpriority only read their arguments.
+                // Low CPU priority, and idle I/O priority: reading every
+                // file received whole never competes with the transfer.
+                // SAFETY: gettid, setpriority and ioprio_set only read
+                // their arguments.
                 unsafe {
-                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+                    let tid = libc::gettid();
+                    libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+                    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+                    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+                    libc::syscall(
+                        libc::SYS_ioprio_set,
+                        IOPRIO_WHO_PROCESS,
+                        tid as libc::c_long,
+                        IOPRIO_CLASS_IDLE << 13,
+                    );
                 }
+                // The queue is said idle even if this thread panics.
+                struct Idle<'a>(&'a SigCache, bool);
+                impl Drop for Idle<'_> {
+                    fn drop(&mut self) {
+                        if !self.1 {
+                            self.0
+                                .warm
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .1 = false;
+                        }
+                    }
+                }
+                let mut idle = Idle(&me, false);
                 loop {
                     let next = {
                         let mut w = me
@@ -492,6 +536,7 @@ impl SigCache {
                             Some(x) => x,
                             None => {
                                 w.1 = false;
+                                idle.1 = true;
                                 return;
                             }
                         }
@@ -512,7 +557,10 @@ impl SigCache {
 
     /// Forgets `name` (a delta built on its signature did not verify).
     pub fn forget(&self, name: &str) {
-        self.lock().remove(name);
+        if let Some((_, gone, _)) = self.lock().remove(name) {
+            self.chunks
+                .fetch_sub(gone.chunks.len(), std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -917,10 +965,12 @@ mod tests {
         // shows it is not read again).
         let st = nix::sys::stat::stat(&dir.join("f")).expect("stat");
         let stand_in = Signature {
-            chunks: vec![crate::chunks::ChunkSig {
-                len: data.len() as u32,
-                hash: [7; 32],
-            }],
+            chunks: (0..data.len() / crate::chunks::MAX_CHUNK)
+                .map(|_| crate::chunks::ChunkSig {
+                    len: crate::chunks::MAX_CHUNK as u32,
+                    hash: [7; 32],
+                })
+                .collect(),
         };
         sigs.put("f", Stamp::of(&st), stand_in.clone(), None);
         assert_eq!(
@@ -935,6 +985,22 @@ mod tests {
             have_for(&root, "f", &sigs).expect("have").signature(),
             &Signature::of(&changed)
         );
+        // A signature that could not be the file's (a chunk longer than
+        // any cut) is never kept.
+        let st = nix::sys::stat::stat(&dir.join("f")).expect("stat");
+        let odd = SigCache::default();
+        odd.put(
+            "f",
+            Stamp::of(&st),
+            Signature {
+                chunks: vec![crate::chunks::ChunkSig {
+                    len: data.len() as u32,
+                    hash: [7; 32],
+                }],
+            },
+            None,
+        );
+        assert!(odd.is_empty());
         // Small files are not kept; a signature of another length never is.
         let small = SigCache::default();
         std::fs::write(dir.join("s"), b"small").expect("s");

@@ -142,6 +142,19 @@ impl Signature {
         self.chunks.is_empty()
     }
 
+    /// Whether this could be the signature of `len` bytes cut by [`cut`]:
+    /// chunks of 1 to [`MAX_CHUNK`] bytes, all but the last longer than
+    /// [`MIN_CHUNK`], summing to `len` (one received from a peer is kept
+    /// only if so: it bounds what it costs to keep and to copy by).
+    pub fn fits(&self, len: u64) -> bool {
+        let n = self.chunks.len();
+        let shapes = self.chunks.iter().enumerate().all(|(i, c)| {
+            let l = c.len as usize;
+            l >= 1 && l <= MAX_CHUNK && (i + 1 == n || l > MIN_CHUNK)
+        });
+        shapes && self.len() == len
+    }
+
     pub fn of(data: &[u8]) -> Signature {
         let mut chunks = Vec::new();
         let mut at = 0;
@@ -227,7 +240,7 @@ pub fn delta_stream_signed(
     max_literal: usize,
     emit: impl FnMut(Op) -> io::Result<()>,
 ) -> io::Result<(u64, [u8; 32], Signature)> {
-    delta_stream_from(old, None, r, max_literal, emit)
+    delta_stream_from(old, None, None, r, max_literal, emit)
 }
 
 /// Where a delta starts when the new content is known to begin with the
@@ -239,9 +252,13 @@ pub struct Start {
 }
 
 /// [`delta_stream_signed`], the first chunks possibly known to be unchanged
-/// ([`Start`]): they are copied without being read again.
+/// ([`Start`]): they are copied without being read again. `first`: how
+/// many of `old`'s chunks are the receiver's current content (others, of
+/// an interrupted transfer, may follow); its last one ended where that
+/// content did.
 pub fn delta_stream_from(
     old: &Signature,
+    first: Option<usize>,
     start: Option<Start>,
     mut r: impl Read,
     max_literal: usize,
@@ -250,8 +267,17 @@ pub fn delta_stream_from(
     let max_literal = max_literal.max(1);
     let (skip, mut whole) = match start {
         Some(s) if s.chunks <= old.chunks.len() && !old.chunks.is_empty() => (s.chunks, s.whole),
-        _ => (0, blake3::Hasher::new()),
+        // The reader is past chunks this delta cannot copy: never send a
+        // result without them.
+        Some(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a delta start beyond the receiver's chunks",
+            ))
+        }
+        None => (0, blake3::Hasher::new()),
     };
+    let first = first.unwrap_or(old.chunks.len());
     if old.chunks.is_empty() {
         let mut total = 0u64;
         let step = max_literal.min(LITERAL_READ) as u64;
@@ -299,7 +325,7 @@ pub fn delta_stream_from(
             // The old content's last chunk ended where that content did,
             // not necessarily at a cut: it is taken in place only if the
             // new content ends there too.
-            let last = j + 1 == old.chunks.len();
+            let last = j + 1 == old.chunks.len() || j + 1 == first;
             let want = if last { l + 1 } else { l };
             if l > 0 && l <= MAX_CHUNK && src.fill(want)? >= l && (!last || src.fill(want)? == l) {
                 let piece = src.peek(l);

@@ -30,6 +30,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+/// The chunks a receiver offers for one file at most (36 bytes each: a
+/// want stays well under a frame's 16 MiB; about 1.6 GB of content).
+const WANT_MAX_CHUNKS: usize = 200_000;
 /// A batch of wants is closed at this many files...
 const WANTS_FILES: usize = 512;
 /// ... or this many bytes of signatures ...
@@ -781,10 +784,16 @@ impl Session {
         if !wants.is_empty() {
             let items: Vec<Want> = wants
                 .iter()
-                .map(|(n, _, h)| Want {
-                    name: n.clone(),
-                    sig: h.signature().clone(),
-                    base: h.base,
+                .map(|(n, _, h)| {
+                    // A frame carries at most 16 MiB: a very large file
+                    // offers its first chunks only (the rest is sent).
+                    let mut sig = h.signature().clone();
+                    sig.chunks.truncate(WANT_MAX_CHUNKS);
+                    Want {
+                        name: n.clone(),
+                        sig,
+                        base: h.base,
+                    }
                 })
                 .collect();
             let id = self.current_id;
@@ -848,9 +857,13 @@ impl Session {
         let (committed, got) = match joined {
             Ok(r) => r,
             Err(_) => {
-                // The commit thread died: what is on disk is read again.
+                // The commit thread died: what is on disk is read again,
+                // and the pass is not confirmed (nothing says it is durable).
                 for m in &c.metas {
                     self.replica.reread(&m.name);
+                    stats
+                        .refused
+                        .push(format!("{}: not made durable (commit failed)", m.name));
                 }
                 return;
             }
@@ -960,7 +973,8 @@ impl Session {
                     // Decoded and applied straight from the frame.
                     let mut r = Reader::new(&p);
                     let n = r.u32().map_err(c)?;
-                    let mut ops = Vec::with_capacity((n as usize).min(p.len()));
+                    // At least 5 bytes an op.
+                    let mut ops = Vec::with_capacity((n as usize).min(p.len() / 5));
                     for _ in 0..n {
                         ops.push(r.op_ref().map_err(c)?);
                     }

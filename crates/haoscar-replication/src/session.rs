@@ -455,6 +455,24 @@ fn unchanged_prefix(
         return Ok(None);
     }
     let last = u64::from(sig.chunks[k].len);
+    if last as usize > chunks::MAX_CHUNK {
+        return Ok(None);
+    }
+    // Only an append is worth it (a file rewritten in place would be read
+    // twice): the file is longer, and the old content's last chunk is
+    // still where it was.
+    if f.metadata()?.len() <= len {
+        return Ok(None);
+    }
+    {
+        use std::os::unix::fs::FileExt;
+        let mut tail = vec![0u8; last as usize];
+        if f.read_exact_at(&mut tail, len - last).is_err()
+            || *blake3::hash(&tail).as_bytes() != sig.chunks[k].hash
+        {
+            return Ok(None);
+        }
+    }
     let mut whole = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut left = len;
@@ -565,8 +583,22 @@ async fn serve_wants(
                     continue;
                 }
             };
+            // Where the receiver's current content ends in its signature
+            // (chunks of an interrupted transfer may follow).
+            let first = base.and_then(|(len, _)| {
+                let mut sum = 0u64;
+                sig.chunks
+                    .iter()
+                    .position(|c| {
+                        sum += u64::from(c.len);
+                        sum >= len
+                    })
+                    .filter(|_| sum == len)
+                    .map(|i| i + 1)
+            });
             let r = chunks::delta_stream_from(
                 &sig,
+                first,
                 start,
                 std::io::BufReader::with_capacity(1 << 20, f),
                 LITERAL_PIECE,

@@ -249,11 +249,14 @@ async fn a_receiver_keeps_the_chunks_of_its_large_files() {
     // A wrong signature kept for the current content: the delta does not
     // verify, the signature is forgotten, the next pass reads the file.
     let st = stamp(&dst.join("big"));
+    let max = crate::chunks::MAX_CHUNK;
     let wrong = Signature {
-        chunks: vec![crate::chunks::ChunkSig {
-            len: big.len() as u32,
-            hash: [9; 32],
-        }],
+        chunks: (0..big.len().div_ceil(max))
+            .map(|i| crate::chunks::ChunkSig {
+                len: (big.len() - i * max).min(max) as u32,
+                hash: [9; 32],
+            })
+            .collect(),
     };
     sigs.put("big", st, wrong, Some(*blake3::hash(&big).as_bytes()));
     big.extend_from_slice(b"one more line\n");

@@ -28,8 +28,9 @@ pub struct CopyState {
     /// once it is applied and the root hash above is saved): differences
     /// found after a crash or a broken connection that it explains are its
     /// own, completed by the next session; any other difference is a local
-    /// write.
-    #[serde(default)]
+    /// write. Kept in a file of its own beside this one (`.pass.json`): it
+    /// lists every name of the pass, and the status reads this state often.
+    #[serde(skip)]
     pub pass: Option<PassRecord>,
     /// This head wrote its current generation (it was the source).
     #[serde(default)]
@@ -67,15 +68,17 @@ impl PassRecord {
         names.sort();
         names.dedup();
         let mut outside = *acc;
-        let mut last: Option<&str> = None;
-        for n in &names {
-            // A name beneath one already counted (with its subtree) is too.
-            if last.is_some_and(|l| {
-                n.len() > l.len() && n.starts_with(l) && n.as_bytes()[l.len()] == b'/'
-            }) {
+        let mut r = PassRecord {
+            names,
+            outside: RootAccum::default(),
+        };
+        for n in &r.names {
+            // A name beneath another of the pass is counted with that
+            // one's subtree ('.' and '-' sort before '/': not the
+            // previous name only, every ancestor is looked for).
+            if r.beneath_another(n) {
                 continue;
             }
-            last = Some(n);
             if let Some(e) = before.entries.get(n) {
                 outside.remove(n, e);
             }
@@ -88,7 +91,24 @@ impl PassRecord {
                 outside.remove(k, e);
             }
         }
-        PassRecord { names, outside }
+        r.outside = outside;
+        r
+    }
+
+    /// Whether a proper ancestor of `name` is one of the pass's names.
+    fn beneath_another(&self, name: &str) -> bool {
+        let mut cut = name;
+        while let Some((parent, _)) = cut.rsplit_once('/') {
+            if self
+                .names
+                .binary_search_by(|n| n.as_str().cmp(parent))
+                .is_ok()
+            {
+                return true;
+            }
+            cut = parent;
+        }
+        false
     }
 
     fn touches(&self, name: &str) -> bool {
@@ -123,6 +143,31 @@ impl PassRecord {
     }
 }
 
+/// Where the record of the pass being applied to the copy whose state is
+/// `file` lives.
+fn pass_file(file: &Path) -> PathBuf {
+    file.with_extension("pass.json")
+}
+
+/// Writes `data` to `file` through a temporary name (fsynced, renamed; the
+/// caller fsyncs the directory).
+fn write_atomic(file: &Path, data: &[u8]) -> std::io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = file.with_extension(format!("json.{}-{n}.tmp", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, file)
+}
+
+fn to_json<T: Serialize>(v: &T) -> std::io::Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// Where the state of `set`'s `index`-th directory lives.
 pub fn state_file(state_dir: &Path, set: &str, index: usize) -> PathBuf {
     state_dir
@@ -133,6 +178,23 @@ pub fn state_file(state_dir: &Path, set: &str, index: usize) -> PathBuf {
 impl CopyState {
     /// Reads the state (a missing file is a never-replicated copy).
     pub fn load(file: &Path) -> std::io::Result<CopyState> {
+        let mut st = CopyState::load_summary(file)?;
+        match std::fs::read(pass_file(file)) {
+            Ok(b) => {
+                st.pass = Some(
+                    serde_json::from_slice(&b)
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(st)
+    }
+
+    /// [`CopyState::load`] without the pass being applied (`pass` is
+    /// `None`): generations, root hash, times.
+    pub fn load_summary(file: &Path) -> std::io::Result<CopyState> {
         match std::fs::read(file) {
             Ok(b) => {
                 let mut st: CopyState = serde_json::from_slice(&b)
@@ -148,23 +210,26 @@ impl CopyState {
         }
     }
 
-    /// Writes it atomically (temporary file, fsync, rename, directory fsync).
+    /// Writes it atomically (temporary file, fsync, rename, directory
+    /// fsync): the pass being applied first, then the rest (a crash in
+    /// between leaves a record the state does not need, never a state
+    /// without the record of a pass that changed the copy).
     pub fn save(&self, file: &Path) -> std::io::Result<()> {
         let dir = file.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = file.with_extension(format!("json.{}-{n}.tmp", std::process::id()));
+        if let Some(p) = &self.pass {
+            write_atomic(&pass_file(file), &to_json(p)?)?;
+        }
         let mut me = self.clone();
         me.format = FORMAT;
-        let text = serde_json::to_vec_pretty(&me)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
+        write_atomic(file, &to_json(&me)?)?;
+        if self.pass.is_none() {
+            match std::fs::remove_file(pass_file(file)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
-        std::fs::rename(&tmp, file)?;
         std::fs::File::open(dir)?.sync_all()
     }
 
@@ -273,6 +338,14 @@ mod tests {
         for (i, (now, want)) in cases.iter().enumerate() {
             assert_eq!(rec.explains(&manifest(now)), *want, "case {i}");
         }
+        // Names that sort between a directory and what it holds ("d.lock"
+        // sorts before "d/x"): each entry is counted once.
+        let before = manifest(&[("d", ""), ("d.lock", "1"), ("d/x", "2"), ("e", "3")]);
+        let names = vec!["d".into(), "d.lock".into(), "d/x".into()];
+        let rec = PassRecord::new(&before, &before.accum(), names);
+        assert!(rec.explains(&before));
+        assert!(rec.explains(&manifest(&[("d.lock", "2"), ("e", "3")])));
+        assert!(!rec.explains(&manifest(&[("d.lock", "2"), ("e", "4")])));
     }
 
     #[test]

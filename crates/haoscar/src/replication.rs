@@ -72,6 +72,9 @@ const UNREADABLE_RETRY: Duration = Duration::from_secs(5);
 const RETRY: Duration = Duration::from_secs(1);
 /// How often the role loop looks at the gates and the roles.
 const TICK: Duration = Duration::from_millis(100);
+/// Sessions a head serves at once (each on a thread of its own): a set's
+/// directories from the active head, and hand-overs.
+const MAX_SESSIONS: usize = 64;
 /// A pass not answered within this ends the connection.
 const PASS_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -617,7 +620,7 @@ impl Replication {
         let dirs = self.dirs_of(set);
         let states: Vec<CopyState> = dirs
             .iter()
-            .map(|(k, _, _)| CopyState::load(&self.state_path(k)).unwrap_or_default())
+            .map(|(k, _, _)| CopyState::load_summary(&self.state_path(k)).unwrap_or_default())
             .collect();
         let mine: Vec<Option<u64>> = states.iter().map(|s| s.generations.current).collect();
         let activated = Self::lock(&self.active_since_unix).unwrap_or(u64::MAX);
@@ -792,7 +795,7 @@ impl Replication {
             .all_dirs()
             .into_iter()
             .map(|(key, path, _)| {
-                let st = CopyState::load(&self.state_path(&key)).unwrap_or_default();
+                let st = CopyState::load_summary(&self.state_path(&key)).unwrap_or_default();
                 let d = dirs.get(&key).cloned().unwrap_or_default();
                 let hex = |g: u64| format!("{g:016x}");
                 let l = live.get(&key);
@@ -1683,7 +1686,7 @@ async fn send_loop(rep: Arc<Replication>, key: DirKey, peer: String, purpose: Pu
             tokio::time::sleep(RETRY).await;
             continue;
         }
-        let gens: Generations = CopyState::load(&rep.state_path(&key))
+        let gens: Generations = CopyState::load_summary(&rep.state_path(&key))
             .map(|s| s.generations)
             .unwrap_or_default();
         let connect = Source::connect(
@@ -1942,13 +1945,21 @@ pub async fn listen_loop(rep: Arc<Replication>) {
             }
         }
     };
+    // Each session has a thread: bounded, so that connections made to the
+    // port (before any authentication) cannot exhaust them.
+    let sessions = Arc::new(tokio::sync::Semaphore::new(MAX_SESSIONS));
     loop {
         let Ok((stream, from)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(permit) = sessions.clone().try_acquire_owned() else {
+            tracing::warn!(%from, "replication: {MAX_SESSIONS} sessions already; connection closed");
+            continue;
+        };
         let rep = rep.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let purpose = Arc::new(Mutex::new(Purpose::Follow));
             let result = receive_on_thread(rep.clone(), stream, purpose.clone()).await;
             if let Err(e) = result {
@@ -2187,7 +2198,7 @@ pub async fn role_loop(rep: Arc<Replication>, mut stop: watch::Receiver<bool>) {
                 let mine: Vec<u64> = dirs
                     .iter()
                     .map(|(k, _, _)| {
-                        CopyState::load(&rep.state_path(k))
+                        CopyState::load_summary(&rep.state_path(k))
                             .ok()
                             .and_then(|s| s.generations.current)
                             .unwrap_or(0)

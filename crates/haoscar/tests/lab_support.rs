@@ -325,3 +325,16 @@ pub fn active_seen_by(lab: &Lab, node: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(&out).ok()?;
     v.get("active")?.as_str().map(str::to_string)
 }
+
+/// Whether `node` reports a split brain on its first replicated directory
+/// within `within`.
+pub fn split_brain_seen(lab: &Lab, node: &str, within: Duration) -> bool {
+    eventually(within, || {
+        sync_status(lab, node).is_some_and(|s| {
+            s.dirs[0]
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.contains("SPLIT BRAIN"))
+        })
+    })
+}

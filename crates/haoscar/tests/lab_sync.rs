@@ -121,11 +121,7 @@ exclude = ["*.tmp"]
     std::fs::write(spool("head1").join("jobs/2"), b"head1's version").expect("w");
     lab.fault_heal().expect("heal");
     assert!(
-        eventually(Duration::from_secs(20), || sync_status(&lab, "head2")
-            .is_some_and(|s| s.dirs[0]
-                .problem
-                .as_deref()
-                .is_some_and(|p| p.contains("SPLIT BRAIN")))),
+        split_brain_seen(&lab, "head2", Duration::from_secs(20)),
         "split brain not reported on head2: {:?}\nhead1: {:?}\n{}",
         sync_status(&lab, "head2"),
         sync_status(&lab, "head1"),

@@ -251,11 +251,7 @@ fn a_continuous_writer_and_the_links_cut() {
     // told apart, nothing of it discarded.
     lab.fault_heal().expect("heal");
     assert!(
-        eventually(Duration::from_secs(20), || sync_status(&lab, "head1")
-            .is_some_and(|s| s.dirs[0]
-                .problem
-                .as_deref()
-                .is_some_and(|p| p.contains("SPLIT BRAIN")))),
+        split_brain_seen(&lab, "head1", Duration::from_secs(20)),
         "head1's writes after the cut were not told apart: {:?}",
         sync_status(&lab, "head1")
     );
@@ -454,11 +450,7 @@ fn a_split_brain_staged_with_a_partition() {
     lab.fault_heal().expect("heal");
     for node in ["head1", "head2"] {
         assert!(
-            eventually(Duration::from_secs(20), || sync_status(&lab, node)
-                .is_some_and(|s| s.dirs[0]
-                    .problem
-                    .as_deref()
-                    .is_some_and(|p| p.contains("SPLIT BRAIN")))),
+            split_brain_seen(&lab, node, Duration::from_secs(20)),
             "split brain not reported on {node}: {:?}",
             sync_status(&lab, node)
         );
