@@ -150,7 +150,7 @@ impl Signature {
         let n = self.chunks.len();
         let shapes = self.chunks.iter().enumerate().all(|(i, c)| {
             let l = c.len as usize;
-            l >= 1 && l <= MAX_CHUNK && (i + 1 == n || l > MIN_CHUNK)
+            (1..=MAX_CHUNK).contains(&l) && (i + 1 == n || l > MIN_CHUNK)
         });
         shapes && self.len() == len
     }
