@@ -614,11 +614,8 @@ impl Session {
             kept_aside: stats.kept_aside.clone(),
             done: final_pass && in_sync,
         };
-        self.conn
-            .send(kind::APPLIED, &json(&applied)?, false)
-            .await?;
-        self.conn.flush().await?;
-        self.save_state(false)?;
+        // Reported here before the source hears of it: whoever sees the
+        // pass confirmed (a `sync wait`) sees this head's view of it too.
         on_pass(Report {
             set: &self.set,
             stats: &stats,
@@ -630,6 +627,11 @@ impl Session {
             entries: self.replica.manifest.entries.len() as u64,
             root_hash,
         });
+        self.conn
+            .send(kind::APPLIED, &json(&applied)?, false)
+            .await?;
+        self.conn.flush().await?;
+        self.save_state(false)?;
         Ok(())
     }
 

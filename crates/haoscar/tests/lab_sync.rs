@@ -167,5 +167,9 @@ exclude = ["*.tmp"]
         std::fs::read(aside[0].join("jobs/1")).expect("head2's version kept aside"),
         b"head2's version, written while cut off"
     );
-    assert!(sync_status(&lab, "head2").is_some_and(|s| s.dirs[0].problem.is_none()));
+    let s = sync_status(&lab, "head2");
+    assert!(
+        s.as_ref().is_some_and(|s| s.dirs[0].problem.is_none()),
+        "a problem still shown after the resolution: {s:?}"
+    );
 }
