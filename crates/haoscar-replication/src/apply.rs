@@ -368,31 +368,10 @@ pub fn have_for(root: &Root, name: &str, sigs: &SigCache) -> io::Result<Have> {
     Ok(have)
 }
 
-/// What identifies a file's content on this head without reading it (as
-/// long as nobody sets times back): device, inode, size, mtime, ctime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: i64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-}
+pub use crate::scan::Stamp;
 
 fn st_size(s: &Option<Stamp>) -> u64 {
-    s.map_or(0, |s| s.size as u64)
-}
-
-impl Stamp {
-    pub fn of(st: &nix::sys::stat::FileStat) -> Stamp {
-        Stamp {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            size: st.st_size,
-            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
-            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
-        }
-    }
+    s.map_or(0, |s| s.size)
 }
 
 /// The chunk signatures of a receiver's files, by name, valid while the
@@ -443,13 +422,13 @@ impl SigCache {
     ) -> Option<(std::sync::Arc<Signature>, Option<[u8; 32]>)> {
         let m = self.lock();
         let (s, sig, whole) = m.get(name)?;
-        (s == stamp && sig.len() == stamp.size as u64).then(|| (sig.clone(), *whole))
+        (s == stamp && sig.len() == stamp.size).then(|| (sig.clone(), *whole))
     }
 
     /// Remembers `sig` (and `whole`, the hash of the content) as the
     /// content of `name` while it has `stamp`.
     pub fn put(&self, name: &str, stamp: Stamp, sig: Signature, whole: Option<[u8; 32]>) {
-        if (stamp.size as u64) < SIG_CACHE_MIN || !sig.fits(stamp.size as u64) {
+        if stamp.size < SIG_CACHE_MIN || !sig.fits(stamp.size) {
             return;
         }
         let mut m = self.lock();

@@ -34,18 +34,21 @@ use std::path::{Path, PathBuf};
 /// last snapshot is kept).
 pub const SQLITE_BUSY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// What identifies a file's content on this head without reading it (as
+/// long as nobody sets times back): size, mtime, ctime, inode, device.
+/// Keys the scanner's hash cache and a receiver's kept chunk signatures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    size: u64,
+pub struct Stamp {
+    pub size: u64,
     mtime_ns: i64,
     ctime_ns: i64,
     ino: u64,
     dev: u64,
 }
 
-impl FileStamp {
-    fn of(st: &FileStat) -> FileStamp {
-        FileStamp {
+impl Stamp {
+    pub fn of(st: &FileStat) -> Stamp {
+        Stamp {
             size: st.st_size as u64,
             mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
             ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
@@ -58,7 +61,7 @@ impl FileStamp {
 /// File hashes remembered between scans, by name.
 #[derive(Debug, Default, Clone)]
 pub struct HashCache {
-    entries: HashMap<String, (FileStamp, [u8; 32])>,
+    entries: HashMap<String, (Stamp, [u8; 32])>,
 }
 
 impl HashCache {
@@ -337,7 +340,7 @@ impl Scanner {
         if SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) == SFlag::S_IFREG {
             self.cache
                 .entries
-                .insert(name.to_string(), (FileStamp::of(st), hash));
+                .insert(name.to_string(), (Stamp::of(st), hash));
         }
     }
 
@@ -396,7 +399,7 @@ impl Scanner {
         dir: &OwnedFd,
         prefix: &str,
         out: &mut BTreeMap<String, Found>,
-        seen: &mut HashMap<String, (FileStamp, [u8; 32])>,
+        seen: &mut HashMap<String, (Stamp, [u8; 32])>,
         dbs: &mut BTreeMap<String, PathBuf>,
         bad: &mut BTreeMap<String, io::Error>,
     ) -> io::Result<()> {
@@ -485,7 +488,7 @@ impl Scanner {
         name: &str,
         last: &str,
         dbs: &mut BTreeMap<String, PathBuf>,
-    ) -> io::Result<Option<(Found, Option<FileStamp>)>> {
+    ) -> io::Result<Option<(Found, Option<Stamp>)>> {
         let st: FileStat =
             nix::sys::stat::fstatat(dir, last, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(nix_io)?;
         let fmt = SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT);
@@ -522,7 +525,7 @@ impl Scanner {
             // Sockets, fifos, devices: not replicated.
             return Ok(None);
         }
-        let stamp = FileStamp::of(&st);
+        let stamp = Stamp::of(&st);
         let inode = (st.st_nlink > 1).then_some((st.st_dev, st.st_ino));
         // A database is snapshotted at every scan that looks at it: its
         // committed state may live in its -wal file, which the stamp of the

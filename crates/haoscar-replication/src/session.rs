@@ -430,6 +430,17 @@ fn decode_wants(p: &[u8], id: u64) -> Result<Vec<Want>, SessionError> {
     Ok(items)
 }
 
+/// How many of a receiver's chunks are its current content of `len` bytes
+/// (chunks of an interrupted transfer may follow them in its signature).
+fn first_chunks(sig: &Signature, len: u64) -> Option<usize> {
+    let mut sum = 0u64;
+    let n = sig.chunks.iter().position(|c| {
+        sum += u64::from(c.len);
+        sum >= len
+    })?;
+    (sum == len).then_some(n + 1)
+}
+
 /// Where a delta of `f` starts: past the receiver's whole current content
 /// (but its last chunk) when the file begins with exactly that content,
 /// checked by its hash (an append: nothing before it is cut or hashed
@@ -444,14 +455,10 @@ fn unchanged_prefix(
         return Ok(None);
     };
     // The receiver's current content is its signature's first chunks.
-    let mut sum = 0u64;
-    let Some(k) = sig.chunks.iter().position(|c| {
-        sum += u64::from(c.len);
-        sum >= len
-    }) else {
+    let Some(k) = first_chunks(sig, len).and_then(|n| n.checked_sub(1)) else {
         return Ok(None);
     };
-    if sum != len || k == 0 {
+    if k == 0 {
         return Ok(None);
     }
     let last = u64::from(sig.chunks[k].len);
@@ -585,17 +592,7 @@ async fn serve_wants(
             };
             // Where the receiver's current content ends in its signature
             // (chunks of an interrupted transfer may follow).
-            let first = base.and_then(|(len, _)| {
-                let mut sum = 0u64;
-                sig.chunks
-                    .iter()
-                    .position(|c| {
-                        sum += u64::from(c.len);
-                        sum >= len
-                    })
-                    .filter(|_| sum == len)
-                    .map(|i| i + 1)
-            });
+            let first = base.and_then(|(len, _)| first_chunks(&sig, len));
             let r = chunks::delta_stream_from(
                 &sig,
                 first,

@@ -338,3 +338,13 @@ pub fn split_brain_seen(lab: &Lab, node: &str, within: Duration) -> bool {
         })
     })
 }
+
+/// The dated directories a split-brain resolution moved a copy's divergent
+/// files into, beside the copy `dir` (there must be one of them at least).
+pub fn kept_aside(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir.join(".haoscar-splitbrain"))
+        .expect("dated directory")
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}

@@ -157,11 +157,7 @@ exclude = ["*.tmp"]
     let (ok, out) = haoscar_in(&lab, "head1", &["sync", "wait", "--timeout", "30s"]);
     assert!(ok, "sync wait after resolve: {out}");
     assert_eq!(files(&spool("head1")), files(&spool("head2")));
-    let aside: Vec<PathBuf> = std::fs::read_dir(spool("head2").join(".haoscar-splitbrain"))
-        .expect("dated directory")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let aside: Vec<PathBuf> = kept_aside(&spool("head2"));
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(
         std::fs::read(aside[0].join("jobs/1")).expect("head2's version kept aside"),

@@ -476,11 +476,7 @@ fn a_split_brain_staged_with_a_partition() {
     let (ok, out) = haoscar_in(&lab, "head2", &["sync", "wait", "--timeout", "30s"]);
     assert!(ok, "{out}");
     assert_eq!(files(&h1), files(&h2));
-    let aside: Vec<PathBuf> = std::fs::read_dir(h1.join(".haoscar-splitbrain"))
-        .expect("dated directory")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let aside: Vec<PathBuf> = kept_aside(&h1);
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(
         std::fs::read(aside[0].join("shared")).expect("kept aside"),
@@ -767,11 +763,7 @@ fn a_standby_too_far_behind_holds_its_services() {
     );
     let (ok, out) = haoscar_in(&lab, "head2", &["sync", "wait", "--timeout", "30s"]);
     assert!(ok && !out.contains("not waited for"), "{out}");
-    let aside: Vec<PathBuf> = std::fs::read_dir(spool(&lab, "head1").join(".haoscar-splitbrain"))
-        .expect("dated directory")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let aside: Vec<PathBuf> = kept_aside(&spool(&lab, "head1"));
     assert_eq!(aside.len(), 1, "{aside:?}");
     // Everything head1 wrote is kept (its guard may have let the writer
     // run a little longer after its agent was killed).
