@@ -437,6 +437,31 @@ impl Replication {
             .with_state(|s| s.sync_sources.get(set).cloned())
     }
 
+    /// This standby still hands `set`'s last writes over to `new_active`:
+    /// it is the recorded source, its copies are the generations recorded
+    /// (nothing received since from another source) and `new_active` is up.
+    /// The role loop and the status both ask this, so the status never shows
+    /// a hand-over the loop has ended.
+    fn hands_over(&self, set: &Replicate, new_active: &str) -> bool {
+        let Some(rec) = self.source_record(&set.name) else {
+            return false;
+        };
+        if rec.node != self.node || !self.peer_up(new_active) {
+            return false;
+        }
+        let mine: Vec<u64> = self
+            .dirs_of(set)
+            .iter()
+            .map(|(k, _, _)| {
+                CopyState::load_summary(&self.state_path(k))
+                    .ok()
+                    .and_then(|s| s.generations.current)
+                    .unwrap_or(0)
+            })
+            .collect();
+        mine == rec.generations
+    }
+
     /// A critical event, and the set's alerts.
     fn critical(&self, set: &str, kind: &str, subject: Option<&str>, msg: String) {
         (self.record)(kind, subject, format!("CRITICAL: {msg}"));
@@ -791,6 +816,16 @@ impl Replication {
         let gates = Self::lock(&self.set_gates).clone();
         let live = Self::lock(&self.live).clone();
         let dirs = self.dirs().clone();
+        // Sets this standby hands over now (the same test as the role loop's).
+        let handing: Vec<String> = match active.as_deref() {
+            Some(a) if !is_active && a != self.node => self
+                .sets()
+                .iter()
+                .filter(|s| self.hands_over(s, a))
+                .map(|s| s.name.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
         let out = self
             .all_dirs()
             .into_iter()
@@ -798,7 +833,11 @@ impl Replication {
                 let st = CopyState::load_summary(&self.state_path(&key)).unwrap_or_default();
                 let d = dirs.get(&key).cloned().unwrap_or_default();
                 let hex = |g: u64| format!("{g:016x}");
-                let l = live.get(&key);
+                // A tracker left by a role this head no longer has (until the
+                // role loop drops it) says nothing now.
+                let l = live
+                    .get(&key)
+                    .filter(|_| is_active || handing.contains(&key.0));
                 let role = match (is_active, gates.get(&key.0).map(|g| &g.decision), l) {
                     (true, Some(Gate::Ready(_)), _) => "source",
                     (true, _, _) => "catching-up",
@@ -2188,26 +2227,10 @@ pub async fn role_loop(rep: Arc<Replication>, mut stop: watch::Receiver<bool>) {
             // Still the recorded source of a set, with the copy it wrote:
             // hand the last writes over.
             for set in rep.sets().to_vec() {
-                let Some(rec) = rep.source_record(&set.name) else {
-                    continue;
-                };
-                if rec.node != rep.node {
+                if !rep.hands_over(&set, &new_active) {
                     continue;
                 }
-                let dirs = rep.dirs_of(&set);
-                let mine: Vec<u64> = dirs
-                    .iter()
-                    .map(|(k, _, _)| {
-                        CopyState::load_summary(&rep.state_path(k))
-                            .ok()
-                            .and_then(|s| s.generations.current)
-                            .unwrap_or(0)
-                    })
-                    .collect();
-                if mine != rec.generations || !rep.peer_up(&new_active) {
-                    continue;
-                }
-                for (key, _, _) in dirs {
+                for (key, _, _) in rep.dirs_of(&set) {
                     keep_live.push(key.clone());
                     want.push((key, new_active.clone(), Purpose::Handoff));
                 }
