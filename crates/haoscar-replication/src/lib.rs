@@ -27,6 +27,9 @@
 //!   place; resumable), and one whole local pass between two directories.
 //! * [`resolve`]: resolving a split brain without deleting anything (the
 //!   losing copy's divergent entries moved to `.haoscar-splitbrain/<time>/`).
+//! * [`root`]: the identity of a set's root (its file system, whether it
+//!   is a mount point), so an unmounted file system's empty mount point is
+//!   never replicated as "everything deleted".
 //! * [`codec`]: the compact binary encoding of entries, signatures and ops.
 //! * [`frame`]: the connection's frames: authenticated handshake, then
 //!   AES-256-GCM sealed and zstd-compressed frames.
@@ -46,6 +49,7 @@ pub mod manifest;
 pub mod names;
 pub mod receiver;
 pub mod resolve;
+pub mod root;
 pub mod scan;
 pub mod session;
 pub mod sqlite;

@@ -80,6 +80,9 @@ pub struct Target {
     pub expected_root: Option<[u8; 32]>,
     /// Chunk signatures of this copy's files, kept between sessions.
     pub sigs: Arc<apply::SigCache>,
+    /// The root's file system when the session was accepted: a pass finding
+    /// another one (unmounted since) ends the session, nothing applied.
+    pub root_id: Option<crate::root::RootId>,
 }
 
 /// What one applied pass did, for the caller's status.
@@ -525,6 +528,12 @@ impl Session {
                 "{} may no longer send {}",
                 self.hello.from, self.set
             ));
+        }
+        if let Some(was) = &self.target.root_id {
+            let now = crate::root::RootId::read(&self.target.root)?;
+            if let Some(why) = now.changed_from(was, &self.target.root) {
+                return refused(why);
+            }
         }
         self.current_id = u.id;
         let full = u.flags & flag::FULL != 0;

@@ -60,6 +60,7 @@ async fn one_receiver_with(
         strict,
         expected_root: None,
         sigs,
+        root_id: crate::root::RootId::read(dst).ok(),
     };
     let handle = tokio::spawn(async move {
         let (s, _) = listener.accept().await.expect("accept");

@@ -17,8 +17,14 @@
 //! complete read is claimed to be in it. A name unreadable since the first
 //! scan has nothing in the model ([`Tracker::never_read`]): a full pass
 //! would remove it on a receiver that has it, so the caller holds those.
+//!
+//! The root itself must stay on the file system it was first read on
+//! ([`crate::root`]): one unmounted from under it, or another mounted over
+//! it, makes the root unreadable (the model is kept, nothing is removed)
+//! until the first one is back.
 
 use crate::manifest::{Entry, Kind, Manifest, RootAccum};
+use crate::root::RootId;
 use crate::scan::{at_or_beneath, Found, Scanned, Scanner};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
@@ -74,6 +80,9 @@ pub struct Tracker {
     /// Every write completed before this time (Unix ms) is in the model
     /// (0: nothing is known to be).
     covered_ms: u64,
+    root: PathBuf,
+    /// The root's file system when its reading started.
+    root_id: Option<RootId>,
 }
 
 impl Tracker {
@@ -108,6 +117,8 @@ impl Tracker {
             unreadable: BTreeMap::new(),
             first_scan: true,
             covered_ms: 0,
+            root: root.to_path_buf(),
+            root_id: RootId::read(root).ok(),
         };
         t.rescan()?;
         t.first_scan = false;
@@ -124,9 +135,15 @@ impl Tracker {
 
     /// The caller drained the change detection at `t0` (or scanned in full
     /// after it) and refreshed from what it reported: every write completed
-    /// before `t0` is in the model, unless a name could not be read. The
+    /// before `t0` is in the model, unless a name could not be read or the
+    /// root is no longer on its file system (change detection may say
+    /// nothing of that: a bind mount removed from over the root). The
     /// cover time then advances to `t0`; returns whether it did.
     pub fn covered_at(&mut self, t0: u64) -> bool {
+        if let Err(why) = self.same_root() {
+            self.error("", why);
+            return false;
+        }
         if !self.unreadable.is_empty() {
             return false;
         }
@@ -330,6 +347,11 @@ impl Tracker {
     /// [`Tracker::unreadable`]). Returns how many entries changed.
     pub fn refresh(&mut self, dirty: &BTreeSet<String>) -> usize {
         self.stats.refreshes += 1;
+        if let Err(why) = self.same_root() {
+            // Read again (in full) once the root is back.
+            self.error("", why);
+            return 0;
+        }
         let before = self.seq;
         let mut names: BTreeSet<String> = BTreeSet::new();
         for n in dirty {
@@ -445,6 +467,25 @@ impl Tracker {
         (self.seq - before) as usize
     }
 
+    /// Whether the root is still on the file system its reading started on
+    /// (see [`crate::root`]); why not. A root that cannot be read at all is
+    /// left to the scan to report.
+    fn same_root(&mut self) -> Result<(), String> {
+        let Ok(now) = RootId::read(&self.root) else {
+            return Ok(());
+        };
+        match &self.root_id {
+            Some(was) => match now.changed_from(was, &self.root) {
+                Some(why) => Err(why),
+                None => Ok(()),
+            },
+            None => {
+                self.root_id = Some(now);
+                Ok(())
+            }
+        }
+    }
+
     /// `name` could not be read: it keeps its entry, and is tried again.
     fn error(&mut self, name: &str, why: String) {
         // Never read: failing in the first scan, or at or beneath a name that
@@ -475,6 +516,10 @@ impl Tracker {
     /// if the directory itself cannot be read (the model is kept).
     pub fn rescan(&mut self) -> io::Result<usize> {
         self.stats.rescans += 1;
+        if let Err(why) = self.same_root() {
+            self.error("", why.clone());
+            return Err(io::Error::other(why));
+        }
         let Scanned { found, unreadable } = match self.scanner.full_found() {
             Ok(s) => s,
             Err(e) => {
@@ -676,6 +721,47 @@ mod tests {
         assert_eq!(names(&t.changes_since(s0).expect("known")), ["+f", "+g"]);
         assert_eq!(t.manifest(), &crate::scan::scan(&d, &[]).expect("scan"));
         assert_eq!(t.pending_bytes(s0), 16 + 12);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// The root's file system gone from under it (here: the identity it
+    /// started with made a mount point's, so the plain directory it is now
+    /// reads as one unmounted): nothing is removed from the model whatever
+    /// is reported or scanned, the cover time stays; back on its file
+    /// system, it is read in full again.
+    #[test]
+    fn a_root_off_its_file_system_keeps_the_model() {
+        let d = tempdir("unmounted");
+        for n in ["a", "b"] {
+            std::fs::write(d.join(n), n).expect("w");
+        }
+        let mut t = Tracker::new(&d, &[], None).expect("tracker");
+        let (m0, s0, c0) = (t.manifest().clone(), t.seq(), t.covered_ms());
+        let real = t.root_id.expect("read");
+        t.root_id = Some(RootId {
+            dev: real.dev + 1,
+            mount: true,
+        });
+        // What an empty mount point looks like: everything gone.
+        for n in ["a", "b"] {
+            std::fs::remove_file(d.join(n)).expect("rm");
+        }
+        assert_eq!(t.refresh(&set(&["a", "b"])), 0);
+        assert!(t.rescan().is_err());
+        assert!(!t.covered_at(c0 + 1000));
+        assert_eq!(t.covered_ms(), c0);
+        assert_eq!(t.manifest(), &m0);
+        assert_eq!(t.seq(), s0);
+        let why = &t.unreadable()[""].why;
+        assert!(why.contains("no longer a mount point"), "{why}");
+        // Back (the identity matches again): read in full (`a` written
+        // again since, `b` really gone).
+        t.root_id = Some(real);
+        std::fs::write(d.join("a"), "a").expect("w");
+        t.retry_unreadable();
+        assert!(t.unreadable().is_empty());
+        assert_eq!(names(&t.changes_since(s0).expect("known")), ["+a", "-b"]);
+        assert!(t.covered_at(c0 + 1000));
         let _ = std::fs::remove_dir_all(&d);
     }
 

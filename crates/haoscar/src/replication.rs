@@ -203,6 +203,9 @@ struct DirState {
     /// Receiver: the copy's root hash after the last pass applied here
     /// (where a new generation forks from if this head becomes the source).
     last_root: Option<[u8; 32]>,
+    /// Why the copy's root is refused (its file system is not mounted), as
+    /// last checked.
+    root_refused: Option<String>,
 }
 
 /// A source directory's tracker and its task.
@@ -504,6 +507,7 @@ impl Replication {
         }
         // The directory may not exist yet on a fresh standby.
         std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        let root_id = self.root_guard(&key, &root)?;
         let resolve = self.failover.consensus.with_state(|s| {
             s.sync_resolve
                 .get(&key.0)
@@ -521,7 +525,38 @@ impl Replication {
             // on disk (saved at most every second).
             expected_root: self.dirs().get(&key).and_then(|d| d.last_root),
             sigs: self.sigs(&key),
+            root_id: Some(root_id),
         })
+    }
+
+    /// The root of a directory this head reads or writes is on the file
+    /// system it is meant to be on (see [`haoscar_replication::root`]):
+    /// one seen as a mount point once is refused while it is not one. The
+    /// refusal is a critical event once per distinct reason.
+    fn root_guard(
+        &self,
+        key: &DirKey,
+        root: &std::path::Path,
+    ) -> Result<haoscar_replication::root::RootId, String> {
+        let mark = haoscar_replication::root::mount_mark(&self.state_path(key));
+        let got = haoscar_replication::root::guard(root, &mark);
+        let mut dirs = self.dirs();
+        let d = dirs.entry(key.clone()).or_default();
+        match &got {
+            Ok(_) => d.root_refused = None,
+            Err(why) if d.root_refused.as_ref() != Some(why) => {
+                d.root_refused = Some(why.clone());
+                drop(dirs);
+                self.critical(
+                    &key.0,
+                    "sync_unmounted",
+                    Some(&key.0),
+                    format!("{}: {why}", set_id(key)),
+                );
+            }
+            Err(_) => {}
+        }
+        got
     }
 
     /// Whether `from` may send `set` for `purpose` (asked again before each pass).
@@ -603,6 +638,7 @@ impl Replication {
             .dir(key)
             .ok_or_else(|| std::io::Error::other("not a replicated directory"))?;
         std::fs::create_dir_all(&root)?;
+        self.root_guard(key, &root).map_err(std::io::Error::other)?;
         let cache = std::mem::take(&mut *Self::lock(&self.cache(key)));
         let snaps = self.snapshot_dir(key);
         let tracker =
@@ -934,7 +970,10 @@ impl Replication {
                             catch_up_ms: r.catch_up_ms,
                         })
                         .collect(),
-                    problem: dir_problem(d.problem.as_deref(), receivers),
+                    problem: dir_problem(
+                        d.root_refused.iter().chain(&d.problem).map(String::as_str),
+                        receivers,
+                    ),
                 }
             })
             .collect();
@@ -1655,13 +1694,15 @@ async fn tracker_task(
                     format!("{dir}: every entry can be read again"),
                 );
             } else {
-                (rep.record)(
-                    "sync_unreadable",
-                    Some(&key.0),
-                    format!(
-                        "{dir}: cannot read {summary}: the last content read is kept and sent; writes since are not confirmed (`sync wait` fails) until it can be read"
-                    ),
+                let text = format!(
+                    "{dir}: cannot read {summary}: the last content read is kept and sent; writes since are not confirmed (`sync wait` fails) until it can be read"
                 );
+                if unreadable_now.iter().any(String::is_empty) {
+                    // The directory itself (its file system unmounted?).
+                    rep.critical(&key.0, "sync_unreadable", Some(&key.0), text);
+                } else {
+                    (rep.record)("sync_unreadable", Some(&key.0), text);
+                }
             }
             said_unreadable = unreadable_now;
         }
@@ -2312,7 +2353,10 @@ fn refusal_seen_by_receiver(dir: &str, why: &str) -> String {
 
 /// The problem line of a directory: this copy's own, then each receiver's
 /// (each names its receiver); `None` when there is none.
-fn dir_problem(own: Option<&str>, receivers: &BTreeMap<String, RecvView>) -> Option<String> {
+fn dir_problem<'a>(
+    own: impl IntoIterator<Item = &'a str>,
+    receivers: &'a BTreeMap<String, RecvView>,
+) -> Option<String> {
     let all: Vec<&str> = own
         .into_iter()
         .chain(receivers.values().filter_map(|r| r.problem.as_deref()))

@@ -784,3 +784,183 @@ fn a_standby_too_far_behind_holds_its_services() {
     assert!(ok, "{out}");
     assert_eq!(files(&spool(&lab, "head1")), files(&spool(&lab, "head2")));
 }
+
+/// Runs a shell script in the mount namespace of `node`'s agent (the
+/// node's own: what the agent sees as its file systems).
+fn in_node_mounts(lab: &Lab, node: &str, script: &str) -> (bool, String) {
+    let pid = lab.agent_pid(node).expect("the node's agent runs");
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "sh", "-c", script])
+        .output()
+        .expect("run nsenter");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// How many files `node`'s agent sees in the set (through its mounts).
+fn files_seen_by(lab: &Lab, node: &str) -> usize {
+    let (ok, out) = in_node_mounts(lab, node, "ls -A /var/lib/haoscar/spool");
+    assert!(ok, "{out}");
+    out.lines().filter(|l| l.starts_with('f')).count()
+}
+
+fn receiver_error(lab: &Lab, source: &str, receiver: &str) -> String {
+    sync_status(lab, source)
+        .and_then(|s| {
+            s.dirs[0]
+                .receivers
+                .iter()
+                .find(|r| r.node == receiver)
+                .and_then(|r| r.error.clone())
+        })
+        .unwrap_or_default()
+}
+
+/// A set on a file system of its own (a tmpfs bind-mounted over the set's
+/// path, in the node's mount namespace). Unmounted from under a receiver:
+/// nothing is written into the bare mount point, sessions are refused, and
+/// they resume once it is back. Unmounted from under the source: its empty
+/// directory is never sent as deletions; it is reported, and `sync wait`
+/// fails, until it is back.
+#[test]
+fn an_unmounted_file_system_is_never_replicated_as_deletions() {
+    if !lab_tests_enabled("an_unmounted_file_system_is_never_replicated_as_deletions") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_with('u', "fast", SET);
+    wait_source(&lab);
+    const DISK: &str = "/var/lib/haoscar/disk";
+    const SPOOL: &str = "/var/lib/haoscar/spool";
+    let mount = format!("mount --bind {DISK} {SPOOL}");
+    let unmount = format!("umount -l {SPOOL}");
+    for node in ["head1", "head2"] {
+        let (ok, out) = in_node_mounts(
+            &lab,
+            node,
+            &format!("mkdir -p {DISK} && mount -t tmpfs -o mode=0755 haoscar-test {DISK}"),
+        );
+        assert!(ok, "{out}");
+    }
+    // head2 (a receiver) moves onto its file system: the session that began
+    // on the plain directory ends, the next one fills the new one.
+    let (ok, out) = in_node_mounts(&lab, "head2", &mount);
+    assert!(ok, "{out}");
+    for i in 0..20 {
+        std::fs::write(spool(&lab, "head1").join(format!("f{i}")), format!("{i}")).expect("w");
+    }
+    let (ok, out) = haoscar_in(&lab, "head1", &["sync", "wait", "--timeout", "30s"]);
+    assert!(ok, "sync wait: {out}");
+    assert_eq!(files_seen_by(&lab, "head2"), 20);
+    assert!(files(&spool(&lab, "head2")).is_empty(), "under the mount");
+    let mark = lab
+        .spec()
+        .dir
+        .join("nodes/head2/state/replication/spool.0.mount");
+    assert!(mark.exists(), "no mount mark at {}", mark.display());
+
+    // Unmounted from under the receiver: refused, nothing written into the
+    // bare mount point.
+    let (ok, out) = in_node_mounts(&lab, "head2", &unmount);
+    assert!(ok, "{out}");
+    for i in 20..25 {
+        std::fs::write(spool(&lab, "head1").join(format!("f{i}")), format!("{i}")).expect("w");
+    }
+    let (ok, out) = haoscar_in(&lab, "head1", &["sync", "wait", "--timeout", "5s"]);
+    assert!(
+        !ok,
+        "sync wait confirmed writes an unmounted receiver refused: {out}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || receiver_error(
+            &lab, "head1", "head2"
+        )
+        .contains("was a mount point")),
+        "{:?}",
+        sync_status(&lab, "head1")
+    );
+    assert!(files(&spool(&lab, "head2")).is_empty(), "under the mount");
+    let ev = events(&lab, "head2");
+    assert!(
+        ev.contains("sync_unmounted") && ev.contains("CRITICAL"),
+        "{ev}"
+    );
+    // Back: the copy catches up, no split brain.
+    let (ok, out) = in_node_mounts(&lab, "head2", &mount);
+    assert!(ok, "{out}");
+    let (ok, out) = haoscar_in(&lab, "head1", &["sync", "wait", "--timeout", "30s"]);
+    assert!(ok, "sync wait once mounted again: {out}");
+    assert_eq!(files_seen_by(&lab, "head2"), 25);
+
+    // head2 becomes the source, its copy on its file system; head1's copy
+    // moves onto its own too (copied there first, as an admin would).
+    let (ok, out) = haoscar_in(&lab, "head1", &["switchover", "--to", "head2"]);
+    assert!(ok, "switchover: {out}");
+    wait_active(&lab, "head1", "head2", Duration::from_secs(20));
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            set_state(&lab, "head2").is_some_and(|(s, _)| s == "ready")
+                && haoscar_in(&lab, "head2", &["sync", "wait", "--timeout", "5s"]).0
+        }),
+        "{:?}",
+        sync_status(&lab, "head2")
+    );
+    let (ok, out) = in_node_mounts(
+        &lab,
+        "head1",
+        &format!("cp -a {SPOOL}/. {DISK}/ && {mount}"),
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = in_node_mounts(
+        &lab,
+        "head2",
+        &format!("for i in 25 26 27 28 29; do echo $i > {SPOOL}/f$i; done"),
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = haoscar_in(&lab, "head2", &["sync", "wait", "--timeout", "30s"]);
+    assert!(ok, "sync wait: {out}");
+    assert_eq!(files_seen_by(&lab, "head1"), 30);
+
+    // Unmounted from under the source: the bare directory (empty) is not
+    // sent as 30 deletions; the problem is shown; `sync wait` fails.
+    let (ok, out) = in_node_mounts(&lab, "head2", &unmount);
+    assert!(ok, "{out}");
+    std::fs::write(spool(&lab, "head2").join("stray"), b"in the bare directory").expect("w");
+    let problem = || {
+        sync_status(&lab, "head2")
+            .and_then(|s| s.dirs[0].tracker.as_ref()?.problem.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || problem()
+            .contains("no longer a mount point")),
+        "{:?}",
+        sync_status(&lab, "head2")
+    );
+    let (ok, out) = haoscar_in(&lab, "head2", &["sync", "wait", "--timeout", "3s"]);
+    assert!(!ok, "sync wait confirmed with the source unmounted: {out}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(files_seen_by(&lab, "head1"), 30, "deletions were sent");
+    let (_, seen) = in_node_mounts(&lab, "head1", &format!("ls -A {SPOOL}"));
+    assert!(!seen.contains("stray"), "{seen}");
+    let ev = events(&lab, "head2");
+    assert!(
+        ev.contains("sync_unreadable") && ev.contains("no longer a mount point"),
+        "{ev}"
+    );
+    // Back: replication goes on from where it was.
+    let (ok, out) = in_node_mounts(&lab, "head2", &mount);
+    assert!(ok, "{out}");
+    let (ok, out) = in_node_mounts(&lab, "head2", &format!("echo 30 > {SPOOL}/f30"));
+    assert!(ok, "{out}");
+    let (ok, out) = haoscar_in(&lab, "head2", &["sync", "wait", "--timeout", "30s"]);
+    assert!(ok, "sync wait once mounted again: {out}");
+    assert_eq!(files_seen_by(&lab, "head1"), 31);
+    assert!(!events(&lab, "head1").contains("SPLIT BRAIN"));
+}
