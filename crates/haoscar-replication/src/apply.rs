@@ -5,7 +5,7 @@
 //! ([`apply_entry`]); a file's new content is received into
 //! `.<name>.haoscar-part` beside it ([`begin`]), given its mode, owner and
 //! mtime, and a batch of received files is made durable together (one
-//! `syncfs` for many, `fsync` for few) before each is renamed over its real
+//! `syncfs` per file system for many, `fsync` for few) before each is renamed over its real
 //! name and the directories are synced ([`commit`]): the real name never
 //! holds a half-written file, even if the receiver is killed. A transfer
 //! cut short is resumed: its partial file's chunks are offered to the
@@ -18,7 +18,7 @@ use crate::manifest::{Change, Entry, Kind, Manifest};
 use crate::names::{RelName, Root};
 use std::ffi::CString;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
 /// What one pass did.
@@ -712,16 +712,14 @@ const SYNCFS_ABOVE: usize = 4;
 /// database's stale sidecars, and syncs the directories. Files that could
 /// not be put in place are listed in `stats.refused`, and their names
 /// returned.
-pub fn commit(root: &Root, items: Vec<Incoming>, stats: &mut Stats) -> Committed {
+pub fn commit(items: Vec<Incoming>, stats: &mut Stats) -> Committed {
     let mut out = Committed::default();
     if items.is_empty() {
         return out;
     }
-    let synced = if items.len() > SYNCFS_ABOVE {
-        syncfs(root).is_ok()
-    } else {
-        false
-    };
+    // One `syncfs` per file system the files are on (a set may hold
+    // mounts of other file systems); per-file `fsync` if any fails.
+    let synced = items.len() > SYNCFS_ABOVE && syncfs_each(items.iter().map(|i| i.file.as_fd()));
     let mut dirs: Vec<OwnedFd> = Vec::new();
     let mut inodes: Vec<(u64, u64)> = Vec::new();
     for inc in items {
@@ -771,9 +769,8 @@ pub fn commit(root: &Root, items: Vec<Incoming>, stats: &mut Stats) -> Committed
             }
         }
     }
-    if dirs.len() > SYNCFS_ABOVE {
-        let _ = syncfs(root);
-    } else {
+    let dirs_synced = dirs.len() > SYNCFS_ABOVE && syncfs_each(dirs.iter().map(|d| d.as_fd()));
+    if !dirs_synced {
         for d in &dirs {
             let _ = fsync_dir(d);
         }
@@ -791,23 +788,24 @@ pub struct Committed {
     pub placed: Vec<(String, nix::sys::stat::FileStat)>,
 }
 
-fn syncfs(root: &Root) -> io::Result<()> {
-    let c = cstr(".")?;
-    // SAFETY: valid fd and name; the new descriptor is owned below.
-    let fd = unsafe {
-        libc::openat(
-            root.fd().as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+/// `syncfs` once for each file system the descriptors are on; whether
+/// every one succeeded.
+fn syncfs_each<'a>(fds: impl Iterator<Item = std::os::fd::BorrowedFd<'a>>) -> bool {
+    let mut done: Vec<u64> = Vec::new();
+    let mut ok = true;
+    for fd in fds {
+        let Ok(st) = nix::sys::stat::fstat(fd) else {
+            ok = false;
+            continue;
+        };
+        if done.contains(&st.st_dev) {
+            continue;
+        }
+        done.push(st.st_dev);
+        // SAFETY: a valid descriptor.
+        ok &= check(unsafe { libc::syncfs(fd.as_raw_fd()) }).is_ok();
     }
-    // SAFETY: a fresh descriptor we own.
-    let f = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: a valid descriptor.
-    check(unsafe { libc::syncfs(f.as_raw_fd()) })
+    ok
 }
 
 /// Applies `changes` beneath `dst` in the receiver's order: entries first
@@ -864,7 +862,7 @@ pub fn apply_all(
             Err(err) => stats.refused.push(format!("{name}: {err}")),
         }
     }
-    let _ = commit(root, batch, &mut stats);
+    let _ = commit(batch, &mut stats);
     for ch in links.into_iter().chain(removals) {
         if let Err(e) = apply_entry(root, ch, &mut stats) {
             stats.refused.push(format!("{}: {e}", change_name(ch)));

@@ -844,12 +844,11 @@ impl Session {
         }
         // Made durable and put in place on a thread of its own while the
         // next batch arrives (disk write-out overlaps the transfer).
-        let root = root.try_clone()?;
         let handle = std::thread::Builder::new()
             .name("haoscar-commit".into())
             .spawn(move || {
                 let mut stats = Stats::default();
-                let committed = apply::commit(&root, incs, &mut stats);
+                let committed = apply::commit(incs, &mut stats);
                 (committed, stats)
             })?;
         Ok(Some(Committing { handle, metas }))

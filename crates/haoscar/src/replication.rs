@@ -769,7 +769,7 @@ impl Replication {
                             return false;
                         }
                     };
-                    let root = Self::lock(&live.tracker).root_hash();
+                    let root = session::blocking(|| Self::lock(&live.tracker).root_hash());
                     let file = self.state_path(&key);
                     let fresh: u64 = rand::random();
                     // The new generation forks from what this copy last had
@@ -1245,7 +1245,7 @@ impl Replication {
             let fresh = Manifest {
                 entries: haoscar_replication::scan::resolve_links(scanned.found),
             };
-            let ours = {
+            let ours = session::blocking(|| {
                 let t = Self::lock(&live.tracker);
                 let model = t.manifest();
                 let dbs: Vec<String> = fresh
@@ -1268,7 +1268,7 @@ impl Replication {
                     }
                 }
                 m
-            };
+            });
             for peer in self.receivers() {
                 let tx = Self::lock(&self.verify)
                     .get(&(key.clone(), peer.clone()))
@@ -1519,12 +1519,13 @@ async fn tracker_task(
     {
         let t0 = unix_ms_now();
         let t = tracker.clone();
-        session::blocking(move || {
+        let seq = session::blocking(move || {
             let mut g = Replication::lock(&t);
             let _ = g.rescan();
             g.covered_at(t0);
+            g.seq()
         });
-        changed.send_replace(Replication::lock(&tracker).seq());
+        changed.send_replace(seq);
     }
     let mut verify =
         tokio::time::interval_at(tokio::time::Instant::now() + VERIFY_EVERY, VERIFY_EVERY);
@@ -1532,9 +1533,13 @@ async fn tracker_task(
     let mut last_retry = tokio::time::Instant::now();
     // The names the last `sync_unreadable` event named.
     let mut said_unreadable: Vec<String> = Vec::new();
+    // The tracker is read only inside `session::blocking` (a scan may hold
+    // it for seconds: this runtime's other tasks go on meanwhile).
+    let t = tracker.clone();
+    let mut has_unreadable =
+        session::blocking(move || !Replication::lock(&t).unreadable().is_empty());
     loop {
         let watched_before = scanning.is_none();
-        let has_unreadable = !Replication::lock(&tracker).unreadable().is_empty();
         let poll_at = if !watched_before {
             Some(last_scan + POLL_EVERY)
         } else if has_unreadable {
@@ -1605,26 +1610,37 @@ async fn tracker_task(
         let t = tracker.clone();
         let round_started = Instant::now();
         let dirty_names = dirty.len();
-        let (n, missed_before, missed_after) = session::blocking(move || {
-            let mut g = Replication::lock(&t);
-            let before = g.stats.missed;
-            let n = if plan.rescan {
-                g.rescan().unwrap_or(0)
-            } else {
-                let mut n = 0;
-                if !dirty.is_empty() {
-                    n += g.refresh(&dirty);
+        let summary_root = root.clone();
+        let (n, missed_before, missed_after, unreadable_now, summary, seq) =
+            session::blocking(move || {
+                let mut g = Replication::lock(&t);
+                let before = g.stats.missed;
+                let n = if plan.rescan {
+                    g.rescan().unwrap_or(0)
+                } else {
+                    let mut n = 0;
+                    if !dirty.is_empty() {
+                        n += g.refresh(&dirty);
+                    }
+                    if retry {
+                        n += g.retry_unreadable();
+                    }
+                    n
+                };
+                if plan.cover {
+                    g.covered_at(t0);
                 }
-                if retry {
-                    n += g.retry_unreadable();
-                }
-                n
-            };
-            if plan.cover {
-                g.covered_at(t0);
-            }
-            (n, before, g.stats.missed)
-        });
+                let u = g.unreadable();
+                (
+                    n,
+                    before,
+                    g.stats.missed,
+                    u.keys().cloned().collect::<Vec<_>>(),
+                    unreadable_summary(&summary_root, u),
+                    g.seq(),
+                )
+            });
+        has_unreadable = !unreadable_now.is_empty();
         tracing::debug!(
             dir = %dir,
             rescan = plan.rescan,
@@ -1678,14 +1694,6 @@ async fn tracker_task(
                 ),
             );
         }
-        let (unreadable_now, summary) = {
-            let g = Replication::lock(&tracker);
-            let u = g.unreadable();
-            (
-                u.keys().cloned().collect::<Vec<_>>(),
-                unreadable_summary(&root, u),
-            )
-        };
         if unreadable_now != said_unreadable {
             if unreadable_now.is_empty() {
                 (rep.record)(
@@ -1706,7 +1714,6 @@ async fn tracker_task(
             }
             said_unreadable = unreadable_now;
         }
-        let seq = Replication::lock(&tracker).seq();
         changed.send_if_modified(|v| std::mem::replace(v, seq) != seq);
         if let Some(r) = reply {
             let _ = r.send(());
