@@ -38,6 +38,17 @@ exclude = ["*.tmp"]
     assert!(eventually(Duration::from_secs(20), || active("head2")
         .as_deref()
         == Some("head1")));
+    // head2 follows (a barrier does not wait for a receiver seen as down,
+    // as head2 may be in the first moments).
+    assert!(
+        eventually(Duration::from_secs(20), || sync_status(&lab, "head1")
+            .is_some_and(|s| s.dirs[0]
+                .receivers
+                .iter()
+                .any(|r| r.node == "head2" && r.connected))),
+        "head2 never followed: {:?}",
+        sync_status(&lab, "head1")
+    );
 
     // Writes on head1, then the barrier: all of it is on head2.
     std::fs::create_dir_all(spool("head1").join("jobs")).expect("mkdir");
@@ -49,7 +60,7 @@ exclude = ["*.tmp"]
     std::fs::write(spool("head1").join("state.db"), &big).expect("big");
     std::fs::write(spool("head1").join("scratch.tmp"), b"not replicated").expect("tmp");
     let (ok, out) = haoscar_in(&lab, "head1", &["sync", "wait", "--timeout", "20s"]);
-    assert!(ok, "sync wait: {out}");
+    assert!(ok && !out.contains("not waited for"), "sync wait: {out}");
     assert_eq!(files(&spool("head2")).len(), 51);
     assert!(!spool("head2").join("scratch.tmp").exists());
     assert_eq!(
