@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 pub struct RootId {
     /// `st_dev` of the root.
     pub dev: u64,
-    /// The root is a mount point: on another device than its parent (or it
-    /// is `/`).
+    /// The root is a mount point: the kernel says it is the root of a mount
+    /// (a bind mount too), or it is on another device than its parent (or
+    /// it is `/`).
     pub mount: bool,
 }
 
@@ -32,10 +33,9 @@ impl RootId {
     pub fn read(root: &Path) -> io::Result<RootId> {
         let me = std::fs::metadata(root)?;
         let parent = std::fs::metadata(root.join(".."))?;
-        Ok(RootId::of(
-            (me.dev(), me.ino()),
-            (parent.dev(), parent.ino()),
-        ))
+        let mut id = RootId::of((me.dev(), me.ino()), (parent.dev(), parent.ino()));
+        id.mount |= mount_root(root) == Some(true);
+        Ok(id)
     }
 
     /// From `(st_dev, st_ino)` of the root and of its parent.
@@ -68,6 +68,23 @@ impl RootId {
             None
         }
     }
+}
+
+/// Whether `path` is the root of a mount, as the kernel says
+/// (`STATX_ATTR_MOUNT_ROOT`, Linux 5.8 and later; `None` where it does not
+/// say).
+pub fn mount_root(path: &Path) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statx fills the zeroed buffer it is given; the name is a valid
+    // C string.
+    let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, libc::STATX_INO, &mut buf) };
+    if rc != 0 {
+        return None;
+    }
+    let bit = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    (buf.stx_attributes_mask & bit != 0).then_some(buf.stx_attributes & bit != 0)
 }
 
 /// `major:minor` of a device number (Linux's encoding).
@@ -153,6 +170,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_kernel_tells_mount_roots() {
+        // `/` is one wherever the kernel says; a directory made here is not.
+        assert_ne!(mount_root(Path::new("/")), Some(false));
+        let d = std::env::temp_dir().join(format!("haoscar-mroot-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap_or_default();
+        assert_ne!(mount_root(&d), Some(true));
+        assert!(RootId::read(Path::new("/")).is_ok_and(|id| id.mount));
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
