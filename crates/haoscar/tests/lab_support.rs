@@ -253,6 +253,11 @@ pub fn haoscar_in(lab: &Lab, node: &str, args: &[&str]) -> (bool, String) {
     let out = lab
         .exec_output(node, &argv)
         .expect("run haoscar in the lab");
+    outcome(&out)
+}
+
+/// A finished command as (success, stdout + stderr).
+pub fn outcome(out: &std::process::Output) -> (bool, String) {
     (
         out.status.success(),
         format!(
@@ -261,6 +266,21 @@ pub fn haoscar_in(lab: &Lab, node: &str, args: &[&str]) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// Whether `source`'s sync status shows `receiver` (of its first
+/// directory) meeting `cond`.
+pub fn receiver_is(
+    lab: &Lab,
+    source: &str,
+    receiver: &str,
+    cond: impl Fn(&haoscar_types::api::SyncReceiver) -> bool,
+) -> bool {
+    sync_status(lab, source).is_some_and(|s| {
+        s.dirs
+            .first()
+            .is_some_and(|d| d.receivers.iter().any(|r| r.node == receiver && cond(r)))
+    })
 }
 
 /// `haoscar sync status --json` of `node`.

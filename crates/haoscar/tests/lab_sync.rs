@@ -41,11 +41,12 @@ exclude = ["*.tmp"]
     // head2 follows (a barrier does not wait for a receiver seen as down,
     // as head2 may be in the first moments).
     assert!(
-        eventually(Duration::from_secs(20), || sync_status(&lab, "head1")
-            .is_some_and(|s| s.dirs[0]
-                .receivers
-                .iter()
-                .any(|r| r.node == "head2" && r.connected))),
+        eventually(Duration::from_secs(20), || receiver_is(
+            &lab,
+            "head1",
+            "head2",
+            |r| r.connected
+        )),
         "head2 never followed: {:?}",
         sync_status(&lab, "head1")
     );
@@ -87,11 +88,12 @@ exclude = ["*.tmp"]
     // Failback as a receiver: only the differences travel.
     lab.set_supervision("head1", true).expect("supervise head1");
     assert!(
-        eventually(Duration::from_secs(30), || sync_status(&lab, "head2")
-            .is_some_and(|s| s.dirs[0]
-                .receivers
-                .iter()
-                .any(|r| r.node == "head1" && r.connected))),
+        eventually(Duration::from_secs(30), || receiver_is(
+            &lab,
+            "head2",
+            "head1",
+            |r| r.connected
+        )),
         "head1 never came back as a receiver: {:?}\n{:?}\n{}",
         sync_status(&lab, "head2"),
         sync_status(&lab, "head1"),

@@ -753,11 +753,12 @@ fn a_standby_too_far_behind_holds_its_services() {
     // head1 returns: its later writes are moved aside, never deleted.
     lab.set_supervision("head1", true).expect("start head1");
     assert!(
-        eventually(Duration::from_secs(30), || sync_status(&lab, "head2")
-            .is_some_and(|s| s.dirs[0]
-                .receivers
-                .iter()
-                .any(|r| r.node == "head1" && r.caught_up))),
+        eventually(Duration::from_secs(30), || receiver_is(
+            &lab,
+            "head2",
+            "head1",
+            |r| r.caught_up
+        )),
         "head1 never caught up: {:?}",
         sync_status(&lab, "head2")
     );
@@ -786,40 +787,24 @@ fn a_standby_too_far_behind_holds_its_services() {
 }
 
 /// Runs a shell script in the mount namespace of `node`'s agent (the
-/// node's own: what the agent sees as its file systems).
-fn in_node_mounts(lab: &Lab, node: &str, script: &str) -> (bool, String) {
+/// node's own: what the agent sees as its file systems); its output.
+fn in_node_mounts(lab: &Lab, node: &str, script: &str) -> String {
     let pid = lab.agent_pid(node).expect("the node's agent runs");
     let out = std::process::Command::new("nsenter")
         .args(["-t", &pid.to_string(), "-m", "sh", "-c", script])
         .output()
         .expect("run nsenter");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (ok, text) = outcome(&out);
+    assert!(ok, "{script} in {node}: {text}");
+    text
 }
 
 /// How many files `node`'s agent sees in the set (through its mounts).
 fn files_seen_by(lab: &Lab, node: &str) -> usize {
-    let (ok, out) = in_node_mounts(lab, node, "ls -A /var/lib/haoscar/spool");
-    assert!(ok, "{out}");
-    out.lines().filter(|l| l.starts_with('f')).count()
-}
-
-fn receiver_error(lab: &Lab, source: &str, receiver: &str) -> String {
-    sync_status(lab, source)
-        .and_then(|s| {
-            s.dirs[0]
-                .receivers
-                .iter()
-                .find(|r| r.node == receiver)
-                .and_then(|r| r.error.clone())
-        })
-        .unwrap_or_default()
+    in_node_mounts(lab, node, "ls -A /var/lib/haoscar/spool")
+        .lines()
+        .filter(|l| l.starts_with('f'))
+        .count()
 }
 
 /// A set on a mount of its own (a directory or a tmpfs bind-mounted over
@@ -843,18 +828,15 @@ fn an_unmounted_file_system_is_never_replicated_as_deletions() {
     // head2's "disk" is a directory of the same file system (its bind
     // mount over the set is told by the kernel's mount-root attribute);
     // head1's is a tmpfs (another device).
-    let (ok, out) = in_node_mounts(&lab, "head2", &format!("mkdir -p {DISK}"));
-    assert!(ok, "{out}");
-    let (ok, out) = in_node_mounts(
+    in_node_mounts(&lab, "head2", &format!("mkdir -p {DISK}"));
+    in_node_mounts(
         &lab,
         "head1",
         &format!("mkdir -p {DISK} && mount -t tmpfs -o mode=0755 haoscar-test {DISK}"),
     );
-    assert!(ok, "{out}");
     // head2 (a receiver) moves onto its file system: the session that began
     // on the plain directory ends, the next one fills the new one.
-    let (ok, out) = in_node_mounts(&lab, "head2", &mount);
-    assert!(ok, "{out}");
+    in_node_mounts(&lab, "head2", &mount);
     for i in 0..20 {
         std::fs::write(spool(&lab, "head1").join(format!("f{i}")), format!("{i}")).expect("w");
     }
@@ -870,8 +852,7 @@ fn an_unmounted_file_system_is_never_replicated_as_deletions() {
 
     // Unmounted from under the receiver: refused, nothing written into the
     // bare mount point.
-    let (ok, out) = in_node_mounts(&lab, "head2", &unmount);
-    assert!(ok, "{out}");
+    in_node_mounts(&lab, "head2", &unmount);
     for i in 20..25 {
         std::fs::write(spool(&lab, "head1").join(format!("f{i}")), format!("{i}")).expect("w");
     }
@@ -881,10 +862,15 @@ fn an_unmounted_file_system_is_never_replicated_as_deletions() {
         "sync wait confirmed writes an unmounted receiver refused: {out}"
     );
     assert!(
-        eventually(Duration::from_secs(10), || receiver_error(
-            &lab, "head1", "head2"
-        )
-        .contains("was a mount point")),
+        eventually(Duration::from_secs(10), || receiver_is(
+            &lab,
+            "head1",
+            "head2",
+            |r| r
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("was a mount point"))
+        )),
         "{:?}",
         sync_status(&lab, "head1")
     );
@@ -895,8 +881,7 @@ fn an_unmounted_file_system_is_never_replicated_as_deletions() {
         "{ev}"
     );
     // Back: the copy catches up, no split brain.
-    let (ok, out) = in_node_mounts(&lab, "head2", &mount);
-    assert!(ok, "{out}");
+    in_node_mounts(&lab, "head2", &mount);
     let (ok, out) = haoscar_in(&lab, "head1", &["sync", "wait", "--timeout", "30s"]);
     assert!(ok, "sync wait once mounted again: {out}");
     assert_eq!(files_seen_by(&lab, "head2"), 25);
@@ -914,26 +899,23 @@ fn an_unmounted_file_system_is_never_replicated_as_deletions() {
         "{:?}",
         sync_status(&lab, "head2")
     );
-    let (ok, out) = in_node_mounts(
+    in_node_mounts(
         &lab,
         "head1",
         &format!("cp -a {SPOOL}/. {DISK}/ && {mount}"),
     );
-    assert!(ok, "{out}");
-    let (ok, out) = in_node_mounts(
+    in_node_mounts(
         &lab,
         "head2",
         &format!("for i in 25 26 27 28 29; do echo $i > {SPOOL}/f$i; done"),
     );
-    assert!(ok, "{out}");
     let (ok, out) = haoscar_in(&lab, "head2", &["sync", "wait", "--timeout", "30s"]);
     assert!(ok, "sync wait: {out}");
     assert_eq!(files_seen_by(&lab, "head1"), 30);
 
     // Unmounted from under the source: the bare directory (empty) is not
     // sent as 30 deletions; the problem is shown; `sync wait` fails.
-    let (ok, out) = in_node_mounts(&lab, "head2", &unmount);
-    assert!(ok, "{out}");
+    in_node_mounts(&lab, "head2", &unmount);
     std::fs::write(spool(&lab, "head2").join("stray"), b"in the bare directory").expect("w");
     let problem = || {
         sync_status(&lab, "head2")
@@ -950,7 +932,7 @@ fn an_unmounted_file_system_is_never_replicated_as_deletions() {
     assert!(!ok, "sync wait confirmed with the source unmounted: {out}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(files_seen_by(&lab, "head1"), 30, "deletions were sent");
-    let (_, seen) = in_node_mounts(&lab, "head1", &format!("ls -A {SPOOL}"));
+    let seen = in_node_mounts(&lab, "head1", &format!("ls -A {SPOOL}"));
     assert!(!seen.contains("stray"), "{seen}");
     let ev = events(&lab, "head2");
     assert!(
@@ -958,10 +940,8 @@ fn an_unmounted_file_system_is_never_replicated_as_deletions() {
         "{ev}"
     );
     // Back: replication goes on from where it was.
-    let (ok, out) = in_node_mounts(&lab, "head2", &mount);
-    assert!(ok, "{out}");
-    let (ok, out) = in_node_mounts(&lab, "head2", &format!("echo 30 > {SPOOL}/f30"));
-    assert!(ok, "{out}");
+    in_node_mounts(&lab, "head2", &mount);
+    in_node_mounts(&lab, "head2", &format!("echo 30 > {SPOOL}/f30"));
     let (ok, out) = haoscar_in(&lab, "head2", &["sync", "wait", "--timeout", "30s"]);
     assert!(ok, "sync wait once mounted again: {out}");
     assert_eq!(files_seen_by(&lab, "head1"), 31);
