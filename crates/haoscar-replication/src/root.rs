@@ -56,6 +56,13 @@ impl RootId {
                 root.display(),
                 dev_text(was.dev)
             ))
+        } else if !was.mount && self.mount {
+            Some(format!(
+                "a file system (device {}) was mounted over {}: \
+                 not replicated until it is unmounted or read afresh; the last content read is kept",
+                dev_text(self.dev),
+                root.display()
+            ))
         } else if was.dev != self.dev {
             Some(format!(
                 "the file system under {} changed (device {}, now {}): \
@@ -148,17 +155,25 @@ mod tests {
         assert!(!plain.mount);
         assert!(mounted.mount);
         assert!(slash.mount);
+        assert_eq!(slash.changed_from(&slash, Path::new("/")), None);
         let root = Path::new("/srv/spool");
-        let table: [(&RootId, &RootId, Option<&str>); 6] = [
+        // A bind mount of the same file system (the kernel says mount root).
+        let bound = RootId {
+            dev: 5,
+            mount: true,
+        };
+        let table: [(&RootId, &RootId, Option<&str>); 8] = [
             (&plain, &plain, None),
             (&mounted, &mounted, None),
+            (&bound, &bound, None),
             // Unmounted: the mount point on the parent's file system.
             (&mounted, &plain, Some("no longer a mount point")),
+            (&bound, &plain, Some("no longer a mount point")),
             // Another file system mounted there.
             (&mounted, &RootId::of((7, 2), (5, 10)), Some("changed")),
-            // Mounted over a plain directory: another file system too.
-            (&plain, &mounted, Some("changed")),
-            (&slash, &slash, None),
+            // Mounted over a plain directory, of another file system or not.
+            (&plain, &mounted, Some("was mounted over")),
+            (&plain, &bound, Some("was mounted over")),
         ];
         for (was, now, want) in table {
             let got = now.changed_from(was, root);
