@@ -113,7 +113,10 @@ fn kind_at(dir: &OwnedFd, last: &str) -> io::Result<Option<libc::mode_t>> {
     }
 }
 
-/// Owner, mode (not for symlinks) and mtime of `last` in `dir`.
+/// Owner, mode and replicated extended attributes (not for symlinks) and
+/// mtime of `last` in `dir`. The attributes come after the owner (a change
+/// of owner clears file capabilities) and the mode (an ACL then sets the
+/// group bits as it had them).
 fn set_meta(dir: &OwnedFd, last: &str, e: &Entry, symlink: bool) -> io::Result<()> {
     let c = cstr(last)?;
     // SAFETY: valid fd and name; AT_SYMLINK_NOFOLLOW changes the link itself.
@@ -130,6 +133,9 @@ fn set_meta(dir: &OwnedFd, last: &str, e: &Entry, symlink: bool) -> io::Result<(
         // SAFETY: valid fd and name (not a symlink: checked by the caller's
         // kind, and renamed into place by us).
         check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), e.mode, 0) })?;
+        if let Some(x) = &e.xattrs {
+            crate::xattrs::apply(dir, last, x)?;
+        }
     }
     if !matches!(e.kind, Kind::Dir) {
         let times = [
@@ -881,8 +887,23 @@ fn change_name(ch: &Change) -> &str {
 /// machine: both scanned, the changes applied to `dst` with deltas
 /// computed from `src`'s files. Returns the stats and the manifests after.
 pub fn sync_once(src: &Path, dst: &Path, exclude: &[String]) -> io::Result<(Stats, Manifest)> {
-    let from = crate::scan::scan(src, exclude)?;
-    let to = crate::scan::scan(dst, exclude)?;
+    sync_once_with(src, dst, exclude, false)
+}
+
+/// [`sync_once`], extended attributes replicated too if `xattrs`.
+pub fn sync_once_with(
+    src: &Path,
+    dst: &Path,
+    exclude: &[String],
+    xattrs: bool,
+) -> io::Result<(Stats, Manifest)> {
+    let scan = |p: &Path| {
+        crate::scan::Scanner::new(p, exclude, None)
+            .with_xattrs(xattrs)
+            .full()
+    };
+    let from = scan(src)?;
+    let to = scan(dst)?;
     let root = Root::open(dst)?;
     let src_root = Root::open(src)?;
     let changes = to.changes_to(&from);
@@ -1064,6 +1085,63 @@ mod tests {
     /// A receiver killed while a large file arrives: the real name keeps
     /// the old content, and the next transfer offers the partial file's
     /// chunks, so only what is missing travels.
+    /// Extended attributes of files and directories travel with a set
+    /// that replicates them: set, changed and removed as on the source
+    /// (metadata changes only, no content sent again).
+    #[test]
+    fn extended_attributes_are_replicated() {
+        let base = tempdir("xattrs");
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        std::fs::create_dir_all(src.join("d")).expect("mkdir");
+        std::fs::create_dir_all(&dst).expect("mkdir");
+        std::fs::write(src.join("d/f"), b"content").expect("f");
+        std::fs::write(src.join("g"), b"plain").expect("g");
+        let set = |dir: &Path, last: &str, x: &[(&str, &[u8])]| {
+            let d = std::fs::File::open(dir).expect("dir");
+            let want: crate::xattrs::Xattrs =
+                x.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+            crate::xattrs::apply(&d, last, &want)
+        };
+        if let Err(e) = set(&src.join("d"), "f", &[("user.a", b"1"), ("user.b", b"two")]) {
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                return; // No user attributes on this file system.
+            }
+            panic!("{e}");
+        }
+        set(&src, "d", &[("user.dir", b"x")]).expect("dir attr");
+        let ex: Vec<String> = Vec::new();
+        let (s1, m) = sync_once_with(&src, &dst, &ex, true).expect("first pass");
+        assert_eq!(s1.files_written, 2);
+        let read = |p: &Path| {
+            crate::scan::Scanner::new(p, &ex, None)
+                .with_xattrs(true)
+                .full()
+                .expect("scan")
+        };
+        assert_eq!(read(&dst), m);
+        let f = &m.entries["d/f"];
+        assert!(
+            f.xattrs
+                .as_ref()
+                .is_some_and(|x| x.iter().any(|(n, v)| n == "user.b" && v == b"two")),
+            "{f:?}"
+        );
+        // One changed, one removed, one added on the source.
+        set(&src.join("d"), "f", &[("user.a", b"one"), ("user.c", b"3")]).expect("change");
+        let (s2, m2) = sync_once_with(&src, &dst, &ex, true).expect("second pass");
+        assert_eq!((s2.files_written, s2.literal_bytes), (0, 0));
+        assert_eq!(read(&dst), m2);
+        // Without the option, a copy's own attributes are left alone.
+        set(&dst, "g", &[("user.local", b"mine")]).expect("local");
+        sync_once(&src, &dst, &ex).expect("plain pass");
+        let g = std::fs::File::open(&dst).expect("dst");
+        assert!(crate::xattrs::read(&g, "g")
+            .expect("read")
+            .iter()
+            .any(|(n, _)| n == "user.local"));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
     #[test]
     fn an_interrupted_transfer_leaves_the_old_file_and_resumes() {
         let base = tempdir("resume");
@@ -1081,6 +1159,7 @@ mod tests {
             gid: 0,
             mtime_ns: 1_700_000_000_000_000_000,
             link_of: None,
+            xattrs: None,
         };
         let root = Root::open(&dst).expect("root");
         // First attempt: 4 MiB arrive, then the receiver dies.
@@ -1134,6 +1213,7 @@ mod tests {
             gid: 0,
             mtime_ns: 0,
             link_of: None,
+            xattrs: None,
         };
         let payload = b"owned".to_vec();
         let changes = vec![

@@ -84,10 +84,21 @@ impl Writer {
             }
         }
         self.u32(e.mode).u32(e.uid).u32(e.gid).i64(e.mtime_ns);
-        match &e.link_of {
-            Some(l) => self.u8(1).str(l),
-            None => self.u8(0),
+        // Tags 0/1 (no link / a link) as before extended attributes were
+        // replicated, so an entry without them keeps its digest; 2/3 the
+        // same, followed by the attributes.
+        let tag = u8::from(e.link_of.is_some()) | if e.xattrs.is_some() { 2 } else { 0 };
+        self.u8(tag);
+        if let Some(l) = &e.link_of {
+            self.str(l);
         }
+        if let Some(x) = &e.xattrs {
+            self.u32(x.len() as u32);
+            for (name, value) in x {
+                self.str(name).bytes(value);
+            }
+        }
+        self
     }
     /// A name and its entry, or its removal (`None`).
     pub fn change(&mut self, name: &str, e: Option<&Entry>) -> &mut Self {
@@ -188,10 +199,25 @@ impl<'a> Reader<'a> {
             }
         };
         let (mode, uid, gid, mtime_ns) = (self.u32()?, self.u32()?, self.u32()?, self.i64()?);
-        let link_of = match self.u8()? {
-            0 => None,
-            1 => Some(self.str()?),
-            tag => return Err(CodecError::Tag { what: "link", tag }),
+        let tag = self.u8()?;
+        if tag > 3 {
+            return Err(CodecError::Tag { what: "link", tag });
+        }
+        let link_of = if tag & 1 != 0 {
+            Some(self.str()?)
+        } else {
+            None
+        };
+        let xattrs = if tag & 2 != 0 {
+            let n = self.u32()? as usize;
+            // 8 bytes at least each: never reserve more than the payload holds.
+            let mut x = Vec::with_capacity(n.min(self.b.len() / 8));
+            for _ in 0..n {
+                x.push((self.str()?, self.bytes()?.to_vec()));
+            }
+            Some(x)
+        } else {
+            None
         };
         Ok(Entry {
             kind,
@@ -200,6 +226,7 @@ impl<'a> Reader<'a> {
             gid,
             mtime_ns,
             link_of,
+            xattrs,
         })
     }
     pub fn change(&mut self) -> Result<(String, Option<Entry>), CodecError> {
@@ -271,6 +298,7 @@ mod tests {
             gid: 7,
             mtime_ns: -5,
             link_of: None,
+            xattrs: None,
         };
         vec![
             ("d".into(), Some(base.clone())),
@@ -302,11 +330,63 @@ mod tests {
                         hash: [3; 32],
                     },
                     link_of: Some("d/f".into()),
+                    ..base.clone()
+                }),
+            ),
+            (
+                "d/acl".into(),
+                Some(Entry {
+                    xattrs: Some(vec![
+                        ("system.posix_acl_access".into(), vec![2, 0, 0, 0, 1, 0]),
+                        ("user.empty".into(), Vec::new()),
+                    ]),
+                    ..base.clone()
+                }),
+            ),
+            (
+                "d/hx".into(),
+                Some(Entry {
+                    link_of: Some("d/f".into()),
+                    xattrs: Some(Vec::new()),
                     ..base
                 }),
             ),
             ("gone".into(), None),
         ]
+    }
+
+    /// An entry without replicated attributes encodes as before they were
+    /// (root hashes saved by an earlier version stay valid); with them, the
+    /// digest differs.
+    #[test]
+    fn attributes_change_the_digest_only_when_replicated() {
+        let e = Entry {
+            kind: Kind::Dir,
+            mode: 0o750,
+            uid: 1,
+            gid: 2,
+            mtime_ns: 0,
+            link_of: None,
+            xattrs: None,
+        };
+        let mut w = Writer::new();
+        w.str("d").entry(&e);
+        let mut old = Writer::new();
+        old.str("d").u8(1).u32(0o750).u32(1).u32(2).i64(0).u8(0);
+        assert_eq!(w.buf, old.buf);
+        let with = Entry {
+            xattrs: Some(Vec::new()),
+            ..e.clone()
+        };
+        assert_ne!(entry_digest("d", &e), entry_digest("d", &with));
+        let labelled = Entry {
+            xattrs: Some(vec![(
+                "security.selinux".into(),
+                b"system_u:object_r:etc_t:s0".to_vec(),
+            )]),
+            ..e.clone()
+        };
+        assert_ne!(entry_digest("d", &with), entry_digest("d", &labelled));
     }
 
     #[test]

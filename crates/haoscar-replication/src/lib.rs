@@ -14,6 +14,8 @@
 //!   one manifest to another.
 //! * [`scan`]: reading a directory (whole, a subtree, one name) into
 //!   entries through descriptors, with a hash cache and SQLite snapshots.
+//! * [`xattrs`]: an entry's extended attributes (ACLs, SELinux labels,
+//!   capabilities) read and set through its directory's descriptor.
 //! * [`sqlite`]: recognising SQLite databases and copying them with the
 //!   online backup API.
 //! * [`inotify`]: change detection: watches on a directory tree kept
@@ -55,3 +57,4 @@ pub mod session;
 pub mod sqlite;
 pub mod store;
 pub mod tracker;
+pub mod xattrs;

@@ -1,6 +1,7 @@
 //! The manifest of a replicated set: every entry beneath its root (files
 //! with size and blake3 hash, directories, symbolic links with their
-//! target) with mode, owner, group and mtime, names matching the set's
+//! target) with mode, owner, group, mtime and, where replicated, extended
+//! attributes, names matching the set's
 //! `exclude` patterns left out; a root hash over all of it (two copies are
 //! equal when their root hashes are); and the changes that turn one
 //! manifest into another, in an order a receiver can apply (directories
@@ -33,6 +34,12 @@ pub struct Entry {
     /// Another name of the same file within the set (hard link), if any:
     /// the first name in order.
     pub link_of: Option<String>,
+    /// Extended attributes by name (POSIX ACLs, SELinux labels and file
+    /// capabilities among them), sorted, for a set that replicates them
+    /// (`xattrs = true`; never for symbolic links). `None`: not replicated,
+    /// and a receiver leaves its own as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xattrs: Option<Vec<(String, Vec<u8>)>>,
 }
 
 /// Every entry of a set, by name.

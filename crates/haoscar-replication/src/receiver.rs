@@ -83,6 +83,8 @@ pub struct Target {
     /// The root's file system when the session was accepted: a pass finding
     /// another one (unmounted since) ends the session, nothing applied.
     pub root_id: Option<crate::root::RootId>,
+    /// Extended attributes are part of the copy (the set's `xattrs`).
+    pub xattrs: bool,
 }
 
 /// What one applied pass did, for the caller's status.
@@ -118,9 +120,12 @@ impl Replica {
         root: &std::path::Path,
         exclude: &[String],
         cache: HashCache,
+        xattrs: bool,
     ) -> std::io::Result<Self> {
         let mut r = Replica {
-            scanner: Scanner::new(root, exclude, None).with_cache(cache),
+            scanner: Scanner::new(root, exclude, None)
+                .with_cache(cache)
+                .with_xattrs(xattrs),
             manifest: Manifest::default(),
             acc: RootAccum::default(),
             by_hash: HashMap::new(),
@@ -234,7 +239,7 @@ pub async fn receive_any(
     let state_file = target.state_file.clone();
     let mut state = blocking(|| CopyState::load(&state_file))?;
     let cache = std::mem::take(&mut *target.cache.lock().unwrap_or_else(PoisonError::into_inner));
-    let replica = blocking(|| Replica::load(&target.root, &target.exclude, cache))?;
+    let replica = blocking(|| Replica::load(&target.root, &target.exclude, cache, target.xattrs))?;
     // Changed here since the last pass saved its result? A pass cut short
     // (a connection lost, this agent killed before its state was saved)
     // explains differences in the names it was changing: those are
@@ -473,8 +478,13 @@ impl Session {
 
     async fn verify(&mut self) -> Result<(), SessionError> {
         let (root, exclude) = (self.target.root.clone(), self.target.exclude.clone());
+        let xattrs = self.target.xattrs;
         // Every file read again: no cache.
-        let m = blocking(|| Scanner::new(&root, &exclude, None).full())?;
+        let m = blocking(|| {
+            Scanner::new(&root, &exclude, None)
+                .with_xattrs(xattrs)
+                .full()
+        })?;
         let mut w = Writer::new();
         let mut n = 0u32;
         let mut parts = Vec::new();

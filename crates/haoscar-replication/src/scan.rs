@@ -127,6 +127,8 @@ pub struct Scanner {
     /// The databases found, and the file their replicated content is read
     /// from (the snapshot on a source, the file itself otherwise).
     databases: BTreeMap<String, PathBuf>,
+    /// Extended attributes are read (a set with `xattrs = true`).
+    xattrs: bool,
 }
 
 fn snapshot_name(name: &str) -> String {
@@ -142,7 +144,14 @@ impl Scanner {
             cache: HashCache::default(),
             snapshots,
             databases: BTreeMap::new(),
+            xattrs: false,
         }
+    }
+
+    /// Reads the extended attributes of files and directories too.
+    pub fn with_xattrs(mut self, on: bool) -> Scanner {
+        self.xattrs = on;
+        self
     }
 
     pub fn root_path(&self) -> &Path {
@@ -493,6 +502,13 @@ impl Scanner {
             nix::sys::stat::fstatat(dir, last, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(nix_io)?;
         let fmt = SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT);
         let mtime_ns = st.st_mtime * 1_000_000_000 + st.st_mtime_nsec;
+        // Attributes of files and directories, never of symbolic links (the
+        // kernel keeps none a user could set on them).
+        let xattrs = if self.xattrs && fmt != SFlag::S_IFLNK {
+            Some(crate::xattrs::read(dir, last)?)
+        } else {
+            None
+        };
         let meta = |kind: Kind, mtime_ns: i64| Entry {
             kind,
             mode: st.st_mode & 0o7777,
@@ -500,6 +516,7 @@ impl Scanner {
             gid: st.st_gid,
             mtime_ns,
             link_of: None,
+            xattrs: xattrs.clone(),
         };
         if fmt == SFlag::S_IFDIR {
             return Ok(Some((

@@ -40,7 +40,7 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest time an idle source stays silent.
 pub const KEEPALIVE: Duration = Duration::from_millis(250);
 /// The version of this protocol (in the hello).
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Update frames are cut at about this many bytes of entries.
 const PART_BYTES: usize = 2 << 20;
 /// Files of at least this size send their new chunk signature with their

@@ -61,6 +61,7 @@ async fn one_receiver_with(
         expected_root: None,
         sigs,
         root_id: crate::root::RootId::read(dst).ok(),
+        xattrs: false,
     };
     let handle = tokio::spawn(async move {
         let (s, _) = listener.accept().await.expect("accept");
@@ -556,6 +557,7 @@ async fn a_hostile_sender_writes_nothing_outside_the_set() {
         gid: 0,
         mtime_ns: 0,
         link_of: None,
+        xattrs: None,
     };
     let link = |target: &str| Entry {
         kind: crate::manifest::Kind::Symlink {

@@ -293,6 +293,7 @@ mod tests {
                 gid: 0,
                 mtime_ns: 0,
                 link_of: None,
+                xattrs: None,
             };
             m.entries.insert(n.to_string(), e);
         }

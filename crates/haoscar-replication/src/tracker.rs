@@ -102,9 +102,18 @@ impl Tracker {
         snapshots: Option<PathBuf>,
         cache: crate::scan::HashCache,
     ) -> io::Result<Tracker> {
+        Tracker::with_scanner(Scanner::new(root, exclude, snapshots).with_cache(cache))
+    }
+
+    /// A tracker reading its directory with `scanner` (its options, its
+    /// cache); scans it.
+    pub fn with_scanner(scanner: Scanner) -> io::Result<Tracker> {
         let started = crate::session::now_ms();
+        let root = scanner.root_path().to_path_buf();
         let mut t = Tracker {
-            scanner: Scanner::new(root, exclude, snapshots).with_cache(cache),
+            root_id: RootId::read(&root).ok(),
+            root,
+            scanner,
             manifest: Manifest::default(),
             acc: RootAccum::default(),
             inode_of: HashMap::new(),
@@ -117,8 +126,6 @@ impl Tracker {
             unreadable: BTreeMap::new(),
             first_scan: true,
             covered_ms: 0,
-            root: root.to_path_buf(),
-            root_id: RootId::read(root).ok(),
         };
         t.rescan()?;
         t.first_scan = false;

@@ -526,6 +526,7 @@ impl Replication {
             expected_root: self.dirs().get(&key).and_then(|d| d.last_root),
             sigs: self.sigs(&key),
             root_id: Some(root_id),
+            xattrs: self.set_def(&key.0).is_some_and(|d| d.xattrs),
         })
     }
 
@@ -641,8 +642,14 @@ impl Replication {
         self.root_guard(key, &root).map_err(std::io::Error::other)?;
         let cache = std::mem::take(&mut *Self::lock(&self.cache(key)));
         let snaps = self.snapshot_dir(key);
-        let tracker =
-            session::blocking(|| Tracker::with_cache(&root, &exclude, Some(snaps), cache))?;
+        let xattrs = self.set_def(&key.0).is_some_and(|d| d.xattrs);
+        let tracker = session::blocking(|| {
+            Tracker::with_scanner(
+                haoscar_replication::scan::Scanner::new(&root, &exclude, Some(snaps))
+                    .with_cache(cache)
+                    .with_xattrs(xattrs),
+            )
+        })?;
         let tracker = Arc::new(Mutex::new(tracker));
         let (changed_tx, changed) = watch::channel(0u64);
         let (poke, poke_rx) = mpsc::channel(16);
@@ -1238,7 +1245,9 @@ impl Replication {
             // by the snapshot last sent (a new one would differ in bytes).
             let (root, ex) = (path.clone(), exclude.clone());
             let scanned = session::blocking(|| {
-                haoscar_replication::scan::Scanner::new(&root, &ex, None).full_found()
+                haoscar_replication::scan::Scanner::new(&root, &ex, None)
+                    .with_xattrs(def.xattrs)
+                    .full_found()
             })
             .map_err(|e| (500, format!("{}: {e}", path.display())))?;
             let unreadable = scanned.unreadable;

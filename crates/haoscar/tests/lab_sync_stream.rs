@@ -527,6 +527,7 @@ fn a_hostile_sender_writes_nothing_outside_the_set() {
         gid: 0,
         mtime_ns: 0,
         link_of: None,
+        xattrs: None,
     };
     let link = |target: &str| haoscar_replication::manifest::Entry {
         kind: haoscar_replication::manifest::Kind::Symlink {
@@ -946,4 +947,79 @@ fn an_unmounted_file_system_is_never_replicated_as_deletions() {
     assert!(ok, "sync wait once mounted again: {out}");
     assert_eq!(files_seen_by(&lab, "head1"), 31);
     assert!(!events(&lab, "head1").contains("SPLIT BRAIN"));
+}
+
+/// A POSIX access ACL in the kernel's `system.posix_acl_access` format:
+/// owner rw, user `uid` r, group r, mask r, others nothing.
+fn acl_with_user(uid: u32) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 4, uid),
+        (0x04, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+fn xattrs_of(dir: &std::path::Path, last: &str) -> Vec<(String, Vec<u8>)> {
+    let d = std::fs::File::open(dir).expect("open the directory");
+    haoscar_replication::xattrs::read(&d, last).expect("read the attributes")
+}
+
+/// A set with `xattrs = true`: a file's ACL and user attributes, and a
+/// directory's, reach the standby with the mode the ACL implies; a change
+/// and a removal follow.
+#[test]
+fn extended_attributes_and_acls_reach_the_standby() {
+    if !lab_tests_enabled("extended_attributes_and_acls_reach_the_standby") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_with('x', "fast", &format!("{SET}xattrs = true\n"));
+    wait_source(&lab);
+    let (src, dst) = (spool(&lab, "head1"), spool(&lab, "head2"));
+    std::fs::create_dir_all(src.join("etc")).expect("mkdir");
+    std::fs::write(src.join("etc/slurm.conf"), b"ClusterName=lab\n").expect("w");
+    let want: Vec<(String, Vec<u8>)> = vec![
+        ("system.posix_acl_access".into(), acl_with_user(1000)),
+        ("user.origin".into(), b"head1".to_vec()),
+    ];
+    let set = |dir: &std::path::Path, last: &str, x: &[(String, Vec<u8>)]| {
+        let d = std::fs::File::open(dir).expect("dir");
+        haoscar_replication::xattrs::apply(&d, last, x).expect("set the attributes");
+    };
+    set(&src.join("etc"), "slurm.conf", &want);
+    set(&src, "etc", &[("user.kind".into(), b"config".to_vec())]);
+    let (ok, out) = haoscar_in(&lab, "head1", &["sync", "wait", "--timeout", "20s"]);
+    assert!(ok, "sync wait: {out}");
+    assert_eq!(xattrs_of(&dst.join("etc"), "slurm.conf"), want);
+    assert_eq!(
+        xattrs_of(&dst, "etc"),
+        [("user.kind".to_string(), b"config".to_vec())]
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .expect("mode")
+    };
+    assert_eq!(
+        mode(&dst.join("etc/slurm.conf")),
+        mode(&src.join("etc/slurm.conf"))
+    );
+    // A change of one and the removal of the other follow.
+    let want2: Vec<(String, Vec<u8>)> =
+        vec![("system.posix_acl_access".into(), acl_with_user(2000))];
+    set(&src.join("etc"), "slurm.conf", &want2);
+    let (ok, out) = haoscar_in(&lab, "head1", &["sync", "wait", "--timeout", "20s"]);
+    assert!(ok, "sync wait: {out}");
+    assert_eq!(xattrs_of(&dst.join("etc"), "slurm.conf"), want2);
+    let (ok, out) = haoscar_in(&lab, "head1", &["sync", "verify", "spool"]);
+    assert!(ok, "verify: {out}");
 }

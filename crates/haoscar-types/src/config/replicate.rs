@@ -32,6 +32,10 @@ pub struct Replicate {
     pub alert: Vec<String>,
     #[serde(skip)]
     pub alerts: Vec<crate::watchspec::AlertSpec>,
+    /// Extended attributes of files and directories are replicated too
+    /// (POSIX ACLs, SELinux labels, file capabilities, `user.*`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub xattrs: bool,
 }
 
 /// Default of `max_lag_on_failover`.
@@ -47,6 +51,7 @@ pub(super) struct RawReplicate {
     max_lag: Option<Sp<Duration>>,
     group: Option<Sp<String>>,
     alert: Option<Sp<Vec<String>>>,
+    xattrs: Option<bool>,
     /// The `paths` key is present (even if its value was invalid).
     has_paths: bool,
 }
@@ -58,6 +63,7 @@ const KEYS: &[&str] = &[
     "max_lag_on_failover",
     "group",
     "alert",
+    "xattrs",
 ];
 
 impl Cx<'_> {
@@ -77,6 +83,7 @@ impl Cx<'_> {
             max_lag: self.duration(t, path, "max_lag_on_failover"),
             group: self.string(t, path, "group"),
             alert: self.string_array(t, path, "alert"),
+            xattrs: self.boolean(t, path, "xattrs"),
             has_paths: t.contains_key("paths"),
         }
     }
@@ -249,6 +256,7 @@ pub(super) fn validate_replicates(
                 exclude: r.exclude.as_ref().map(|e| e.v.clone()).unwrap_or_default(),
                 max_lag_on_failover: r.max_lag.as_ref().map_or(DEFAULT_MAX_LAG, |d| d.v),
                 group,
+                xattrs: r.xattrs.unwrap_or(false),
             });
         }
     }

@@ -956,6 +956,7 @@ fn replicated_sets() {
     }
     assert_eq!(cfg.replicates[0].max_lag_on_failover, DEFAULT_MAX_LAG);
     assert_eq!(cfg.replicates[0].group, None);
+    assert!(!cfg.replicates[0].xattrs);
 }
 
 #[test]
@@ -979,11 +980,13 @@ name = \"slurm-state\"
 paths = [\"/var/spool/slurmctld\"]
 max_lag_on_failover = \"5s\"
 alert = [\"mail.alert root@localhost\", \"syslog crit\"]
+xattrs = true
 group = \"slurm\"
 "
     );
     let cfg = ok(&text);
     let r = &cfg.replicates[0];
+    assert!(r.xattrs);
     assert_eq!(r.max_lag_on_failover, Duration::from_secs(5));
     assert_eq!(r.group.as_deref(), Some("slurm"));
     assert_eq!(r.alerts.len(), 2);
@@ -1018,6 +1021,12 @@ group = \"slurm\"
             "\"syslog loud\"",
             "replicate[0].alert[1]",
             "",
+        ),
+        (
+            "xattrs = true",
+            "xattrs = \"yes\"",
+            "replicate[0].xattrs",
+            "expected true or false",
         ),
     ] {
         // The [[replicate]] table comes last: change its key.
