@@ -528,9 +528,16 @@ impl Session {
 
     async fn pass(
         &mut self,
-        u: Update,
+        mut u: Update,
         on_pass: &mut impl FnMut(Report<'_>),
     ) -> Result<(), SessionError> {
+        if !self.target.xattrs {
+            // Attributes are this copy's own where the set does not
+            // replicate them, whatever a sender sends.
+            for e in u.changes.iter_mut().filter_map(|(_, e)| e.as_mut()) {
+                e.xattrs = None;
+            }
+        }
         // Roles may have changed since the handshake (an update delivered
         // late after a partition): only the allowed source's passes apply.
         if !(self.target.still_allowed)() {

@@ -199,6 +199,42 @@ async fn full_then_incremental_passes_make_the_receiver_equal() {
     let _ = std::fs::remove_dir_all(&base);
 }
 
+/// A sender replicating extended attributes to a receiver whose set does
+/// not: the content arrives, the attributes do not (a copy's own
+/// attributes are never set from the wire unless its set says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_are_applied_only_where_the_set_replicates_them() {
+    let base = tempdir("xattr-refused");
+    let (src, dst) = (base.join("src"), base.join("dst"));
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::create_dir_all(&dst).expect("dst");
+    std::fs::write(src.join("f"), b"content").expect("f");
+    let dir = std::fs::File::open(&src).expect("dir");
+    let x: crate::xattrs::Xattrs = vec![("user.granted".into(), b"yes".to_vec())];
+    if let Err(e) = crate::xattrs::apply(&dir, "f", &x) {
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+        return; // No user attributes on this file system.
+    }
+    let scanner = crate::scan::Scanner::new(&src, &[], None).with_xattrs(true);
+    let t = Arc::new(Mutex::new(Tracker::with_scanner(scanner).expect("tracker")));
+    assert!(t.lock().expect("lock").manifest().entries["f"]
+        .xattrs
+        .as_ref()
+        .is_some_and(|v| *v == x));
+    let (addr, server) = one_receiver(&dst, &base.join("state.json"), None).await;
+    let mut g = Generations::default();
+    g.rotate(5);
+    let mut source = connect(addr, g).await.expect("connect");
+    let _ = pass(&mut source, &t, None).await;
+    drop(source);
+    let _ = server.await.expect("join");
+    assert_eq!(std::fs::read(dst.join("f")).expect("f"), b"content");
+    let d = std::fs::File::open(&dst).expect("dst");
+    let got = crate::xattrs::read(&d, "f").expect("read");
+    assert!(got.iter().all(|(n, _)| n != "user.granted"), "{got:?}");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
 /// A large file's chunks are known on the receiver after it arrived whole
 /// (computed after the pass) or by a delta (sent with its end): its next
 /// delta reads nothing there. A kept signature that does not match the
