@@ -174,7 +174,9 @@ fn rename_in(dir: &OwnedFd, from: &str, to: &str) -> io::Result<()> {
     check(unsafe { libc::renameat(dir.as_raw_fd(), f.as_ptr(), dir.as_raw_fd(), t.as_ptr()) })
 }
 
-fn fsync_dir(dir: &OwnedFd) -> io::Result<()> {
+/// A readable descriptor of the directory `dir` (itself opened with
+/// `O_PATH`, which `fsync` and `syncfs` do not take).
+fn open_dir_readable(dir: &impl AsRawFd) -> io::Result<OwnedFd> {
     let c = cstr(".")?;
     // SAFETY: valid fd and name; the new descriptor is owned below.
     let fd = unsafe {
@@ -188,7 +190,11 @@ fn fsync_dir(dir: &OwnedFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor we own.
-    let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+fn fsync_dir(dir: &OwnedFd) -> io::Result<()> {
+    let f = std::fs::File::from(open_dir_readable(dir)?);
     f.sync_all()
 }
 
@@ -809,7 +815,15 @@ fn syncfs_each<'a>(fds: impl Iterator<Item = std::os::fd::BorrowedFd<'a>>) -> bo
         }
         done.push(st.st_dev);
         // SAFETY: a valid descriptor.
-        ok &= check(unsafe { libc::syncfs(fd.as_raw_fd()) }).is_ok();
+        let mut r = check(unsafe { libc::syncfs(fd.as_raw_fd()) });
+        if r.as_ref().err().and_then(io::Error::raw_os_error) == Some(libc::EBADF) {
+            // An `O_PATH` directory: through a readable descriptor of it.
+            r = open_dir_readable(&fd).and_then(|d| {
+                // SAFETY: a valid descriptor.
+                check(unsafe { libc::syncfs(d.as_raw_fd()) })
+            });
+        }
+        ok &= r.is_ok();
     }
     ok
 }
@@ -1140,6 +1154,24 @@ mod tests {
             .iter()
             .any(|(n, _)| n == "user.local"));
         let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// A batch is made durable with one `syncfs` even through the
+    /// `O_PATH` descriptors directories are opened with (a failed `syncfs`
+    /// would mean an `fsync` of every directory instead).
+    #[test]
+    fn syncfs_goes_through_o_path_directories_and_files() {
+        let d = tempdir("syncfs");
+        std::fs::create_dir_all(d.join("sub")).expect("mkdir");
+        let f = std::fs::File::create(d.join("sub/f")).expect("f");
+        let root = Root::open(&d).expect("root");
+        let (sub, _) = root
+            .parent_dir(&checked("sub/f").expect("name"), false)
+            .expect("sub");
+        assert!(syncfs_each([root.fd().as_fd(), sub.as_fd()].into_iter()));
+        assert!(syncfs_each([f.as_fd()].into_iter()));
+        assert!(fsync_dir(&sub).is_ok());
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
