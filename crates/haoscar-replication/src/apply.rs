@@ -174,27 +174,8 @@ fn rename_in(dir: &OwnedFd, from: &str, to: &str) -> io::Result<()> {
     check(unsafe { libc::renameat(dir.as_raw_fd(), f.as_ptr(), dir.as_raw_fd(), t.as_ptr()) })
 }
 
-/// A readable descriptor of the directory `dir` (itself opened with
-/// `O_PATH`, which `fsync` and `syncfs` do not take).
-fn open_dir_readable(dir: &impl AsRawFd) -> io::Result<OwnedFd> {
-    let c = cstr(".")?;
-    // SAFETY: valid fd and name; the new descriptor is owned below.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor we own.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
-}
-
 fn fsync_dir(dir: &OwnedFd) -> io::Result<()> {
-    let f = std::fs::File::from(open_dir_readable(dir)?);
+    let f = std::fs::File::from(crate::names::readable_dir(dir)?);
     f.sync_all()
 }
 
@@ -818,7 +799,7 @@ fn syncfs_each<'a>(fds: impl Iterator<Item = std::os::fd::BorrowedFd<'a>>) -> bo
         let mut r = check(unsafe { libc::syncfs(fd.as_raw_fd()) });
         if r.as_ref().err().and_then(io::Error::raw_os_error) == Some(libc::EBADF) {
             // An `O_PATH` directory: through a readable descriptor of it.
-            r = open_dir_readable(&fd).and_then(|d| {
+            r = crate::names::readable_dir(&fd).and_then(|d| {
                 // SAFETY: a valid descriptor.
                 check(unsafe { libc::syncfs(d.as_raw_fd()) })
             });

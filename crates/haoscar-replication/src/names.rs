@@ -99,6 +99,12 @@ fn openat(dir: RawFd, name: &str, flags: libc::c_int, mode: libc::mode_t) -> io:
     }
 }
 
+/// A readable descriptor of the directory `dir` (opened with `O_PATH`,
+/// which `fsync` and `syncfs` do not take).
+pub fn readable_dir(dir: &impl AsRawFd) -> io::Result<OwnedFd> {
+    openat(dir.as_raw_fd(), ".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+}
+
 /// The root directory of a set, opened once.
 #[derive(Debug)]
 pub struct Root {
@@ -224,8 +230,7 @@ impl Root {
             return Err(io::Error::last_os_error());
         }
         // The directory entry itself must be durable.
-        let d = openat(dir.as_raw_fd(), ".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-        File::from(d).sync_all()
+        File::from(readable_dir(dir)?).sync_all()
     }
 }
 
